@@ -1,0 +1,3 @@
+//! Configuration from the command line, QMP, and the machine's event loop plumbing.
+
+#![deny(missing_docs)]

@@ -1,0 +1,196 @@
+//! Block I/O engines behind one [`AioContext`] trait: `aio=off|native|io_uring`.
+//!
+//! ```text
+//!   device ──submit(batch)──► engine ──(one syscall per batch)──► kernel
+//!     ▲                          │
+//!     └──reap(&mut out)◄── eventfd readable ◄── completions
+//! ```
+//!
+//! Contract shared by every engine:
+//! - A request is owned by the engine from [`AioContext::submit`] until its completion is
+//!   returned by [`AioContext::reap`]; it is identified by its caller-chosen `tag`.
+//! - The engine's eventfd ([`AioContext::eventfd`]) becomes readable when completions are
+//!   ready. This holds for the synchronous engine too: it does the I/O inline, queues the
+//!   result and writes its eventfd, so callers have exactly one way to learn that a request
+//!   finished.
+//! - A completion's `result` is the number of bytes transferred (the full request length:
+//!   short transfers are finished or retried by the engine) or a negative errno.
+//! - What the kernel does not accept at once (a full ring, `EAGAIN`) stays queued inside the
+//!   engine, in order, and is submitted after the next completions.
+
+use std::fmt;
+use std::os::unix::io::RawFd;
+use std::str::FromStr;
+
+/// One contiguous piece of a request's buffer in host virtual memory.
+/// Same layout as the kernel's `struct iovec`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct Iovec {
+    /// Host virtual address of the first byte.
+    pub base: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// What a request asks of the backing file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AioOpcode {
+    /// Read into the iovecs from `offset`.
+    Read,
+    /// Write the iovecs at `offset`.
+    Write,
+    /// Make every completed write durable (fdatasync).
+    Flush,
+    /// Deallocate `len` bytes at `offset` (reads of them then return zeroes).
+    Discard,
+    /// Write `len` zero bytes at `offset`.
+    WriteZeroes,
+}
+
+/// An I/O request handed to an engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AioRequest {
+    /// The operation.
+    pub opcode: AioOpcode,
+    /// Byte offset in the backing file.
+    pub offset: u64,
+    /// The buffers of a read or write; empty for the other opcodes.
+    pub iovecs: Vec<Iovec>,
+    /// Byte count of a discard or write-zeroes; ignored for the other opcodes.
+    pub len: u64,
+    /// The caller's key for this request, returned with its completion.
+    pub tag: u64,
+}
+
+impl AioRequest {
+    /// Total bytes this request moves (the sum of its iovecs, or `len`).
+    pub fn nbytes(&self) -> u64 {
+        match self.opcode {
+            AioOpcode::Read | AioOpcode::Write => self.iovecs.iter().map(|iov| iov.len).sum(),
+            AioOpcode::Flush => 0,
+            AioOpcode::Discard | AioOpcode::WriteZeroes => self.len,
+        }
+    }
+}
+
+/// A finished request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AioCompletion {
+    /// The request's tag.
+    pub tag: u64,
+    /// Bytes transferred, or a negative errno.
+    pub result: i64,
+}
+
+/// The engine of a drive, from `aio=off|native|io_uring`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AioEngine {
+    /// Synchronous preadv/pwritev in the caller's thread.
+    Off,
+    /// Linux native AIO (io_setup/io_submit), completions signalled through an eventfd.
+    Native,
+    /// io_uring with its eventfd registered.
+    IoUring,
+}
+
+impl AioEngine {
+    /// Every engine, in the order tables list them.
+    pub const ALL: [AioEngine; 3] = [AioEngine::Off, AioEngine::Native, AioEngine::IoUring];
+
+    /// The spelling used on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AioEngine::Off => "off",
+            AioEngine::Native => "native",
+            AioEngine::IoUring => "io_uring",
+        }
+    }
+}
+
+impl fmt::Display for AioEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AioEngine {
+    type Err = AioError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" | "threads" => Ok(AioEngine::Off),
+            "native" => Ok(AioEngine::Native),
+            "io_uring" | "iouring" => Ok(AioEngine::IoUring),
+            other => Err(AioError::UnknownEngine(other.to_string())),
+        }
+    }
+}
+
+/// Errors of the block engines.
+#[derive(Debug, thiserror::Error)]
+pub enum AioError {
+    /// The engine name is not one of `off`, `native`, `io_uring` (`iouring`).
+    #[error("unknown aio engine {0:?}: expected off, native or io_uring")]
+    UnknownEngine(String),
+    /// The kernel refused to set the engine up (e.g. io_uring disabled by sysctl or seccomp).
+    #[error("aio={engine} is not available on this kernel: {source}")]
+    Unavailable {
+        /// The engine that was probed.
+        engine: AioEngine,
+        /// The errno returned by the kernel.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A system call of the engine failed.
+    #[error("aio={engine}: {call} failed: {source}")]
+    Syscall {
+        /// The engine.
+        engine: AioEngine,
+        /// The failing call, e.g. `io_submit`.
+        call: &'static str,
+        /// The errno.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The request cannot be expressed with this engine (e.g. discard on Linux AIO).
+    #[error("aio={engine} does not support {opcode:?}")]
+    Unsupported {
+        /// The engine.
+        engine: AioEngine,
+        /// The opcode it lacks.
+        opcode: AioOpcode,
+    },
+}
+
+/// A block engine bound to one open file.
+pub trait AioContext: Send {
+    /// Which engine this is.
+    fn engine(&self) -> AioEngine;
+
+    /// Whether the engine can carry `opcode` (reads, writes and flushes always can).
+    fn supports(&self, opcode: AioOpcode) -> bool;
+
+    /// Hands the whole `batch` to the engine (the vector is left empty), with as few system
+    /// calls as the engine allows: one per batch when nothing is queued. Requests the kernel
+    /// does not take at once stay queued inside the engine and go out after completions.
+    ///
+    /// # Safety
+    /// Every iovec must point to host memory that stays valid (and, for reads, writable)
+    /// until the request's completion has been returned by [`AioContext::reap`] or
+    /// [`AioContext::drain`].
+    unsafe fn submit(&mut self, batch: &mut Vec<AioRequest>) -> Result<(), AioError>;
+
+    /// The eventfd that becomes readable when completions are ready.
+    fn eventfd(&self) -> RawFd;
+
+    /// Clears the eventfd and appends every ready completion to `out`; submits what was
+    /// queued if room was made. Returns how many completions were appended.
+    fn reap(&mut self, out: &mut Vec<AioCompletion>) -> Result<usize, AioError>;
+
+    /// Requests submitted (or queued) whose completion has not yet been reaped.
+    fn in_flight(&self) -> usize;
+
+    /// Waits until every in-flight request has completed and appends the completions to `out`.
+    fn drain(&mut self, out: &mut Vec<AioCompletion>) -> Result<(), AioError>;
+}

@@ -1,0 +1,1 @@
+//! Our own io_uring, from the kernel ABI up (see issue 2).

@@ -1,0 +1,13 @@
+//! Shared plumbing for the StratoVirt micro VM.
+//!
+//! - [`event_loop`]: an epoll loop whose file descriptors each carry a name and a handler.
+//! - [`logger`]: the `log` backend behind `-D`.
+//! - [`io_uring`]: our own io_uring, from the kernel ABI up.
+//! - [`aio`]: the block engines (`aio=off|native|io_uring`) behind one [`aio::AioContext`] trait.
+
+#![deny(missing_docs)]
+
+pub mod aio;
+pub mod event_loop;
+pub mod io_uring;
+pub mod logger;
