@@ -1,0 +1,1 @@
+//! The command line: parsing `-kernel`, `-drive`, `-device`, ... into a [`VmConfig`]-to-be.
