@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the host packages the tests and the demo need (Debian 12), once.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+packages=(gcc e2fsprogs)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+python3 -c 'import qemu.qmp' 2>/dev/null || python3 -m pip install -q qemu.qmp
+echo "host packages ready"
