@@ -1,0 +1,1 @@
+//! The QMP server: QEMU Machine Protocol over a Unix socket.
