@@ -1,0 +1,392 @@
+//! The CPUID table each vCPU sees: KVM's supported set, shaped for our topology, minus the
+//! features the user (or the host) hides.
+//!
+//! Invariants:
+//! - Only bits KVM reports as supported are ever set, except the hypervisor bit and the
+//!   topology fields, which describe the VM itself.
+//! - Hiding XSAVE also clears OSXSAVE and every subleaf of leaf 0xd (the state components an
+//!   XSAVE-less guest must not see).
+//! - On a PVM host (`/sys/module/kvm_pvm` exists) the features its instruction emulator cannot
+//!   execute are hidden automatically, unless the user names them with `+FEATURE`.
+
+use std::path::Path;
+
+use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::Kvm;
+
+use crate::{CpuError, Result};
+
+/// A CPUID output register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reg {
+    /// EAX.
+    Eax,
+    /// EBX.
+    Ebx,
+    /// ECX.
+    Ecx,
+    /// EDX.
+    Edx,
+}
+
+/// Where a named feature lives: leaf, subleaf, register and bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeatureBit {
+    /// CPUID leaf (EAX input).
+    pub leaf: u32,
+    /// CPUID subleaf (ECX input).
+    pub subleaf: u32,
+    /// Output register.
+    pub reg: Reg,
+    /// Bit number in the register.
+    pub bit: u8,
+}
+
+const fn bit(leaf: u32, subleaf: u32, reg: Reg, bit: u8) -> FeatureBit {
+    FeatureBit {
+        leaf,
+        subleaf,
+        reg,
+        bit,
+    }
+}
+
+/// Feature names accepted by `-cpu host,-NAME` (QEMU's spelling) and their CPUID bits.
+const FEATURES: &[(&str, FeatureBit)] = &[
+    ("sse3", bit(1, 0, Reg::Ecx, 0)),
+    ("pclmulqdq", bit(1, 0, Reg::Ecx, 1)),
+    ("monitor", bit(1, 0, Reg::Ecx, 3)),
+    ("ssse3", bit(1, 0, Reg::Ecx, 9)),
+    ("fma", bit(1, 0, Reg::Ecx, 12)),
+    ("cx16", bit(1, 0, Reg::Ecx, 13)),
+    ("pcid", bit(1, 0, Reg::Ecx, 17)),
+    ("sse4.1", bit(1, 0, Reg::Ecx, 19)),
+    ("sse4.2", bit(1, 0, Reg::Ecx, 20)),
+    ("x2apic", bit(1, 0, Reg::Ecx, 21)),
+    ("movbe", bit(1, 0, Reg::Ecx, 22)),
+    ("popcnt", bit(1, 0, Reg::Ecx, 23)),
+    ("tsc-deadline", bit(1, 0, Reg::Ecx, 24)),
+    ("aes", bit(1, 0, Reg::Ecx, 25)),
+    ("xsave", bit(1, 0, Reg::Ecx, 26)),
+    ("osxsave", bit(1, 0, Reg::Ecx, 27)),
+    ("avx", bit(1, 0, Reg::Ecx, 28)),
+    ("f16c", bit(1, 0, Reg::Ecx, 29)),
+    ("rdrand", bit(1, 0, Reg::Ecx, 30)),
+    ("fsgsbase", bit(7, 0, Reg::Ebx, 0)),
+    ("bmi1", bit(7, 0, Reg::Ebx, 3)),
+    ("avx2", bit(7, 0, Reg::Ebx, 5)),
+    ("smep", bit(7, 0, Reg::Ebx, 7)),
+    ("bmi2", bit(7, 0, Reg::Ebx, 8)),
+    ("erms", bit(7, 0, Reg::Ebx, 9)),
+    ("invpcid", bit(7, 0, Reg::Ebx, 10)),
+    ("avx512f", bit(7, 0, Reg::Ebx, 16)),
+    ("rdseed", bit(7, 0, Reg::Ebx, 18)),
+    ("adx", bit(7, 0, Reg::Ebx, 19)),
+    ("smap", bit(7, 0, Reg::Ebx, 20)),
+    ("clflushopt", bit(7, 0, Reg::Ebx, 23)),
+    ("clwb", bit(7, 0, Reg::Ebx, 24)),
+    ("sha-ni", bit(7, 0, Reg::Ebx, 29)),
+    ("umip", bit(7, 0, Reg::Ecx, 2)),
+    ("pku", bit(7, 0, Reg::Ecx, 3)),
+    ("vaes", bit(7, 0, Reg::Ecx, 9)),
+    ("rdpid", bit(7, 0, Reg::Ecx, 22)),
+    ("md-clear", bit(7, 0, Reg::Edx, 10)),
+    ("spec-ctrl", bit(7, 0, Reg::Edx, 26)),
+    ("arch-capabilities", bit(7, 0, Reg::Edx, 29)),
+    ("ssbd", bit(7, 0, Reg::Edx, 31)),
+    ("lahf-lm", bit(0x8000_0001, 0, Reg::Ecx, 0)),
+    ("abm", bit(0x8000_0001, 0, Reg::Ecx, 5)),
+    ("mwaitx", bit(0x8000_0001, 0, Reg::Ecx, 29)),
+    ("pdpe1gb", bit(0x8000_0001, 0, Reg::Edx, 26)),
+    ("rdtscp", bit(0x8000_0001, 0, Reg::Edx, 27)),
+];
+
+/// Features hidden automatically on a PVM host: its instruction emulator cannot execute them
+/// at CPL0 (measured; see `docs/boot.md`).
+pub const PVM_HIDDEN: &[&str] = &[
+    "cx16",
+    "popcnt",
+    "xsave",
+    "osxsave",
+    "rdrand",
+    "rdseed",
+    "rdtscp",
+    "rdpid",
+    "fsgsbase",
+    "smap",
+    "clflushopt",
+    "clwb",
+    "arch-capabilities",
+];
+
+const PVM_MODULE: &str = "/sys/module/kvm_pvm";
+const HYPERVISOR_BIT: u32 = 1 << 31;
+const HTT_BIT: u32 = 1 << 28;
+const XSAVE_LEAF: u32 = 0xd;
+
+/// The CPUID bits of feature `name`, if we know it.
+pub fn feature_bit(name: &str) -> Option<FeatureBit> {
+    FEATURES
+        .iter()
+        .find(|(known, _)| *known == name)
+        .map(|&(_, bit)| bit)
+}
+
+/// Whether `/dev/kvm` is served by KVM's PVM backend.
+pub fn host_is_pvm() -> bool {
+    Path::new(PVM_MODULE).exists()
+}
+
+/// The guest CPU model: which features to hide from KVM's supported set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CpuModel {
+    hidden: Vec<FeatureBit>,
+    hidden_names: Vec<String>,
+}
+
+impl CpuModel {
+    /// Builds the model for `-cpu MODEL[,-FEATURE][,+FEATURE]`. Only `host` is a model.
+    /// `pvm_host` adds [`PVM_HIDDEN`] minus the features listed in `enabled`.
+    pub fn new(
+        model: &str,
+        disabled: &[String],
+        enabled: &[String],
+        pvm_host: bool,
+    ) -> Result<CpuModel> {
+        if model != "host" {
+            return Err(CpuError::UnknownModel(model.to_string()));
+        }
+        for name in disabled.iter().chain(enabled) {
+            if feature_bit(name).is_none() {
+                return Err(CpuError::UnknownFeature(name.clone()));
+            }
+        }
+        let mut names: Vec<String> = disabled.to_vec();
+        if pvm_host {
+            let automatic: Vec<&str> = PVM_HIDDEN
+                .iter()
+                .copied()
+                .filter(|name| !enabled.iter().any(|e| e == name))
+                .collect();
+            log::info!(
+                "PVM host detected: hiding CPU features its emulator cannot run: {}",
+                automatic.join(",")
+            );
+            names.extend(automatic.iter().map(|s| s.to_string()));
+        }
+        // Hiding XSAVE means the OS cannot enable it either.
+        if names.iter().any(|n| n == "xsave") {
+            names.push("osxsave".to_string());
+        }
+        names.sort();
+        names.dedup();
+        let hidden = names.iter().filter_map(|n| feature_bit(n)).collect();
+        Ok(CpuModel {
+            hidden,
+            hidden_names: names,
+        })
+    }
+
+    /// Names of the hidden features, sorted.
+    pub fn hidden_names(&self) -> &[String] {
+        &self.hidden_names
+    }
+
+    fn hides_xsave(&self) -> bool {
+        self.hidden_names.iter().any(|n| n == "xsave")
+    }
+}
+
+/// KVM's supported CPUID set, read once and shaped per vCPU by [`vcpu_cpuid`].
+pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId> {
+    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(CpuError::SupportedCpuid)
+}
+
+/// The CPUID table for vCPU `index` of `count`, from KVM's `supported` set and `model`.
+pub fn vcpu_cpuid(supported: &CpuId, model: &CpuModel, index: u8, count: u8) -> Result<CpuId> {
+    let mut entries: Vec<kvm_cpuid_entry2> = supported.as_slice().to_vec();
+    for entry in entries.iter_mut() {
+        shape_entry(entry, model, index, count);
+    }
+    CpuId::from_entries(&entries).map_err(|_| CpuError::CpuidTooLarge(entries.len()))
+}
+
+fn shape_entry(entry: &mut kvm_cpuid_entry2, model: &CpuModel, index: u8, count: u8) {
+    let apic_id = u32::from(index);
+    let count32 = u32::from(count.max(1));
+    match entry.function {
+        1 => {
+            entry.ebx = (entry.ebx & 0x0000_ffff) | (apic_id << 24) | (count32 << 16);
+            entry.ecx |= HYPERVISOR_BIT;
+            if count32 > 1 {
+                entry.edx |= HTT_BIT;
+            } else {
+                entry.edx &= !HTT_BIT;
+            }
+        }
+        4 => {
+            // EAX[31:26]: cores per package - 1; EAX[25:14]: logical CPUs sharing the cache
+            // - 1 (one core per CPU, one thread per core; the last level is shared).
+            let level = (entry.eax >> 5) & 0x7;
+            let sharing = if level >= 3 { count32 - 1 } else { 0 };
+            entry.eax = (entry.eax & 0x3fff) | ((count32 - 1) << 26) | (sharing << 14);
+        }
+        0xb | 0x1f => {
+            // Extended topology: level 0 = SMT (one thread per core), level 1 = core.
+            let core_shift = 32 - (count32 - 1).leading_zeros();
+            match entry.index {
+                0 => {
+                    entry.eax = 0;
+                    entry.ebx = 1;
+                    entry.ecx = 1 << 8;
+                }
+                1 => {
+                    entry.eax = core_shift;
+                    entry.ebx = count32;
+                    entry.ecx = 1 | (2 << 8);
+                }
+                other => {
+                    entry.eax = 0;
+                    entry.ebx = 0;
+                    entry.ecx = other;
+                }
+            }
+            entry.edx = apic_id;
+        }
+        XSAVE_LEAF if model.hides_xsave() => {
+            entry.eax = 0;
+            entry.ebx = 0;
+            entry.ecx = 0;
+            entry.edx = 0;
+        }
+        _ => {}
+    }
+    for feature in &model.hidden {
+        if feature.leaf == entry.function && feature.subleaf == entry.index {
+            let reg = match feature.reg {
+                Reg::Eax => &mut entry.eax,
+                Reg::Ebx => &mut entry.ebx,
+                Reg::Ecx => &mut entry.ecx,
+                Reg::Edx => &mut entry.edx,
+            };
+            *reg &= !(1u32 << feature.bit);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(function: u32, index: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            eax: u32::MAX,
+            ebx: u32::MAX,
+            ecx: u32::MAX,
+            edx: u32::MAX,
+            ..Default::default()
+        }
+    }
+
+    fn shaped(function: u32, index: u32, model: &CpuModel, cpu: u8, count: u8) -> kvm_cpuid_entry2 {
+        let mut e = entry(function, index);
+        shape_entry(&mut e, model, cpu, count);
+        e
+    }
+
+    #[test]
+    fn names_map_to_the_documented_bits() {
+        assert_eq!(feature_bit("cx16"), Some(bit(1, 0, Reg::Ecx, 13)));
+        assert_eq!(feature_bit("popcnt"), Some(bit(1, 0, Reg::Ecx, 23)));
+        assert_eq!(
+            feature_bit("rdtscp"),
+            Some(bit(0x8000_0001, 0, Reg::Edx, 27))
+        );
+        assert_eq!(
+            feature_bit("arch-capabilities"),
+            Some(bit(7, 0, Reg::Edx, 29))
+        );
+        assert_eq!(feature_bit("smap"), Some(bit(7, 0, Reg::Ebx, 20)));
+        assert_eq!(feature_bit("rdpid"), Some(bit(7, 0, Reg::Ecx, 22)));
+        assert_eq!(feature_bit("nonsense"), None);
+        for name in PVM_HIDDEN {
+            assert!(
+                feature_bit(name).is_some(),
+                "{name} must be a known feature"
+            );
+        }
+    }
+
+    #[test]
+    fn models_and_features_are_validated() {
+        assert!(matches!(
+            CpuModel::new("qemu64", &[], &[], false),
+            Err(CpuError::UnknownModel(_))
+        ));
+        assert!(matches!(
+            CpuModel::new("host", &["bogus".into()], &[], false),
+            Err(CpuError::UnknownFeature(_))
+        ));
+        let plain = CpuModel::new("host", &[], &[], false).unwrap();
+        assert!(plain.hidden_names().is_empty());
+    }
+
+    #[test]
+    fn pvm_hides_its_list_unless_enabled() {
+        let model = CpuModel::new("host", &[], &["popcnt".into()], true).unwrap();
+        assert!(model.hidden_names().iter().any(|n| n == "cx16"));
+        assert!(!model.hidden_names().iter().any(|n| n == "popcnt"));
+        let leaf1 = shaped(1, 0, &model, 0, 1);
+        assert_eq!(leaf1.ecx & (1 << 13), 0, "cx16 hidden");
+        assert_ne!(leaf1.ecx & (1 << 23), 0, "popcnt kept");
+        assert_eq!(leaf1.ecx & (1 << 26), 0, "xsave hidden");
+        assert_eq!(shaped(7, 0, &model, 0, 1).edx & (1 << 29), 0);
+        let xsave = shaped(0xd, 1, &model, 0, 1);
+        assert_eq!((xsave.eax, xsave.ebx, xsave.ecx, xsave.edx), (0, 0, 0, 0));
+    }
+
+    #[test]
+    fn hiding_xsave_hides_osxsave_and_leaf_0xd() {
+        let model = CpuModel::new("host", &["xsave".into()], &[], false).unwrap();
+        assert_eq!(
+            model.hidden_names(),
+            ["osxsave".to_string(), "xsave".into()].as_slice()
+        );
+        assert_eq!(shaped(1, 0, &model, 0, 1).ecx & (3 << 26), 0);
+        assert_eq!(shaped(0xd, 0, &model, 0, 1).eax, 0);
+        let plain = CpuModel::new("host", &[], &[], false).unwrap();
+        assert_eq!(shaped(0xd, 0, &plain, 0, 1).eax, u32::MAX);
+    }
+
+    #[test]
+    fn topology_describes_one_thread_per_core() {
+        let model = CpuModel::default();
+        let leaf1 = shaped(1, 0, &model, 2, 4);
+        assert_eq!(leaf1.ebx >> 24, 2, "APIC id");
+        assert_eq!((leaf1.ebx >> 16) & 0xff, 4, "logical count");
+        assert_eq!(leaf1.ebx & 0xffff, 0xffff, "CLFLUSH size and brand kept");
+        assert_ne!(leaf1.ecx & HYPERVISOR_BIT, 0);
+        assert_ne!(leaf1.edx & HTT_BIT, 0);
+        let smt = shaped(0xb, 0, &model, 3, 4);
+        assert_eq!((smt.eax, smt.ebx, smt.ecx, smt.edx), (0, 1, 0x100, 3));
+        let core = shaped(0xb, 1, &model, 3, 4);
+        assert_eq!((core.eax, core.ebx, core.ecx, core.edx), (2, 4, 0x201, 3));
+        let core3 = shaped(0xb, 1, &model, 0, 3);
+        assert_eq!(core3.eax, 2, "3 CPUs need 2 bits of APIC id");
+        let single = shaped(0xb, 1, &model, 0, 1);
+        assert_eq!(single.eax, 0);
+        let mut l1 = entry(4, 0);
+        l1.eax = 0x21; // level 1 data cache
+        shape_entry(&mut l1, &model, 0, 2);
+        assert_eq!(l1.eax >> 26, 1);
+        assert_eq!((l1.eax >> 14) & 0xfff, 0);
+        let mut l3 = entry(4, 3);
+        l3.eax = 0x63; // level 3 unified cache
+        shape_entry(&mut l3, &model, 0, 2);
+        assert_eq!((l3.eax >> 14) & 0xfff, 1, "shared by both CPUs");
+        assert_eq!(l3.eax & 0x3fff, 0x63);
+    }
+}
