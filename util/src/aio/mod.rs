@@ -17,6 +17,23 @@
 //!   short transfers are finished or retried by the engine) or a negative errno.
 //! - What the kernel does not accept at once (a full ring, `EAGAIN`) stays queued inside the
 //!   engine, in order, and is submitted after the next completions.
+//! - An engine borrows its file descriptor: whoever calls [`open_engine`] keeps the file open
+//!   for as long as the engine exists. Dropping an engine first waits for its in-flight
+//!   requests, so their buffers are never written after the engine is gone.
+//! - A request the engine cannot carry ([`AioContext::supports`] is `false`) completes with
+//!   `-EOPNOTSUPP`; a read or write that moves no bytes completes with 0 at once.
+//! - Misaligned `O_DIRECT` requests are passed to the kernel as they are; the kernel's
+//!   `-EINVAL` is their completion (no bounce buffers: the guest chose the alignment).
+//!
+//! Files: [`sync`] (`aio=off`), [`libaio`] (`aio=native`, on [`abi`]), [`uring`]
+//! (`aio=io_uring`, on [`crate::io_uring`]); `inflight` holds the per-request bookkeeping and
+//! the short-transfer rules the three share.
+
+pub mod abi;
+mod inflight;
+pub mod libaio;
+pub mod sync;
+pub mod uring;
 
 use std::fmt;
 use std::os::unix::io::RawFd;
@@ -193,4 +210,44 @@ pub trait AioContext: Send {
 
     /// Waits until every in-flight request has completed and appends the completions to `out`.
     fn drain(&mut self, out: &mut Vec<AioCompletion>) -> Result<(), AioError>;
+
+    /// Tells the engine that requests will mostly point into `regions` (e.g. guest RAM), so it
+    /// may pin them once instead of per request. Returns whether the engine uses them; the
+    /// default does nothing. Call it before submitting anything.
+    fn register_memory(&mut self, regions: &[Iovec]) -> Result<bool, AioError> {
+        let _ = regions;
+        Ok(false)
+    }
+}
+
+/// Checks at start-up whether this kernel lets `engine` run (io_uring can be disabled by
+/// `kernel.io_uring_disabled` or a seccomp filter; Linux AIO by `fs.aio-max-nr`).
+/// The error names the engine and carries the kernel's errno.
+pub fn probe(engine: AioEngine) -> Result<(), AioError> {
+    let unavailable = |source| AioError::Unavailable { engine, source };
+    match engine {
+        AioEngine::Off => Ok(()),
+        AioEngine::Native => {
+            let ctx = abi::io_setup(1).map_err(unavailable)?;
+            abi::io_destroy(ctx).map_err(unavailable)
+        }
+        AioEngine::IoUring => uring::probe().map_err(unavailable),
+    }
+}
+
+/// Creates the `engine` for the open file `fd` with room for `depth` requests in the kernel at
+/// once (at least 1; more are queued inside the engine).
+///
+/// The fd is borrowed: the caller keeps the file open for the whole life of the returned
+/// engine, and drops the engine before closing it.
+pub fn open_engine(
+    engine: AioEngine,
+    fd: RawFd,
+    depth: u32,
+) -> Result<Box<dyn AioContext>, AioError> {
+    Ok(match engine {
+        AioEngine::Off => Box::new(sync::SyncContext::new(fd)?),
+        AioEngine::Native => Box::new(libaio::NativeContext::new(fd, depth)?),
+        AioEngine::IoUring => Box::new(uring::UringContext::new(fd, depth)?),
+    })
 }

@@ -1,0 +1,333 @@
+//! What every engine keeps for a request it owns, and how a kernel result moves it forward.
+//!
+//! Invariants:
+//! - A request lives in a [`Slab`] entry from submission until its completion is handed out;
+//!   the kernel only ever sees the entry's key (`user_data`/`aio_data`), never a pointer to it.
+//! - The iovec array the kernel reads is a `Vec`'s heap buffer inside the entry. Moving the
+//!   entry (the slab growing) does not move that buffer, and nothing pushes to it while the
+//!   request is in the kernel, so the address stays valid until the completion.
+//! - [`advance`] is the single place that turns a result into "complete with this value" or
+//!   "submit the remainder again", so all engines finish short transfers the same way:
+//!   - a short write is resubmitted for the bytes not yet written; a write that makes no
+//!     progress completes with `-EIO`;
+//!   - a short read is resubmitted for the remainder while the request's unread part starts
+//!     before the end of the file; a read that reaches the end of the file has the rest of its
+//!     buffers zero-filled and completes with the full length (a disk sized from its image
+//!     file reads zeroes past a tail that is not a multiple of the sector size);
+//!   - `-EINTR` and `-EAGAIN` results are resubmitted up to [`MAX_RETRIES`] times.
+
+use std::os::unix::io::RawFd;
+
+use super::{AioCompletion, AioOpcode, AioRequest, Iovec};
+
+/// How often one request is resubmitted after `-EINTR`/`-EAGAIN` before the error is reported.
+pub(crate) const MAX_RETRIES: u32 = 16;
+
+/// A request owned by an engine and how far it has got.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    /// The request as the caller submitted it.
+    pub(crate) req: AioRequest,
+    /// Bytes already transferred by earlier (short) rounds.
+    pub(crate) done: u64,
+    /// The part of `req.iovecs` still to transfer once `done > 0`.
+    rest: Vec<Iovec>,
+    /// Resubmissions after `-EINTR`/`-EAGAIN` so far.
+    retries: u32,
+}
+
+impl Slot {
+    /// Wraps a request that has not run yet.
+    pub(crate) fn new(req: AioRequest) -> Self {
+        Slot {
+            req,
+            done: 0,
+            rest: Vec::new(),
+            retries: 0,
+        }
+    }
+
+    /// The iovecs of the next round: the whole request, or what a short transfer left.
+    pub(crate) fn iovecs(&self) -> &[Iovec] {
+        if self.done == 0 {
+            &self.req.iovecs
+        } else {
+            &self.rest
+        }
+    }
+
+    /// The file offset of the next round.
+    pub(crate) fn offset(&self) -> u64 {
+        self.req.offset + self.done
+    }
+
+    fn completion(&self, result: i64) -> AioCompletion {
+        AioCompletion {
+            tag: self.req.tag,
+            result,
+        }
+    }
+
+    /// Recomputes `rest` as `req.iovecs` without its first `done` bytes.
+    fn skip_done(&mut self) {
+        self.rest.clear();
+        let mut skip = self.done;
+        for iov in &self.req.iovecs {
+            if skip >= iov.len {
+                skip -= iov.len;
+                continue;
+            }
+            self.rest.push(Iovec {
+                base: iov.base + skip,
+                len: iov.len - skip,
+            });
+            skip = 0;
+        }
+    }
+}
+
+/// Requests owned by an engine, keyed by a small integer that is reused after completion.
+#[derive(Debug, Default)]
+pub(crate) struct Slab {
+    slots: Vec<Option<Slot>>,
+    free: Vec<usize>,
+    live: usize,
+}
+
+impl Slab {
+    /// Takes ownership of `req` and returns its key.
+    pub(crate) fn insert(&mut self, req: AioRequest) -> usize {
+        self.live += 1;
+        let slot = Some(Slot::new(req));
+        match self.free.pop() {
+            Some(key) => {
+                self.slots[key] = slot;
+                key
+            }
+            None => {
+                self.slots.push(slot);
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    /// The request under `key`, if there is one.
+    pub(crate) fn get_mut(&mut self, key: usize) -> Option<&mut Slot> {
+        self.slots.get_mut(key).and_then(Option::as_mut)
+    }
+
+    /// The request under `key`, if there is one.
+    pub(crate) fn get(&self, key: usize) -> Option<&Slot> {
+        self.slots.get(key).and_then(Option::as_ref)
+    }
+
+    /// Gives the request under `key` back and frees the key.
+    pub(crate) fn remove(&mut self, key: usize) -> Option<Slot> {
+        let slot = self.slots.get_mut(key)?.take()?;
+        self.free.push(key);
+        self.live -= 1;
+        Some(slot)
+    }
+
+    /// How many requests the slab holds.
+    pub(crate) fn len(&self) -> usize {
+        self.live
+    }
+}
+
+/// What to do with a request after one of its rounds returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// The request is finished: hand this completion to the caller.
+    Complete(AioCompletion),
+    /// Submit the request again (from [`Slot::offset`] with [`Slot::iovecs`]).
+    Again,
+}
+
+/// A completion that needs no system call: unsupported opcodes and empty transfers.
+pub(crate) fn immediate(req: &AioRequest, supported: bool) -> Option<i64> {
+    if !supported {
+        return Some(-i64::from(libc::EOPNOTSUPP));
+    }
+    match req.opcode {
+        AioOpcode::Read | AioOpcode::Write if req.nbytes() == 0 => Some(0),
+        _ => None,
+    }
+}
+
+/// Moves `slot` forward by the result `res` of its latest round on `fd`.
+pub(crate) fn advance(slot: &mut Slot, res: i64, fd: RawFd) -> Outcome {
+    if res == -i64::from(libc::EINTR) || res == -i64::from(libc::EAGAIN) {
+        if slot.retries < MAX_RETRIES {
+            slot.retries += 1;
+            return Outcome::Again;
+        }
+        return Outcome::Complete(slot.completion(res));
+    }
+    if res < 0 {
+        return Outcome::Complete(slot.completion(res));
+    }
+    let total = slot.req.nbytes();
+    match slot.req.opcode {
+        AioOpcode::Flush => Outcome::Complete(slot.completion(0)),
+        AioOpcode::Discard | AioOpcode::WriteZeroes => {
+            Outcome::Complete(slot.completion(total as i64))
+        }
+        AioOpcode::Read | AioOpcode::Write => {
+            slot.done = (slot.done + res as u64).min(total);
+            if slot.done == total {
+                return Outcome::Complete(slot.completion(total as i64));
+            }
+            if slot.req.opcode == AioOpcode::Write {
+                if res == 0 {
+                    return Outcome::Complete(slot.completion(-i64::from(libc::EIO)));
+                }
+            } else if res == 0 || at_or_past_eof(fd, slot.offset()) {
+                slot.skip_done();
+                zero_fill(&slot.rest);
+                return Outcome::Complete(slot.completion(total as i64));
+            }
+            slot.skip_done();
+            Outcome::Again
+        }
+    }
+}
+
+/// Whether `offset` is at or beyond the end of `fd`; `false` when the size cannot be learned,
+/// so that the read is retried and the kernel has the last word.
+fn at_or_past_eof(fd: RawFd, offset: u64) -> bool {
+    // SAFETY: lseek on a borrowed fd touches no memory. The engines only use positional I/O,
+    // so moving the file offset changes nothing they rely on. SEEK_END also sizes block devices.
+    let end = unsafe { libc::lseek(fd, 0, libc::SEEK_END) };
+    end >= 0 && offset >= end as u64
+}
+
+/// Writes zeroes over every byte the iovecs name.
+fn zero_fill(iovecs: &[Iovec]) {
+    for iov in iovecs {
+        // SAFETY: these iovecs are a suffix of a read request's buffers. `AioContext::submit`
+        // requires its caller to keep them valid and writable until the completion is
+        // returned, which has not happened yet.
+        unsafe { std::ptr::write_bytes(iov.base as *mut u8, 0, iov.len as usize) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_req(iovecs: Vec<Iovec>) -> AioRequest {
+        AioRequest {
+            opcode: AioOpcode::Read,
+            offset: 4096,
+            iovecs,
+            len: 0,
+            tag: 7,
+        }
+    }
+
+    #[test]
+    fn slab_reuses_keys_and_counts() {
+        let mut slab = Slab::default();
+        let a = slab.insert(read_req(vec![]));
+        let b = slab.insert(read_req(vec![]));
+        assert_ne!(a, b);
+        assert_eq!(slab.len(), 2);
+        assert!(slab.remove(a).is_some());
+        assert!(slab.remove(a).is_none());
+        assert_eq!(slab.len(), 1);
+        assert_eq!(slab.insert(read_req(vec![])), a);
+        assert!(slab.get(b).is_some());
+        assert!(slab.get_mut(99).is_none());
+    }
+
+    #[test]
+    fn skip_done_trims_across_iovecs() {
+        let mut slot = Slot::new(read_req(vec![
+            Iovec {
+                base: 1000,
+                len: 100,
+            },
+            Iovec {
+                base: 5000,
+                len: 50,
+            },
+            Iovec {
+                base: 9000,
+                len: 10,
+            },
+        ]));
+        slot.done = 120;
+        slot.skip_done();
+        assert_eq!(
+            slot.iovecs(),
+            &[
+                Iovec {
+                    base: 5020,
+                    len: 30
+                },
+                Iovec {
+                    base: 9000,
+                    len: 10
+                }
+            ]
+        );
+        assert_eq!(slot.offset(), 4096 + 120);
+    }
+
+    #[test]
+    fn short_write_is_resubmitted_and_stall_is_eio() {
+        let buf = [0u8; 64];
+        let mut req = read_req(vec![Iovec {
+            base: buf.as_ptr() as u64,
+            len: 64,
+        }]);
+        req.opcode = AioOpcode::Write;
+        let mut slot = Slot::new(req);
+        assert_eq!(advance(&mut slot, 16, -1), Outcome::Again);
+        assert_eq!(slot.iovecs()[0].len, 48);
+        let eio = AioCompletion {
+            tag: 7,
+            result: -i64::from(libc::EIO),
+        };
+        assert_eq!(advance(&mut slot, 0, -1), Outcome::Complete(eio));
+    }
+
+    #[test]
+    fn eintr_is_retried_a_bounded_number_of_times() {
+        let mut slot = Slot::new(read_req(vec![]));
+        slot.req.opcode = AioOpcode::Flush;
+        let eintr = -i64::from(libc::EINTR);
+        for _ in 0..MAX_RETRIES {
+            assert_eq!(advance(&mut slot, eintr, -1), Outcome::Again);
+        }
+        let done = AioCompletion {
+            tag: 7,
+            result: eintr,
+        };
+        assert_eq!(advance(&mut slot, eintr, -1), Outcome::Complete(done));
+    }
+
+    #[test]
+    fn read_hitting_eof_zero_fills_the_rest() {
+        let mut buf = [0xaau8; 32];
+        let mut slot = Slot::new(read_req(vec![Iovec {
+            base: buf.as_mut_ptr() as u64,
+            len: 32,
+        }]));
+        let full = AioCompletion { tag: 7, result: 32 };
+        assert_eq!(advance(&mut slot, 8, -1), Outcome::Again);
+        assert_eq!(advance(&mut slot, 0, -1), Outcome::Complete(full));
+        assert!(buf[..8].iter().all(|&b| b == 0xaa));
+        assert!(buf[8..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn immediate_answers() {
+        let req = read_req(vec![]);
+        assert_eq!(immediate(&req, true), Some(0));
+        assert_eq!(immediate(&req, false), Some(-i64::from(libc::EOPNOTSUPP)));
+        let req = read_req(vec![Iovec { base: 1, len: 1 }]);
+        assert_eq!(immediate(&req, true), None);
+    }
+}

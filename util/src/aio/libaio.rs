@@ -1,0 +1,298 @@
+//! `aio=native`: Linux native AIO on raw system calls (no libaio library).
+//!
+//! ```text
+//!   submit(batch) ─► slab (key per request) ─► pending (FIFO) ─► one io_submit per round
+//!                                                   ▲                 │  aio_data = key
+//!                       short transfer / EINTR ─────┘                 ▼  IOCB_FLAG_RESFD
+//!   reap(out) ◄─ advance() ◄─ io_getevents(min_nr 0, no wait) ◄─ eventfd readable
+//! ```
+//!
+//! Invariants:
+//! - At most `depth` requests are in the kernel; the rest wait in `pending`, in submission
+//!   order, and go out from `reap` once completions make room.
+//! - `io_submit` taking only the first `k` iocbs leaves the others at the front of `pending`;
+//!   they are offered again at once, which either submits them or surfaces the error of the
+//!   first one. `EINTR` retries; `EAGAIN`/`EBUSY` wait for completions while some request is in
+//!   the kernel and otherwise complete the first request with that error, so the queue always
+//!   moves. Any other submission error completes the first request with that errno.
+//! - Completions that never reached the kernel are queued in `ready` and the eventfd is
+//!   written, so they are reaped the same way as the kernel's.
+//! - iocbs are copied by the kernel during `io_submit`, so they live in one reused buffer; the
+//!   iovec arrays they point to live in the slab until completion.
+//! - Linux AIO has no discard or write-zeroes: [`AioContext::supports`] says so, and such
+//!   requests complete with `-EOPNOTSUPP`.
+//! - Dropping the context first waits for every request in the kernel, then `io_destroy`s it.
+
+use std::collections::VecDeque;
+use std::os::unix::io::{AsRawFd, RawFd};
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::abi::{self, aio_context_t, io_event, iocb};
+use super::inflight::{advance, immediate, Outcome, Slab};
+use super::sync::clear_eventfd;
+use super::{AioCompletion, AioContext, AioEngine, AioError, AioOpcode, AioRequest};
+
+const ENGINE: AioEngine = AioEngine::Native;
+
+/// The pointer array `io_submit` reads, rebuilt before each call from `NativeContext::iocbs`.
+#[derive(Debug, Default)]
+struct IocbPtrs(Vec<*mut iocb>);
+
+// SAFETY: the pointers only ever point into the owning context's `iocbs` buffer, are rebuilt
+// right before each `io_submit` and are never dereferenced by us; moving them to another
+// thread together with that buffer keeps them meaningful.
+unsafe impl Send for IocbPtrs {}
+
+/// A Linux native AIO context bound to one borrowed file descriptor.
+#[derive(Debug)]
+pub struct NativeContext {
+    fd: RawFd,
+    ctx: aio_context_t,
+    efd: EventFd,
+    depth: usize,
+    slab: Slab,
+    pending: VecDeque<usize>,
+    in_kernel: usize,
+    ready: Vec<AioCompletion>,
+    iocbs: Vec<iocb>,
+    ptrs: IocbPtrs,
+    events: Vec<io_event>,
+}
+
+fn syscall_error(call: &'static str, source: std::io::Error) -> AioError {
+    AioError::Syscall {
+        engine: ENGINE,
+        call,
+        source,
+    }
+}
+
+impl NativeContext {
+    /// Sets up an AIO context for `depth` requests in flight on `fd`, which must stay open for
+    /// the engine's lifetime.
+    pub fn new(fd: RawFd, depth: u32) -> Result<Self, AioError> {
+        let depth = depth.max(1);
+        let efd = EventFd::new(EFD_NONBLOCK).map_err(|e| syscall_error("eventfd", e))?;
+        let ctx = abi::io_setup(depth).map_err(|e| syscall_error("io_setup", e))?;
+        let depth = depth as usize;
+        Ok(NativeContext {
+            fd,
+            ctx,
+            efd,
+            depth,
+            slab: Slab::default(),
+            pending: VecDeque::with_capacity(depth),
+            in_kernel: 0,
+            ready: Vec::with_capacity(depth),
+            iocbs: Vec::with_capacity(depth),
+            ptrs: IocbPtrs(Vec::with_capacity(depth)),
+            events: vec![io_event::default(); depth],
+        })
+    }
+
+    /// The iocb for the next round of the request under `key`.
+    fn iocb_for(&self, key: usize) -> iocb {
+        let mut cb = iocb {
+            aio_data: key as u64,
+            aio_fildes: self.fd as u32,
+            aio_flags: abi::IOCB_FLAG_RESFD,
+            aio_resfd: self.efd.as_raw_fd() as u32,
+            ..iocb::default()
+        };
+        let Some(slot) = self.slab.get(key) else {
+            cb.aio_lio_opcode = abi::IOCB_CMD_NOOP;
+            return cb;
+        };
+        let iovecs = slot.iovecs();
+        cb.aio_offset = slot.offset() as i64;
+        match slot.req.opcode {
+            AioOpcode::Read | AioOpcode::Write if iovecs.len() == 1 => {
+                let read = slot.req.opcode == AioOpcode::Read;
+                cb.aio_lio_opcode = if read {
+                    abi::IOCB_CMD_PREAD
+                } else {
+                    abi::IOCB_CMD_PWRITE
+                };
+                cb.aio_buf = iovecs[0].base;
+                cb.aio_nbytes = iovecs[0].len;
+            }
+            AioOpcode::Read | AioOpcode::Write => {
+                let read = slot.req.opcode == AioOpcode::Read;
+                cb.aio_lio_opcode = if read {
+                    abi::IOCB_CMD_PREADV
+                } else {
+                    abi::IOCB_CMD_PWRITEV
+                };
+                cb.aio_buf = iovecs.as_ptr() as u64;
+                cb.aio_nbytes = iovecs.len() as u64;
+            }
+            // `immediate` keeps discard and write-zeroes from ever reaching here; a no-op
+            // would complete them with 0 bytes, which `advance` would turn into a success,
+            // so give the kernel a command it rejects instead.
+            AioOpcode::Flush => cb.aio_lio_opcode = abi::IOCB_CMD_FDSYNC,
+            AioOpcode::Discard | AioOpcode::WriteZeroes => cb.aio_lio_opcode = u16::MAX,
+        }
+        cb
+    }
+
+    /// Completes the first pending request with `-errno` without the kernel.
+    fn fail_front(&mut self, errno: i32) -> Result<(), AioError> {
+        if let Some(key) = self.pending.pop_front() {
+            if let Some(slot) = self.slab.remove(key) {
+                self.ready.push(AioCompletion {
+                    tag: slot.req.tag,
+                    result: -i64::from(errno),
+                });
+                self.efd
+                    .write(1)
+                    .map_err(|e| syscall_error("eventfd write", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Submits as much of `pending` as the context has room for, one `io_submit` per round.
+    fn flush_pending(&mut self) -> Result<(), AioError> {
+        while !self.pending.is_empty() && self.in_kernel < self.depth {
+            let n = self.pending.len().min(self.depth - self.in_kernel);
+            self.iocbs.clear();
+            for i in 0..n {
+                let cb = self.iocb_for(self.pending[i]);
+                self.iocbs.push(cb);
+            }
+            self.ptrs.0.clear();
+            self.ptrs
+                .0
+                .extend(self.iocbs.iter_mut().map(|cb| cb as *mut iocb));
+            // SAFETY: every pointer targets `self.iocbs`, alive during the call. The buffers
+            // or iovec arrays the iocbs name belong to requests held in the slab until their
+            // completion is reaped, and the caller of `submit` keeps the memory valid.
+            match unsafe { abi::io_submit(self.ctx, &self.ptrs.0) } {
+                Ok(0) if self.in_kernel > 0 => break,
+                Ok(0) => self.fail_front(libc::EAGAIN)?,
+                Ok(k) => {
+                    self.pending.drain(..k);
+                    self.in_kernel += k;
+                }
+                Err(e) => match e.raw_os_error().unwrap_or(libc::EIO) {
+                    libc::EINTR => continue,
+                    libc::EAGAIN | libc::EBUSY if self.in_kernel > 0 => break,
+                    errno => self.fail_front(errno)?,
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// Collects up to `depth` kernel completions, waiting for at least `min_nr` of them;
+    /// returns how many arrived.
+    fn collect(&mut self, min_nr: usize, out: &mut Vec<AioCompletion>) -> Result<usize, AioError> {
+        let no_wait = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let timeout = if min_nr == 0 { Some(&no_wait) } else { None };
+        let n = loop {
+            match abi::io_getevents(self.ctx, min_nr, &mut self.events, timeout) {
+                Ok(n) => break n,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => return Err(syscall_error("io_getevents", e)),
+            }
+        };
+        for i in 0..n {
+            let ev = self.events[i];
+            self.in_kernel = self.in_kernel.saturating_sub(1);
+            let key = ev.data as usize;
+            let Some(slot) = self.slab.get_mut(key) else {
+                log::warn!("aio=native: completion for unknown request key {key}");
+                continue;
+            };
+            match advance(slot, ev.res, self.fd) {
+                Outcome::Complete(done) => {
+                    self.slab.remove(key);
+                    out.push(done);
+                }
+                Outcome::Again => self.pending.push_back(key),
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl AioContext for NativeContext {
+    fn engine(&self) -> AioEngine {
+        ENGINE
+    }
+
+    fn supports(&self, opcode: AioOpcode) -> bool {
+        !matches!(opcode, AioOpcode::Discard | AioOpcode::WriteZeroes)
+    }
+
+    unsafe fn submit(&mut self, batch: &mut Vec<AioRequest>) -> Result<(), AioError> {
+        let mut signal = false;
+        for req in batch.drain(..) {
+            if let Some(result) = immediate(&req, self.supports(req.opcode)) {
+                self.ready.push(AioCompletion {
+                    tag: req.tag,
+                    result,
+                });
+                signal = true;
+                continue;
+            }
+            let key = self.slab.insert(req);
+            self.pending.push_back(key);
+        }
+        if signal {
+            self.efd
+                .write(1)
+                .map_err(|e| syscall_error("eventfd write", e))?;
+        }
+        self.flush_pending()
+    }
+
+    fn eventfd(&self) -> RawFd {
+        self.efd.as_raw_fd()
+    }
+
+    fn reap(&mut self, out: &mut Vec<AioCompletion>) -> Result<usize, AioError> {
+        clear_eventfd(&self.efd, ENGINE)?;
+        let before = out.len();
+        out.append(&mut self.ready);
+        while self.in_kernel > 0 {
+            if self.collect(0, out)? < self.depth {
+                break;
+            }
+        }
+        self.flush_pending()?;
+        out.append(&mut self.ready);
+        Ok(out.len() - before)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.slab.len() + self.ready.len()
+    }
+
+    fn drain(&mut self, out: &mut Vec<AioCompletion>) -> Result<(), AioError> {
+        loop {
+            self.flush_pending()?;
+            out.append(&mut self.ready);
+            if self.in_kernel == 0 && self.pending.is_empty() {
+                return Ok(());
+            }
+            self.collect(1, out)?;
+        }
+    }
+}
+
+impl Drop for NativeContext {
+    fn drop(&mut self) {
+        let mut lost = Vec::new();
+        if let Err(e) = self.drain(&mut lost) {
+            log::error!("aio=native: draining before teardown failed: {e}");
+        }
+        if let Err(e) = abi::io_destroy(self.ctx) {
+            log::error!("aio=native: io_destroy failed: {e}");
+        }
+    }
+}

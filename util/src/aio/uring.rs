@@ -1,0 +1,366 @@
+//! `aio=io_uring`: the block engine on our own ring ([`crate::io_uring`]).
+//!
+//! ```text
+//!   submit(batch) ─► slab (key per request) ─► pending ─► SQEs (user_data = key)
+//!                                                            │ one io_uring_enter per batch
+//!   reap(out) ◄─ advance() ◄─ CQ ring, read without a system call ◄─ eventfd (registered)
+//! ```
+//!
+//! Invariants:
+//! - At most `depth` requests are in the ring (pushed and not yet reaped). The CQ ring has
+//!   at least twice as many entries as the SQ ring, so completions never overflow; the rest
+//!   waits in `pending`, in order, and is pushed from `reap` once completions make room.
+//! - The ring is created with `IORING_SETUP_SUBMIT_ALL` where the kernel knows it, so one
+//!   failing SQE does not stop the batch: its error comes back as its CQE. SQEs the kernel
+//!   did not consume (`EAGAIN`/`EBUSY` from `io_uring_enter`) stay in the SQ ring and are
+//!   submitted again by the next `submit` or `reap`.
+//! - Discard and write-zeroes are `IORING_OP_FALLOCATE` (punch hole / zero range, keeping the
+//!   size) when the kernel supports the opcode.
+//! - With [`AioContext::register_memory`], a read or write whose single iovec lies in one
+//!   registered region becomes `READ_FIXED`/`WRITE_FIXED` (regions are registered in pieces of
+//!   at most 1 GiB, the kernel's limit per buffer).
+//! - Dropping the context waits for every request in the ring before the ring is unmapped.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::unix::io::{AsRawFd, RawFd};
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::inflight::{advance, immediate, Outcome, Slab};
+use super::sync::clear_eventfd;
+use super::{AioCompletion, AioContext, AioEngine, AioError, AioOpcode, AioRequest, Iovec};
+use crate::io_uring::sys::{IORING_FSYNC_DATASYNC, IORING_SETUP_SUBMIT_ALL};
+use crate::io_uring::{io_uring_cqe, io_uring_sqe, IoUring, IoringOp, UringError};
+
+const ENGINE: AioEngine = AioEngine::IoUring;
+
+/// The kernel's limit on one registered buffer.
+const MAX_FIXED_BUFFER: u64 = 1 << 30;
+
+/// Largest ring the kernel accepts without clamping.
+const MAX_ENTRIES: u32 = 32768;
+
+fn errno_of(e: &UringError) -> io::Error {
+    io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EINVAL))
+}
+
+fn uring_error(call: &'static str, e: &UringError) -> AioError {
+    AioError::Syscall {
+        engine: ENGINE,
+        call,
+        source: errno_of(e),
+    }
+}
+
+/// Creates a ring of `entries`, with `IORING_SETUP_SUBMIT_ALL` when the kernel knows it.
+fn new_ring(entries: u32) -> Result<IoUring, UringError> {
+    IoUring::new(entries, IORING_SETUP_SUBMIT_ALL).or_else(|e| match e.raw_os_error() {
+        Some(libc::EINVAL) => IoUring::new(entries, 0),
+        _ => Err(e),
+    })
+}
+
+/// Checks that the kernel lets us create a ring that can read, write and flush.
+pub(crate) fn probe() -> io::Result<()> {
+    let ring = new_ring(4).map_err(|e| errno_of(&e))?;
+    let ops = ring.probe().map_err(|e| errno_of(&e))?;
+    for op in [IoringOp::Readv, IoringOp::Writev, IoringOp::Fsync] {
+        if !ops.supports(op as u8) {
+            return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+        }
+    }
+    Ok(())
+}
+
+/// An io_uring block engine bound to one borrowed file descriptor.
+pub struct UringContext {
+    fd: RawFd,
+    ring: IoUring,
+    efd: EventFd,
+    depth: usize,
+    fallocate: bool,
+    slab: Slab,
+    pending: VecDeque<usize>,
+    in_ring: usize,
+    ready: Vec<AioCompletion>,
+    fixed: Vec<Iovec>,
+}
+
+impl std::fmt::Debug for UringContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UringContext")
+            .field("fd", &self.fd)
+            .field("ring_fd", &self.ring.as_raw_fd())
+            .field("depth", &self.depth)
+            .field("in_ring", &self.in_ring)
+            .field("pending", &self.pending.len())
+            .finish()
+    }
+}
+
+impl UringContext {
+    /// Sets up a ring for `depth` requests in flight on `fd`, which must stay open for the
+    /// engine's lifetime, and registers the engine's eventfd with it.
+    pub fn new(fd: RawFd, depth: u32) -> Result<Self, AioError> {
+        let depth = depth.clamp(1, MAX_ENTRIES);
+        let efd = EventFd::new(EFD_NONBLOCK).map_err(|source| AioError::Syscall {
+            engine: ENGINE,
+            call: "eventfd",
+            source,
+        })?;
+        let ring = new_ring(depth).map_err(|e| uring_error("io_uring_setup", &e))?;
+        ring.register_eventfd(efd.as_raw_fd())
+            .map_err(|e| uring_error("io_uring_register(eventfd)", &e))?;
+        let fallocate = ring.probe_opcode(IoringOp::Fallocate);
+        let depth = depth as usize;
+        Ok(UringContext {
+            fd,
+            ring,
+            efd,
+            depth,
+            fallocate,
+            slab: Slab::default(),
+            pending: VecDeque::with_capacity(depth),
+            in_ring: 0,
+            ready: Vec::with_capacity(depth),
+            fixed: Vec::new(),
+        })
+    }
+
+    /// The registered buffer holding all of `iov`, if any.
+    fn fixed_index(&self, iov: &Iovec) -> Option<u16> {
+        if iov.len > u64::from(u32::MAX) {
+            return None;
+        }
+        let end = iov.base.checked_add(iov.len)?;
+        let index = self
+            .fixed
+            .iter()
+            .position(|r| iov.base >= r.base && end <= r.base + r.len)?;
+        u16::try_from(index).ok()
+    }
+
+    /// The SQE for the next round of the request under `key`.
+    fn sqe_for(&self, key: usize) -> io_uring_sqe {
+        let ud = key as u64;
+        let Some(slot) = self.slab.get(key) else {
+            return io_uring_sqe::nop(ud);
+        };
+        let off = slot.offset();
+        let iovecs = slot.iovecs();
+        let nr = u32::try_from(iovecs.len()).unwrap_or(u32::MAX);
+        let fixed = match iovecs {
+            [one] => self.fixed_index(one).map(|i| (one, i)),
+            _ => None,
+        };
+        match (slot.req.opcode, fixed) {
+            (AioOpcode::Read, Some((iov, i))) => {
+                io_uring_sqe::read_fixed(self.fd, iov.base as *mut u8, iov.len as u32, off, i, ud)
+            }
+            (AioOpcode::Write, Some((iov, i))) => io_uring_sqe::write_fixed(
+                self.fd,
+                iov.base as *const u8,
+                iov.len as u32,
+                off,
+                i,
+                ud,
+            ),
+            (AioOpcode::Read, None) => {
+                io_uring_sqe::readv(self.fd, iovecs.as_ptr().cast(), nr, off, ud)
+            }
+            (AioOpcode::Write, None) => {
+                io_uring_sqe::writev(self.fd, iovecs.as_ptr().cast(), nr, off, ud)
+            }
+            (AioOpcode::Flush, _) => io_uring_sqe::fsync(self.fd, IORING_FSYNC_DATASYNC, ud),
+            (AioOpcode::Discard, _) => io_uring_sqe::fallocate(
+                self.fd,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                slot.req.offset,
+                slot.req.len,
+                ud,
+            ),
+            (AioOpcode::WriteZeroes, _) => io_uring_sqe::fallocate(
+                self.fd,
+                libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+                slot.req.offset,
+                slot.req.len,
+                ud,
+            ),
+        }
+    }
+
+    /// SQEs pushed but not yet consumed by the kernel.
+    fn unsubmitted(&self) -> u32 {
+        self.ring.sq_entries() - self.ring.sq_space_left()
+    }
+
+    /// Pushes as much of `pending` as the ring has room for, then enters the kernel once.
+    fn flush_pending(&mut self) -> Result<(), AioError> {
+        while self.in_ring < self.depth {
+            let Some(&key) = self.pending.front() else {
+                break;
+            };
+            let sqe = self.sqe_for(key);
+            // SAFETY: the SQE names the request's iovec array (inside its slab entry, which
+            // stays put until the completion is reaped) or a buffer of it; the caller of
+            // `submit` keeps that memory valid until then.
+            if unsafe { self.ring.push(&sqe) }.is_err() {
+                break;
+            }
+            self.pending.pop_front();
+            self.in_ring += 1;
+        }
+        if self.unsubmitted() == 0 {
+            return Ok(());
+        }
+        match self.ring.submit() {
+            Ok(_) => Ok(()),
+            Err(e) => match e.raw_os_error() {
+                // The SQEs stay in the ring: submitted again after the next completions.
+                Some(libc::EAGAIN | libc::EBUSY) if self.in_ring > self.unsubmitted() as usize => {
+                    Ok(())
+                }
+                _ => Err(uring_error("io_uring_enter", &e)),
+            },
+        }
+    }
+
+    /// Moves one CQE's request forward.
+    fn complete(&mut self, cqe: io_uring_cqe, out: &mut Vec<AioCompletion>) {
+        self.in_ring = self.in_ring.saturating_sub(1);
+        let key = cqe.user_data as usize;
+        let Some(slot) = self.slab.get_mut(key) else {
+            log::warn!("aio=io_uring: completion for unknown request key {key}");
+            return;
+        };
+        match advance(slot, i64::from(cqe.res), self.fd) {
+            Outcome::Complete(done) => {
+                self.slab.remove(key);
+                out.push(done);
+            }
+            Outcome::Again => self.pending.push_back(key),
+        }
+    }
+
+    /// Handles every CQE already in the ring; returns how many there were.
+    fn collect(&mut self, out: &mut Vec<AioCompletion>) -> usize {
+        let mut n = 0;
+        while let Some(cqe) = self.ring.pop_completion() {
+            self.complete(cqe, out);
+            n += 1;
+        }
+        n
+    }
+}
+
+impl AioContext for UringContext {
+    fn engine(&self) -> AioEngine {
+        ENGINE
+    }
+
+    fn supports(&self, opcode: AioOpcode) -> bool {
+        match opcode {
+            AioOpcode::Read | AioOpcode::Write | AioOpcode::Flush => true,
+            AioOpcode::Discard | AioOpcode::WriteZeroes => self.fallocate,
+        }
+    }
+
+    unsafe fn submit(&mut self, batch: &mut Vec<AioRequest>) -> Result<(), AioError> {
+        let mut signal = false;
+        for req in batch.drain(..) {
+            if let Some(result) = immediate(&req, self.supports(req.opcode)) {
+                self.ready.push(AioCompletion {
+                    tag: req.tag,
+                    result,
+                });
+                signal = true;
+                continue;
+            }
+            let key = self.slab.insert(req);
+            self.pending.push_back(key);
+        }
+        if signal {
+            self.efd.write(1).map_err(|source| AioError::Syscall {
+                engine: ENGINE,
+                call: "eventfd write",
+                source,
+            })?;
+        }
+        self.flush_pending()
+    }
+
+    fn eventfd(&self) -> RawFd {
+        self.efd.as_raw_fd()
+    }
+
+    fn reap(&mut self, out: &mut Vec<AioCompletion>) -> Result<usize, AioError> {
+        clear_eventfd(&self.efd, ENGINE)?;
+        let before = out.len();
+        out.append(&mut self.ready);
+        self.collect(out);
+        self.flush_pending()?;
+        Ok(out.len() - before)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.slab.len() + self.ready.len()
+    }
+
+    fn drain(&mut self, out: &mut Vec<AioCompletion>) -> Result<(), AioError> {
+        loop {
+            self.flush_pending()?;
+            out.append(&mut self.ready);
+            if self.collect(out) > 0 {
+                continue;
+            }
+            if self.in_ring == 0 && self.pending.is_empty() {
+                return Ok(());
+            }
+            self.ring
+                .submit_and_wait(1)
+                .map_err(|e| uring_error("io_uring_enter", &e))?;
+        }
+    }
+
+    fn register_memory(&mut self, regions: &[Iovec]) -> Result<bool, AioError> {
+        let mut pieces = Vec::new();
+        for region in regions {
+            let mut at = 0;
+            while at < region.len {
+                let len = (region.len - at).min(MAX_FIXED_BUFFER);
+                pieces.push(Iovec {
+                    base: region.base + at,
+                    len,
+                });
+                at += len;
+            }
+        }
+        if pieces.is_empty() || pieces.len() > usize::from(u16::MAX) {
+            return Ok(false);
+        }
+        let iovecs: Vec<libc::iovec> = pieces
+            .iter()
+            .map(|p| libc::iovec {
+                iov_base: p.base as *mut libc::c_void,
+                iov_len: p.len as usize,
+            })
+            .collect();
+        // SAFETY: the kernel pins the pages of every region during the call and keeps them
+        // until the ring is dropped, so fixed-buffer I/O never touches memory that was
+        // returned to the system; a caller that unmaps a region only loses coherence.
+        unsafe { self.ring.register_buffers(&iovecs) }
+            .map_err(|e| uring_error("io_uring_register(buffers)", &e))?;
+        self.fixed = pieces;
+        Ok(true)
+    }
+}
+
+impl Drop for UringContext {
+    fn drop(&mut self) {
+        let mut lost = Vec::new();
+        if let Err(e) = self.drain(&mut lost) {
+            log::error!("aio=io_uring: draining before teardown failed: {e}");
+        }
+    }
+}
