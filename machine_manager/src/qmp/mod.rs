@@ -1,1 +1,29 @@
-//! The QMP server: QEMU Machine Protocol over a Unix socket.
+//! The QMP server: the QEMU Machine Protocol over a Unix socket (`-qmp unix:PATH,server,nowait`).
+//!
+//! ```text
+//!   client ──bytes──► decoder (JSON values across reads) ──► session (negotiation, request
+//!   checks, typed arguments) ──► QmpHandler (the machine) ──► reply / event lines ──► client
+//!                                                   QmpEventSender (any thread) ──┘
+//! ```
+//!
+//! - [`decoder`]-level framing accepts requests split over reads and several per read; a
+//!   malformed request gets a `GenericError` and the connection stays usable.
+//! - [`commands`] parses each command's `arguments` into typed structs that refuse unknown
+//!   members; [`QmpHandler`] is what the machine implements; [`QmpServer`] runs it all on a
+//!   [`util::event_loop::EventLoop`], serving one client at a time.
+//! - Every message the server writes is one JSON object followed by `\r\n`, shaped exactly as
+//!   `shared/COMPAT.md` ("QMP") says; `docs/qmp.md` is the user reference.
+
+mod commands;
+mod decoder;
+mod events;
+mod handler;
+mod message;
+mod server;
+mod session;
+
+pub use commands::{BlockdevAdd, Command, DeviceAdd};
+pub use events::QmpEventSender;
+pub use handler::{CpuInfo, QmpError, QmpHandler, VmRunState};
+pub use message::{QmpEvent, ShutdownReason, Timestamp};
+pub use server::{QmpServer, QmpServerError, MAX_BUFFERED_OUTPUT};

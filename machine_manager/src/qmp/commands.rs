@@ -1,0 +1,436 @@
+//! The commands the server knows and their typed arguments.
+//!
+//! Parsing is separate from execution: [`Command::parse`] turns a command name and its
+//! `arguments` object into a [`Command`] or a [`QmpError`]; nothing runs yet.
+//!
+//! Invariants:
+//! - Every argument object is deserialized into a struct with `deny_unknown_fields`: an
+//!   unknown member, a missing required member or a member of the wrong type is a
+//!   `GenericError` whose description names the member.
+//! - Values are checked here only as far as the protocol defines them (`driver` names, the
+//!   `aio` engine name, the `addr` number). Machine rules (slot range, `aio=native` needs
+//!   `direct`) belong to the [`super::QmpHandler`].
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use util::aio::AioEngine;
+
+use super::handler::QmpError;
+
+/// `blockdev-add`: open a block backend, checked and with its members flattened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockdevAdd {
+    /// `node-name`: the backend's name, used by `device_add` and `blockdev-del`.
+    pub node_name: String,
+    /// `file.filename`: the image path on the host.
+    pub filename: PathBuf,
+    /// `file.aio`: the engine, or `None` when not given (the machine applies the `-drive`
+    /// default).
+    pub aio: Option<AioEngine>,
+    /// `cache.direct`: open with `O_DIRECT`, or `None` when not given (the machine applies the
+    /// `-drive` default, on).
+    pub direct: Option<bool>,
+    /// `read-only` (default false).
+    pub read_only: bool,
+}
+
+/// `device_add`: put backend `drive` into virtio-blk slot `slot` as device `id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceAdd {
+    /// `id`: the device id, used by `device_del` and the `DEVICE_DELETED` event.
+    pub id: String,
+    /// The backend's node name: `drive` if given, otherwise `id`.
+    pub drive: String,
+    /// The slot index, from `addr` (`"0x1"`, `"1"` or `1`).
+    pub slot: usize,
+}
+
+/// A parsed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `qmp_capabilities`.
+    QmpCapabilities,
+    /// `quit`.
+    Quit,
+    /// `stop`.
+    Stop,
+    /// `cont`.
+    Cont,
+    /// `query-status`.
+    QueryStatus,
+    /// `query-cpus`.
+    QueryCpus,
+    /// `blockdev-add`.
+    BlockdevAdd(BlockdevAdd),
+    /// `blockdev-del` with its `node-name`.
+    BlockdevDel(String),
+    /// `device_add`.
+    DeviceAdd(DeviceAdd),
+    /// `device_del` with its `id`.
+    DeviceDel(String),
+}
+
+/// The one command accepted before capabilities negotiation.
+pub const QMP_CAPABILITIES: &str = "qmp_capabilities";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoArguments {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CapabilitiesArguments {
+    #[serde(default)]
+    enable: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct BlockdevAddArguments {
+    node_name: String,
+    file: FileArguments,
+    #[serde(default)]
+    cache: Option<CacheArguments>,
+    #[serde(default)]
+    read_only: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileArguments {
+    driver: String,
+    filename: String,
+    #[serde(default)]
+    aio: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CacheArguments {
+    #[serde(default)]
+    direct: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct NodeNameArguments {
+    node_name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceAddArguments {
+    id: String,
+    driver: String,
+    addr: Value,
+    #[serde(default)]
+    drive: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdArguments {
+    id: String,
+}
+
+/// The only `device_add` driver: a virtio-blk slot on the virtio-mmio bus.
+const BLOCK_DEVICE_DRIVER: &str = "virtio-blk-mmio";
+/// The only `blockdev-add` protocol driver: a host file.
+const FILE_DRIVER: &str = "file";
+
+impl Command {
+    /// Parses command `name` with its `arguments` object (`None` when the request had none).
+    pub fn parse(name: &str, arguments: Option<Map<String, Value>>) -> Result<Command, QmpError> {
+        let arguments = arguments.unwrap_or_default();
+        match name {
+            QMP_CAPABILITIES => {
+                let args: CapabilitiesArguments = deserialize(name, arguments)?;
+                match args.enable.first() {
+                    Some(capability) => Err(QmpError::Generic(format!(
+                        "capability '{capability}' is not available: this server offers none"
+                    ))),
+                    None => Ok(Command::QmpCapabilities),
+                }
+            }
+            "quit" => no_arguments(name, arguments, Command::Quit),
+            "stop" => no_arguments(name, arguments, Command::Stop),
+            "cont" => no_arguments(name, arguments, Command::Cont),
+            "query-status" => no_arguments(name, arguments, Command::QueryStatus),
+            "query-cpus" => no_arguments(name, arguments, Command::QueryCpus),
+            "blockdev-add" => parse_blockdev_add(deserialize(name, arguments)?),
+            "blockdev-del" => {
+                let args: NodeNameArguments = deserialize(name, arguments)?;
+                Ok(Command::BlockdevDel(non_empty(
+                    name,
+                    "node-name",
+                    args.node_name,
+                )?))
+            }
+            "device_add" => parse_device_add(deserialize(name, arguments)?),
+            "device_del" => {
+                let args: IdArguments = deserialize(name, arguments)?;
+                Ok(Command::DeviceDel(non_empty(name, "id", args.id)?))
+            }
+            other => Err(QmpError::CommandNotFound(format!(
+                "The command {other} has not been found"
+            ))),
+        }
+    }
+}
+
+fn deserialize<T: DeserializeOwned>(
+    command: &str,
+    arguments: Map<String, Value>,
+) -> Result<T, QmpError> {
+    serde_json::from_value(Value::Object(arguments))
+        .map_err(|e| QmpError::Generic(format!("invalid arguments for '{command}': {e}")))
+}
+
+fn no_arguments(
+    command: &str,
+    arguments: Map<String, Value>,
+    parsed: Command,
+) -> Result<Command, QmpError> {
+    let NoArguments {} = deserialize(command, arguments)?;
+    Ok(parsed)
+}
+
+fn non_empty(command: &str, member: &str, value: String) -> Result<String, QmpError> {
+    if value.is_empty() {
+        return Err(QmpError::Generic(format!(
+            "invalid arguments for '{command}': '{member}' must not be empty"
+        )));
+    }
+    Ok(value)
+}
+
+fn parse_blockdev_add(args: BlockdevAddArguments) -> Result<Command, QmpError> {
+    const NAME: &str = "blockdev-add";
+    let node_name = non_empty(NAME, "node-name", args.node_name)?;
+    if args.file.driver != FILE_DRIVER {
+        return Err(QmpError::Generic(format!(
+            "invalid arguments for '{NAME}': file driver '{}' is not supported (expected '{FILE_DRIVER}')",
+            args.file.driver
+        )));
+    }
+    let filename = non_empty(NAME, "file.filename", args.file.filename)?;
+    let aio = args
+        .file
+        .aio
+        .map(|name| AioEngine::from_str(&name))
+        .transpose()
+        .map_err(|e| QmpError::Generic(format!("invalid arguments for '{NAME}': {e}")))?;
+    Ok(Command::BlockdevAdd(BlockdevAdd {
+        node_name,
+        filename: PathBuf::from(filename),
+        aio,
+        direct: args.cache.and_then(|cache| cache.direct),
+        read_only: args.read_only.unwrap_or(false),
+    }))
+}
+
+fn parse_device_add(args: DeviceAddArguments) -> Result<Command, QmpError> {
+    const NAME: &str = "device_add";
+    let id = non_empty(NAME, "id", args.id)?;
+    if args.driver != BLOCK_DEVICE_DRIVER {
+        return Err(QmpError::Generic(format!(
+            "invalid arguments for '{NAME}': driver '{}' is not supported (expected '{BLOCK_DEVICE_DRIVER}')",
+            args.driver
+        )));
+    }
+    let slot = parse_addr(&args.addr).ok_or_else(|| {
+        QmpError::Generic(format!(
+            "invalid arguments for '{NAME}': addr {} is not a slot number (e.g. \"0x1\" or \"1\")",
+            args.addr
+        ))
+    })?;
+    let drive = match args.drive {
+        Some(drive) => non_empty(NAME, "drive", drive)?,
+        None => id.clone(),
+    };
+    Ok(Command::DeviceAdd(DeviceAdd { id, drive, slot }))
+}
+
+/// A slot number from `"0x1f"`, `"31"` or `31`.
+fn parse_addr(addr: &Value) -> Option<usize> {
+    match addr {
+        Value::String(text) => match text.strip_prefix("0x").or(text.strip_prefix("0X")) {
+            Some(hex) => usize::from_str_radix(hex, 16).ok(),
+            None => text.parse().ok(),
+        },
+        Value::Number(number) => number.as_u64().and_then(|n| usize::try_from(n).ok()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(name: &str, arguments: Value) -> Result<Command, QmpError> {
+        match arguments {
+            Value::Object(map) => Command::parse(name, Some(map)),
+            _ => panic!("test arguments must be an object"),
+        }
+    }
+
+    fn generic_desc(result: Result<Command, QmpError>) -> String {
+        match result {
+            Err(QmpError::Generic(desc)) => desc,
+            other => panic!("expected a GenericError, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn blockdev_add_flattens_its_members_and_accepts_both_uring_spellings() {
+        for spelling in ["io_uring", "iouring"] {
+            let parsed = parse(
+                "blockdev-add",
+                json!({"node-name": "drive-1",
+                       "file": {"driver": "file", "filename": "/tmp/d.img", "aio": spelling},
+                       "cache": {"direct": false}, "read-only": true}),
+            )
+            .unwrap();
+            assert_eq!(
+                parsed,
+                Command::BlockdevAdd(BlockdevAdd {
+                    node_name: "drive-1".into(),
+                    filename: "/tmp/d.img".into(),
+                    aio: Some(AioEngine::IoUring),
+                    direct: Some(false),
+                    read_only: true,
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn blockdev_add_defaults_are_left_to_the_machine() {
+        let parsed = parse(
+            "blockdev-add",
+            json!({"node-name": "n", "file": {"driver": "file", "filename": "f"}}),
+        )
+        .unwrap();
+        assert_eq!(
+            parsed,
+            Command::BlockdevAdd(BlockdevAdd {
+                node_name: "n".into(),
+                filename: "f".into(),
+                aio: None,
+                direct: None,
+                read_only: false,
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_missing_and_mistyped_members_are_named() {
+        let desc = generic_desc(parse(
+            "blockdev-add",
+            json!({"node-name": "n", "file": {"driver": "file", "filename": "f", "bogus": 1}}),
+        ));
+        assert!(desc.contains("bogus"), "{desc}");
+        let desc = generic_desc(parse(
+            "blockdev-add",
+            json!({"file": {"driver": "file", "filename": "f"}}),
+        ));
+        assert!(desc.contains("node-name"), "{desc}");
+        let desc = generic_desc(parse("device_del", json!({"id": 3})));
+        assert!(desc.contains("invalid type"), "{desc}");
+        let desc = generic_desc(parse("stop", json!({"now": true})));
+        assert!(desc.contains("now"), "{desc}");
+    }
+
+    #[test]
+    fn bad_values_are_generic_errors() {
+        let desc = generic_desc(parse(
+            "blockdev-add",
+            json!({"node-name": "n", "file": {"driver": "file", "filename": "f", "aio": "posix"}}),
+        ));
+        assert!(desc.contains("posix"), "{desc}");
+        let desc = generic_desc(parse(
+            "blockdev-add",
+            json!({"node-name": "n", "file": {"driver": "nbd", "filename": "f"}}),
+        ));
+        assert!(desc.contains("nbd"), "{desc}");
+        let desc = generic_desc(parse(
+            "device_add",
+            json!({"id": "d", "driver": "virtio-net-mmio", "addr": "0x1"}),
+        ));
+        assert!(desc.contains("virtio-net-mmio"), "{desc}");
+        for addr in [json!("0xg"), json!("-1"), json!(-1), json!(true), json!("")] {
+            let desc = generic_desc(parse(
+                "device_add",
+                json!({"id": "d", "driver": "virtio-blk-mmio", "addr": addr}),
+            ));
+            assert!(desc.contains("addr"), "{desc}");
+        }
+        generic_desc(parse("device_del", json!({"id": ""})));
+    }
+
+    #[test]
+    fn device_add_reads_hex_and_decimal_addr_and_defaults_drive_to_id() {
+        for (addr, slot) in [
+            (json!("0x1"), 1),
+            (json!("0X1f"), 31),
+            (json!("12"), 12),
+            (json!(3), 3),
+        ] {
+            let parsed = parse(
+                "device_add",
+                json!({"id": "drive-1", "driver": "virtio-blk-mmio", "addr": addr}),
+            )
+            .unwrap();
+            assert_eq!(
+                parsed,
+                Command::DeviceAdd(DeviceAdd {
+                    id: "drive-1".into(),
+                    drive: "drive-1".into(),
+                    slot,
+                })
+            );
+        }
+        let parsed = parse(
+            "device_add",
+            json!({"id": "dev", "driver": "virtio-blk-mmio", "addr": "0", "drive": "node"}),
+        )
+        .unwrap();
+        assert_eq!(
+            parsed,
+            Command::DeviceAdd(DeviceAdd {
+                id: "dev".into(),
+                drive: "node".into(),
+                slot: 0,
+            })
+        );
+    }
+
+    #[test]
+    fn capabilities_accept_an_empty_enable_list_only() {
+        assert_eq!(
+            Command::parse(QMP_CAPABILITIES, None).unwrap(),
+            Command::QmpCapabilities
+        );
+        assert_eq!(
+            parse(QMP_CAPABILITIES, json!({"enable": []})).unwrap(),
+            Command::QmpCapabilities
+        );
+        let desc = generic_desc(parse(QMP_CAPABILITIES, json!({"enable": ["oob"]})));
+        assert!(desc.contains("oob"), "{desc}");
+    }
+
+    #[test]
+    fn unknown_command_is_command_not_found() {
+        assert_eq!(
+            Command::parse("query-kvm", None),
+            Err(QmpError::CommandNotFound(
+                "The command query-kvm has not been found".into()
+            ))
+        );
+    }
+}

@@ -1,0 +1,516 @@
+//! The QMP socket on the event loop: [`QmpServer`].
+//!
+//! ```text
+//!   "qmp-listener" (listening socket, IN) ── accept ──► the one client ── greeting
+//!   "qmp-client"   (client socket, IN [+ OUT while output is buffered])
+//!        read ──► Session (decode, negotiate, dispatch to QmpHandler) ──► output buffer ──► write
+//!   "qmp-events"   (eventfd, IN) ── QmpEventSender queue ──► output buffer of a negotiated client
+//! ```
+//!
+//! Invariants:
+//! - One client at a time. A connection arriving while a client is connected is accepted,
+//!   told `{"error":{"class":"GenericError","desc":"QMP socket busy: ..."}}` and closed, after
+//!   the current client's pending input was read (so a client that just hung up is noticed
+//!   first and its successor is served).
+//! - All sockets are non-blocking. A write that would block stays in the client's output
+//!   buffer and `OUT` interest is registered until it drains; a client that lets more than
+//!   [`MAX_BUFFERED_OUTPUT`] bytes pile up is disconnected.
+//! - All state sits behind one mutex taken by the handlers; the [`QmpHandler`] is called with
+//!   it held (commands are serialized), except [`QmpHandler::quit`], called after the reply
+//!   and the `SHUTDOWN` event were flushed and the lock released.
+//! - The socket file is created by [`QmpServer::new`] (replacing a stale socket, never another
+//!   kind of file) and removed when the server is dropped.
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::io::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use util::event_loop::{EventLoop, EventLoopError, Handler, HandlerAction};
+use vmm_sys_util::epoll::EventSet;
+
+use super::events::{EventQueue, QmpEventSender};
+use super::handler::{QmpError, QmpHandler};
+use super::message;
+use super::session::{AfterReply, Session};
+
+/// A client that lets this much output pile up unread is disconnected.
+pub const MAX_BUFFERED_OUTPUT: usize = 4 << 20;
+/// How long the reply to `quit` may take to reach a client that does not read.
+const QUIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+/// Reads per readiness notification, so one chatty client cannot starve the event loop.
+const READS_PER_WAKE: usize = 64;
+
+/// Errors setting up the QMP socket.
+#[derive(Debug, thiserror::Error)]
+pub enum QmpServerError {
+    /// The socket path exists but cannot be examined.
+    #[error("cannot examine QMP socket path {path}")]
+    Inspect {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The socket path exists and is not a socket: it is never replaced.
+    #[error("QMP socket path {path} exists and is not a socket; refusing to replace it")]
+    NotASocket {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// A stale socket file could not be removed.
+    #[error("cannot remove the stale QMP socket {path}")]
+    RemoveStale {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Binding or listening failed (missing directory, permissions, path too long...).
+    #[error("cannot listen on QMP socket {path}")]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The listening socket cannot be made non-blocking.
+    #[error("cannot make QMP socket {path} non-blocking")]
+    NonBlocking {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The event queue's eventfd cannot be created.
+    #[error("cannot create the QMP event queue")]
+    EventQueue(#[source] std::io::Error),
+    /// The listener or the event queue cannot be added to the event loop.
+    #[error("cannot register the QMP server with the event loop")]
+    Register(#[source] EventLoopError),
+}
+
+/// Removes the socket file when dropped.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.0) {
+            if e.kind() != ErrorKind::NotFound {
+                log::warn!("qmp: cannot remove socket {}: {e}", self.0.display());
+            }
+        }
+    }
+}
+
+/// A QMP server listening on a Unix socket, not yet serving.
+pub struct QmpServer {
+    listener: UnixListener,
+    socket_file: SocketFile,
+    handler: Arc<Mutex<dyn QmpHandler>>,
+    events: Arc<EventQueue>,
+}
+
+impl QmpServer {
+    /// Listens on `path` (`-qmp unix:PATH,server,nowait`), replacing a stale socket file.
+    /// Clients are served once [`QmpServer::register`] put the server on an event loop.
+    pub fn new(path: &Path, handler: Arc<Mutex<dyn QmpHandler>>) -> Result<Self, QmpServerError> {
+        remove_stale_socket(path)?;
+        let listener = UnixListener::bind(path).map_err(|source| QmpServerError::Bind {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let socket_file = SocketFile(path.to_path_buf());
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| QmpServerError::NonBlocking {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let events = EventQueue::new().map_err(QmpServerError::EventQueue)?;
+        log::info!("qmp: listening on {}", path.display());
+        Ok(QmpServer {
+            listener,
+            socket_file,
+            handler,
+            events: Arc::new(events),
+        })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.socket_file.0
+    }
+
+    /// A sender for events; usable before [`QmpServer::register`] (events sent while no
+    /// negotiated client is connected are dropped).
+    pub fn event_sender(&self) -> QmpEventSender {
+        QmpEventSender::new(self.events.clone())
+    }
+
+    /// Adds the listener (`qmp-listener`) and the event queue (`qmp-events`) to `event_loop`;
+    /// a connected client gets its own `qmp-client` handler. The server lives as long as the
+    /// loop keeps these handlers.
+    pub fn register(self, event_loop: &Arc<EventLoop>) -> Result<QmpEventSender, QmpServerError> {
+        let sender = self.event_sender();
+        let listener_fd = self.listener.as_raw_fd();
+        let events_fd = self.events.as_raw_fd();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                listener: self.listener,
+                _socket_file: self.socket_file,
+                client: None,
+            }),
+            handler: self.handler,
+            events: self.events,
+            event_loop: Arc::downgrade(event_loop),
+        });
+        let on_listener = shared.clone();
+        event_loop
+            .add(
+                "qmp-listener",
+                listener_fd,
+                EventSet::IN,
+                Box::new(move |_| {
+                    on_listener.on_listener_ready();
+                    HandlerAction::Keep
+                }),
+            )
+            .map_err(QmpServerError::Register)?;
+        let on_events = shared;
+        let added = event_loop.add(
+            "qmp-events",
+            events_fd,
+            EventSet::IN,
+            Box::new(move |_| {
+                on_events.on_events_ready();
+                HandlerAction::Keep
+            }),
+        );
+        if let Err(e) = added {
+            if let Err(undo) = event_loop.remove(listener_fd) {
+                log::warn!("qmp: cannot unregister the listener: {undo}");
+            }
+            return Err(QmpServerError::Register(e));
+        }
+        Ok(sender)
+    }
+}
+
+/// Removes `path` if it is a socket left by an earlier run; refuses any other kind of file.
+fn remove_stale_socket(path: &Path) -> Result<(), QmpServerError> {
+    let metadata = match std::fs::symlink_metadata(path) {
+        Ok(metadata) => metadata,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(QmpServerError::Inspect {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    if !metadata.file_type().is_socket() {
+        return Err(QmpServerError::NotASocket {
+            path: path.to_path_buf(),
+        });
+    }
+    log::info!("qmp: removing stale socket {}", path.display());
+    std::fs::remove_file(path).map_err(|source| QmpServerError::RemoveStale {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// What the event-loop handlers share.
+struct Shared {
+    state: Mutex<State>,
+    handler: Arc<Mutex<dyn QmpHandler>>,
+    events: Arc<EventQueue>,
+    event_loop: Weak<EventLoop>,
+}
+
+struct State {
+    listener: UnixListener,
+    _socket_file: SocketFile,
+    client: Option<Client>,
+}
+
+/// The connected client.
+struct Client {
+    stream: UnixStream,
+    session: Session,
+    output: Vec<u8>,
+    /// The events its `qmp-client` handler is registered for, if registered.
+    registered: Option<EventSet>,
+}
+
+/// How a client fared after it was serviced.
+enum ClientStatus {
+    /// Still connected.
+    Alive,
+    /// Hung up or failed; holds why.
+    Gone(String),
+    /// It asked to `quit`: its output is flushed, the handler's `quit` is due.
+    Quit,
+}
+
+impl Client {
+    fn new(stream: UnixStream) -> Self {
+        Client {
+            stream,
+            session: Session::default(),
+            output: message::greeting(),
+            registered: None,
+        }
+    }
+
+    /// Reads and answers what the client sent, then writes what the socket accepts.
+    fn service(&mut self, handler: &Mutex<dyn QmpHandler>) -> ClientStatus {
+        let mut buf = [0u8; 4096];
+        for _ in 0..READS_PER_WAKE {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return ClientStatus::Gone("client disconnected".into()),
+                Ok(n) => {
+                    self.session.push_input(&buf[..n]);
+                    if self.session.process(handler, &mut self.output) == AfterReply::Quit {
+                        self.flush_blocking();
+                        return ClientStatus::Quit;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return ClientStatus::Gone(format!("read failed: {e}")),
+            }
+        }
+        self.flush()
+    }
+
+    /// Writes buffered output until the socket would block.
+    fn flush(&mut self) -> ClientStatus {
+        while !self.output.is_empty() {
+            match self.stream.write(&self.output) {
+                Ok(0) => return ClientStatus::Gone("client stopped reading".into()),
+                Ok(n) => {
+                    self.output.drain(..n);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return ClientStatus::Gone(format!("write failed: {e}")),
+            }
+        }
+        if self.output.len() > MAX_BUFFERED_OUTPUT {
+            return ClientStatus::Gone(format!(
+                "client left more than {MAX_BUFFERED_OUTPUT} bytes unread"
+            ));
+        }
+        ClientStatus::Alive
+    }
+
+    /// Writes all buffered output, waiting up to [`QUIT_FLUSH_TIMEOUT`] for a slow reader.
+    fn flush_blocking(&mut self) {
+        let result = self
+            .stream
+            .set_write_timeout(Some(QUIT_FLUSH_TIMEOUT))
+            .and_then(|()| self.stream.set_nonblocking(false))
+            .and_then(|()| self.stream.write_all(&self.output))
+            .and_then(|()| self.stream.set_nonblocking(true));
+        if let Err(e) = result {
+            log::warn!("qmp: cannot deliver the reply to quit: {e}");
+        }
+        self.output.clear();
+    }
+
+    /// The events its handler must watch: input always, output while some is buffered.
+    fn wanted_events(&self) -> EventSet {
+        if self.output.is_empty() {
+            EventSet::IN
+        } else {
+            EventSet::IN | EventSet::OUT
+        }
+    }
+}
+
+impl Shared {
+    fn lock_state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn on_listener_ready(self: &Arc<Self>) {
+        let mut quit = false;
+        {
+            let mut state = self.lock_state();
+            loop {
+                match state.listener.accept() {
+                    Ok((stream, _)) => quit |= self.on_connect(&mut state, stream),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        log::warn!("qmp: accept failed: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        if quit {
+            self.quit();
+        }
+    }
+
+    /// Serves `stream` if no client is connected, refuses it otherwise. Returns whether the
+    /// current client's pending input held a `quit`.
+    fn on_connect(self: &Arc<Self>, state: &mut State, stream: UnixStream) -> bool {
+        let mut quit = false;
+        if let Some(client) = state.client.as_mut() {
+            // The current client may have hung up without the loop noticing yet.
+            let status = client.service(&self.handler);
+            quit = self.apply_status(state, status);
+        }
+        if state.client.is_some() {
+            refuse(stream);
+            return quit;
+        }
+        if let Err(e) = stream.set_nonblocking(true) {
+            log::warn!("qmp: cannot make the client socket non-blocking: {e}");
+            return quit;
+        }
+        log::info!("qmp: client connected");
+        let mut client = Client::new(stream);
+        let status = client.flush();
+        state.client = Some(client);
+        quit | self.apply_status(state, status)
+    }
+
+    fn on_client_ready(self: &Arc<Self>) {
+        let quit = {
+            let mut state = self.lock_state();
+            match state.client.as_mut() {
+                Some(client) => {
+                    let status = client.service(&self.handler);
+                    self.apply_status(&mut state, status)
+                }
+                // A stale notification for a client already dropped.
+                None => false,
+            }
+        };
+        if quit {
+            self.quit();
+        }
+    }
+
+    fn on_events_ready(self: &Arc<Self>) {
+        let events = self.events.take_all();
+        let mut state = self.lock_state();
+        let Some(client) = state.client.as_mut().filter(|c| c.session.negotiated()) else {
+            if !events.is_empty() {
+                log::debug!(
+                    "qmp: no negotiated client, dropping {} event(s)",
+                    events.len()
+                );
+            }
+            return;
+        };
+        for (event, timestamp) in &events {
+            client.output.extend(message::event(event, *timestamp));
+        }
+        let status = client.flush();
+        // Events never carry a quit.
+        self.apply_status(&mut state, status);
+    }
+
+    /// Drops a gone client or updates its registration; returns whether `quit` is due.
+    fn apply_status(self: &Arc<Self>, state: &mut State, status: ClientStatus) -> bool {
+        match status {
+            ClientStatus::Gone(reason) => {
+                log::info!("qmp: dropping client: {reason}");
+                self.drop_client(state);
+                false
+            }
+            ClientStatus::Alive => {
+                self.sync_registration(state);
+                false
+            }
+            ClientStatus::Quit => {
+                self.sync_registration(state);
+                true
+            }
+        }
+    }
+
+    /// Registers the client's handler for the events it needs now, if that changed.
+    fn sync_registration(self: &Arc<Self>, state: &mut State) {
+        let Some(client) = state.client.as_mut() else {
+            return;
+        };
+        let wanted = client.wanted_events();
+        if client.registered == Some(wanted) {
+            return;
+        }
+        let Some(event_loop) = self.event_loop.upgrade() else {
+            return;
+        };
+        let fd = client.stream.as_raw_fd();
+        let result = match client.registered.take() {
+            Some(_) => event_loop.remove(fd),
+            None => Ok(()),
+        }
+        .and_then(|()| event_loop.add("qmp-client", fd, wanted, self.client_handler()));
+        match result {
+            Ok(()) => client.registered = Some(wanted),
+            Err(e) => {
+                log::error!("qmp: cannot watch the client socket: {e}");
+                self.drop_client(state);
+            }
+        }
+    }
+
+    fn client_handler(self: &Arc<Self>) -> Handler {
+        let shared = self.clone();
+        Box::new(move |_| {
+            shared.on_client_ready();
+            HandlerAction::Keep
+        })
+    }
+
+    fn drop_client(&self, state: &mut State) {
+        let Some(client) = state.client.take() else {
+            return;
+        };
+        if client.registered.is_some() {
+            if let Some(event_loop) = self.event_loop.upgrade() {
+                if let Err(e) = event_loop.remove(client.stream.as_raw_fd()) {
+                    log::warn!("qmp: cannot unregister the client socket: {e}");
+                }
+            }
+        }
+    }
+
+    fn quit(&self) {
+        log::info!("qmp: quit requested");
+        self.handler
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .quit();
+    }
+}
+
+/// Tells a second concurrent client that the socket is taken, then closes it.
+fn refuse(mut stream: UnixStream) {
+    log::warn!("qmp: refusing a second client: one client at a time");
+    let busy = QmpError::Generic(
+        "QMP socket busy: another client is connected (one client at a time)".into(),
+    );
+    // Best effort into an empty socket buffer; the connection closes either way.
+    if let Err(e) = stream
+        .set_nonblocking(true)
+        .and_then(|()| stream.write_all(&message::error(&busy, None)))
+    {
+        log::debug!("qmp: cannot tell the refused client why: {e}");
+    }
+}
