@@ -82,8 +82,9 @@ impl AlignedBuf {
     fn iovec(&self, start: usize, len: usize) -> libc::iovec {
         assert!(start + len <= self.layout.size());
         // SAFETY: `start + len` is within the allocation (asserted above).
+        let base = unsafe { self.ptr.add(start) };
         libc::iovec {
-            iov_base: unsafe { self.ptr.add(start) }.cast(),
+            iov_base: base.cast(),
             iov_len: len,
         }
     }
@@ -534,4 +535,41 @@ fn eintr_is_reported_by_the_syscall_and_retried_by_the_ring() {
         libc::close(pipe[0]);
         libc::close(pipe[1]);
     }
+}
+
+/// Pushes NOPs in rounds (wrapping the ring indices several times) and reaps them all.
+fn nop_rounds(ring: &mut IoUring, rounds: u64) {
+    let per_round = u64::from(ring.sq_entries());
+    for round in 0..rounds {
+        for i in 0..per_round {
+            push(ring, &io_uring_sqe::nop(round * per_round + i));
+        }
+        ring.submit_and_wait(per_round as u32)
+            .expect("submit and wait");
+        let tags: BTreeSet<u64> = reap(ring, per_round as usize)
+            .iter()
+            .map(|c| c.user_data)
+            .collect();
+        assert_eq!(tags, (round * per_round..(round + 1) * per_round).collect());
+    }
+}
+
+#[test]
+fn setup_flag_variants_round_trip() {
+    use util::io_uring::sys::{
+        IORING_SETUP_CQE32, IORING_SETUP_DEFER_TASKRUN, IORING_SETUP_SINGLE_ISSUER,
+        IORING_SETUP_SQE128, IORING_SETUP_SQPOLL,
+    };
+    for flags in [
+        0,
+        IORING_SETUP_SQE128 | IORING_SETUP_CQE32,
+        IORING_SETUP_SQPOLL,
+        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+    ] {
+        let mut ring = IoUring::new(4, flags).unwrap_or_else(|e| panic!("setup {flags:#x}: {e}"));
+        nop_rounds(&mut ring, 5);
+    }
+    assert!(
+        matches!(IoUring::new(4, 1 << 16), Err(UringError::UnsupportedFlags(f)) if f == 1 << 16)
+    );
 }
