@@ -461,7 +461,17 @@ fn probe_knows_our_opcodes_and_extension_values_work() {
     let mut sqe = io_uring_sqe::nop(2);
     sqe.opcode = IoringOp::Pipe as u8;
     sqe.addr_u.addr = fds.as_mut_ptr() as u64;
+    sqe.op_flags.pipe_flags = libc::O_CLOEXEC as u32;
     assert_eq!(run_one(&mut ring, &sqe).res, 0);
+    for fd in fds {
+        // SAFETY: F_GETFD on a descriptor number has no memory effects.
+        let fd_flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        assert_eq!(
+            fd_flags & libc::FD_CLOEXEC,
+            libc::FD_CLOEXEC,
+            "pipe_flags reached the kernel"
+        );
+    }
     // SAFETY: the kernel returned two fresh pipe descriptors this test now owns.
     let (mut rd, wr) = unsafe {
         use std::os::fd::FromRawFd;

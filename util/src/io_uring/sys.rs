@@ -12,8 +12,9 @@
 //!   member; reading one is sound once the union was initialised (all constructors here
 //!   initialise the widest member).
 //!
-//! The opcode list extends the installed (6.1-era) header up to `IORING_OP_PIPE`, the last
-//! opcode of Linux 6.18's UAPI; the extension's values are the kernel's own enum positions.
+//! The opcode list and the SQE unions extend the installed (6.1-era) header to Linux 6.18's
+//! UAPI (up to `IORING_OP_PIPE`); extension opcodes are the kernel's own enum positions, and
+//! the extra union members overlay existing bytes without changing the layout.
 
 #![allow(non_camel_case_types)]
 
@@ -113,6 +114,16 @@ pub union io_uring_sqe_off_u {
     pub cmd: io_uring_sqe_cmd_op,
 }
 
+/// `level` and `optname`, the socket-option view of the SQE's second union (Linux 6.7).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct io_uring_sqe_sockopt {
+    /// Socket option level.
+    pub level: u32,
+    /// Socket option name.
+    pub optname: u32,
+}
+
 /// Second SQE union (offset 16): buffer or iovec address.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -121,6 +132,8 @@ pub union io_uring_sqe_addr_u {
     pub addr: u64,
     /// Input offset of `IORING_OP_SPLICE`.
     pub splice_off_in: u64,
+    /// Socket-option view (Linux 6.7).
+    pub sockopt: io_uring_sqe_sockopt,
 }
 
 /// Third SQE union (offset 28): per-opcode flags.
@@ -165,6 +178,16 @@ pub union io_uring_sqe_op_flags {
     pub msg_ring_flags: u32,
     /// `IORING_URING_CMD_*` flags.
     pub uring_cmd_flags: u32,
+    /// `waitid` flags (Linux 6.7).
+    pub waitid_flags: u32,
+    /// Futex flags (Linux 6.7).
+    pub futex_flags: u32,
+    /// `IORING_OP_FIXED_FD_INSTALL` flags (Linux 6.8).
+    pub install_fd_flags: u32,
+    /// `IORING_OP_NOP` flags (Linux 6.14).
+    pub nop_flags: u32,
+    /// `pipe2(2)` flags of `IORING_OP_PIPE` (Linux 6.16).
+    pub pipe_flags: u32,
 }
 
 /// Fourth SQE union (offset 40): registered buffer index or buffer group.
@@ -198,6 +221,10 @@ pub union io_uring_sqe_file_u {
     pub splice_fd_in: i32,
     /// Fixed file slot (plus one) for direct-descriptor opcodes.
     pub file_index: u32,
+    /// Zero-copy receive interface queue index (Linux 6.15).
+    pub zcrx_ifq_idx: u32,
+    /// Socket option length (Linux 6.7).
+    pub optlen: u32,
     /// Socket-address view.
     pub addr_len: io_uring_sqe_addr_len,
 }
@@ -212,6 +239,16 @@ pub struct io_uring_sqe_addr3 {
     pub __pad2: [u64; 1],
 }
 
+/// `attr_ptr` and `attr_type_mask`, the read/write attribute view (Linux 6.14).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct io_uring_sqe_attr {
+    /// Pointer to attribute information.
+    pub attr_ptr: u64,
+    /// Bit mask of attribute types.
+    pub attr_type_mask: u64,
+}
+
 /// Last SQE union (offset 48): third address, or the start of the command data of a
 /// 128-byte SQE (`IORING_SETUP_SQE128`).
 #[repr(C)]
@@ -219,6 +256,10 @@ pub struct io_uring_sqe_addr3 {
 pub union io_uring_sqe_addr3_u {
     /// Third-address view.
     pub addr3: io_uring_sqe_addr3,
+    /// Read/write attribute view (Linux 6.14).
+    pub attr: io_uring_sqe_attr,
+    /// Socket option value pointer (Linux 6.7).
+    pub optval: u64,
     /// Command data (80 bytes in a 128-byte SQE; zero-length here).
     pub cmd: [u8; 0],
 }
