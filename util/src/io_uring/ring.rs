@@ -321,6 +321,9 @@ impl IoUring {
             let pending = self.sq_pending();
             let mut flags = if want > 0 { IORING_ENTER_GETEVENTS } else { 0 };
             let to_submit = if self.params.flags & IORING_SETUP_SQPOLL != 0 {
+                // Order the tail store before the flags load (the kernel's poll thread sets
+                // NEED_WAKEUP and then re-reads the tail), so a sleeping thread is woken.
+                std::sync::atomic::fence(Ordering::SeqCst);
                 if self.word(self.sq_flags).load(Ordering::Acquire) & IORING_SQ_NEED_WAKEUP != 0 {
                     flags |= IORING_ENTER_SQ_WAKEUP;
                 }
@@ -365,7 +368,8 @@ impl IoUring {
 
     /// Takes the oldest completion and advances the CQ head. When the ring is empty but
     /// the kernel kept overflowed completions (`IORING_FEAT_NODROP`), asks it to flush
-    /// them into the ring first.
+    /// them into the ring first; with `IORING_SETUP_DEFER_TASKRUN` an empty ring always
+    /// enters the kernel once, since completions are only posted from inside it.
     pub fn pop_completion(&mut self) -> Option<io_uring_cqe> {
         if self.cq_ready() == 0 {
             if !self.cq_overflow_pending() && self.params.flags & IORING_SETUP_DEFER_TASKRUN == 0 {
