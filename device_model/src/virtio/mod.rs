@@ -1,0 +1,246 @@
+//! Virtio 1.x over virtio-mmio (version 2), and the virtio-blk device.
+//!
+//! - [`queue`]: the split virtqueue (descriptor chains, indirect tables, `VIRTIO_F_EVENT_IDX`).
+//! - [`mmio`]: the virtio-mmio register file ([`VirtioMmio`]), its status state machine and reset.
+//! - [`block`]: virtio-blk ([`Block`]) with a replaceable backend ([`BlockBackend`]) whose
+//!   engine (`aio=off|native|io_uring`) is picked per drive.
+//! - [`driver`]: the guest's half of virtio played in-process, for tests and benchmarks.
+//!
+//! # Threads and locks
+//!
+//! ```text
+//!  vCPU thread                 event-loop thread (main loop or iothread)       QMP thread
+//!  ───────────                 ─────────────────────────────────────────       ──────────
+//!  MMIO exit                   "<id>-queue0" notify fd ready ─┐                device_add/del
+//!    │                         "<id>-aio" engine fd ready ────┤                   │
+//!    ▼                                                        ▼                   ▼
+//!  Mutex<VirtioMmio> ──► Mutex<dyn VirtioDevice> ──►  Mutex<BlockState>  ◄── BlockSlot::replace_backend
+//!  (register file)       (Block: config, activate,   (queue, in-flight table,
+//!                         reset)                      backend + engine, scratch buffers)
+//!                                                        │
+//!  KVM ioeventfd ──write──► notify EventFd               ├─► engine.submit(batch)  (one call)
+//!  irqfd ◄──write── Interrupt::signal_*  ◄───────────────┘   used ring + one interrupt per batch
+//! ```
+//!
+//! Invariants:
+//! - Locks are taken in the order transport → device → block state, never backwards; event-loop
+//!   handlers and QMP take only the block state, so no cycle exists.
+//! - The guest's queue is only touched with the block state locked: requests are popped, parsed,
+//!   submitted and completed under it, so hot-replace and reset see a quiescent queue once they
+//!   hold the lock and have drained the engine.
+//! - A request is in flight from its submission until its completion was written to the used
+//!   ring; the head descriptor index is its engine tag, and a head already in flight that the
+//!   guest offers again is a guest error (the device then needs a reset).
+//! - Guest data never panics the VMM: structural queue errors mark the device
+//!   `DEVICE_NEEDS_RESET`; request errors end as `VIRTIO_BLK_S_IOERR` or `VIRTIO_BLK_S_UNSUPP`.
+//! - All fields shared with the guest are little-endian (this VMM is x86_64 only).
+
+pub mod block;
+pub mod driver;
+pub mod mmio;
+pub mod queue;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+
+use address_space::GuestMemory;
+use vmm_sys_util::eventfd::EventFd;
+
+pub use block::{Block, BlockBackend, BlockBackendConfig, BlockSlot};
+pub use mmio::VirtioMmio;
+pub use queue::QueueConfig;
+
+/// Device type of a block device.
+pub const VIRTIO_ID_BLOCK: u32 = 2;
+
+/// Feature bit: the driver may use indirect descriptor tables.
+pub const VIRTIO_F_RING_INDIRECT_DESC: u32 = 28;
+/// Feature bit: `used_event` / `avail_event` notification suppression.
+pub const VIRTIO_F_RING_EVENT_IDX: u32 = 29;
+/// Feature bit: compliance with virtio 1.x (mandatory for virtio-mmio version 2).
+pub const VIRTIO_F_VERSION_1: u32 = 32;
+
+/// Device status bit: the guest found the device.
+pub const STATUS_ACKNOWLEDGE: u32 = 1;
+/// Device status bit: the guest has a driver for it.
+pub const STATUS_DRIVER: u32 = 2;
+/// Device status bit: the driver is ready to drive the device.
+pub const STATUS_DRIVER_OK: u32 = 4;
+/// Device status bit: feature negotiation is complete.
+pub const STATUS_FEATURES_OK: u32 = 8;
+/// Device status bit: the device hit an error only a reset recovers from.
+pub const STATUS_DEVICE_NEEDS_RESET: u32 = 64;
+/// Device status bit: the driver gave up on the device.
+pub const STATUS_FAILED: u32 = 128;
+
+/// Interrupt status bit: a used ring was updated.
+pub const INTERRUPT_VRING: u32 = 1;
+/// Interrupt status bit: the configuration space changed.
+pub const INTERRUPT_CONFIG: u32 = 2;
+
+/// The bit of feature number `bit`.
+pub const fn feature(bit: u32) -> u64 {
+    1 << bit
+}
+
+/// Errors of the virtio devices and transport.
+#[derive(Debug, thiserror::Error)]
+pub enum VirtioError {
+    /// Opening a drive's file failed.
+    #[error("cannot open drive file {path:?}")]
+    OpenFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Finding the size of a drive's file failed.
+    #[error("cannot find the size of drive file {path:?}")]
+    FileSize {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `aio=native` was asked for with `direct=off`.
+    #[error(
+        "drive {path:?}: aio=native needs direct=on (Linux AIO is synchronous on buffered files)"
+    )]
+    NativeNeedsDirect {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Setting up the drive's engine failed.
+    #[error("drive {path:?}: cannot set up aio={engine}")]
+    Engine {
+        /// The file.
+        path: PathBuf,
+        /// The engine.
+        engine: util::aio::AioEngine,
+        /// The cause.
+        #[source]
+        source: util::aio::AioError,
+    },
+    /// Waiting for a backend's in-flight requests failed.
+    #[error("cannot drain the in-flight requests of block device {id}")]
+    Drain {
+        /// The device.
+        id: String,
+        /// The cause.
+        #[source]
+        source: util::aio::AioError,
+    },
+    /// Creating an eventfd failed.
+    #[error("cannot create an eventfd")]
+    EventFd(#[source] std::io::Error),
+    /// Registering a handler in the event loop failed.
+    #[error("cannot register a handler in the event loop")]
+    EventLoop(#[source] util::event_loop::EventLoopError),
+    /// The guest set a queue up badly.
+    #[error("queue {index} is unusable")]
+    Queue {
+        /// The queue index.
+        index: usize,
+        /// The cause.
+        #[source]
+        source: queue::QueueError,
+    },
+}
+
+/// Everything a device needs to start serving its queues (the driver set `DRIVER_OK`).
+pub struct Activation {
+    /// Guest RAM.
+    pub mem: Arc<GuestMemory>,
+    /// The device's interrupt line.
+    pub interrupt: Arc<Interrupt>,
+    /// The features both sides agreed on.
+    pub features: u64,
+    /// For each queue the driver made ready: its index, configuration and notify eventfd.
+    pub queues: Vec<(usize, QueueConfig, Arc<EventFd>)>,
+}
+
+/// A virtio device behind a transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device type (2 for block).
+    fn device_type(&self) -> u32;
+    /// The maximum size of each of the device's queues.
+    fn queue_max_sizes(&self) -> Vec<u16>;
+    /// The feature bits the device offers.
+    fn device_features(&self) -> u64;
+    /// Reads the device-specific configuration space at `offset`; bytes past its end read 0.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// The driver writes the configuration space (ignored where read-only).
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Changes whenever the configuration space changes (the `ConfigGeneration` register).
+    fn config_generation(&self) -> u32;
+    /// Starts serving the queues.
+    fn activate(&mut self, activation: Activation) -> Result<(), VirtioError>;
+    /// Stops serving the queues, finishing in-flight work first; the device is then as new.
+    fn reset(&mut self);
+}
+
+/// A device's interrupt line: the `InterruptStatus` bits, the irqfd that injects them, and
+/// the device-side `DEVICE_NEEDS_RESET` flag. Shared by the transport and the device.
+pub struct Interrupt {
+    irq: Arc<EventFd>,
+    status: AtomicU32,
+    needs_reset: AtomicBool,
+}
+
+impl Interrupt {
+    /// An interrupt line injected by writing `irq` (KVM's irqfd).
+    pub fn new(irq: Arc<EventFd>) -> Interrupt {
+        Interrupt {
+            irq,
+            status: AtomicU32::new(0),
+            needs_reset: AtomicBool::new(false),
+        }
+    }
+
+    /// Tells the driver that a used ring changed.
+    pub fn signal_used_queue(&self) {
+        self.raise(INTERRUPT_VRING);
+    }
+
+    /// Tells the driver that the configuration space (or the device status) changed.
+    pub fn signal_config_change(&self) {
+        self.raise(INTERRUPT_CONFIG);
+    }
+
+    /// Marks the device as needing a reset and tells the driver.
+    pub fn set_needs_reset(&self) {
+        self.needs_reset.store(true, Ordering::SeqCst);
+        self.signal_config_change();
+    }
+
+    /// Whether the device needs a reset.
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::SeqCst)
+    }
+
+    /// The `InterruptStatus` register.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// The driver acknowledges the interrupt bits in `bits`.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// Clears every bit and flag (device reset).
+    pub fn reset(&self) {
+        self.status.store(0, Ordering::SeqCst);
+        self.needs_reset.store(false, Ordering::SeqCst);
+    }
+
+    fn raise(&self, bit: u32) {
+        self.status.fetch_or(bit, Ordering::SeqCst);
+        if let Err(e) = self.irq.write(1) {
+            log::error!("virtio: cannot inject an interrupt: {e}");
+        }
+    }
+}
