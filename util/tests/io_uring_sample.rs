@@ -98,7 +98,10 @@ fn prints_the_first_100_bytes_res_and_user_data() {
         "{}",
         String::from_utf8_lossy(&stdout)
     );
-    assert!(contains(&stdout, b"cqe.user_data = 0x"));
+    assert!(
+        contains(&stdout, b"cqe.user_data = 0x5a5a0001\n"),
+        "the SQE's user_data comes back"
+    );
     let mut expected = b"bytes read (100):\n".to_vec();
     expected.extend_from_slice(&data[..100]);
     expected.push(b'\n');
