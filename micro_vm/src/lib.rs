@@ -1,3 +1,124 @@
 //! The micro VM: builds the machine from its configuration and runs it.
+//!
+//! ```text
+//!  VmConfig ─► MicroVm::new ─► (add_mmio_device ...) ─► boot() ─► run() ─► VmExit
+//!               KVM VM, RAM,     virtio-mmio slots,      kernel,     vCPU threads +
+//!               PIT/PIC/IOAPIC,  GSI 5.. each            cmdline,    the main event loop
+//!               serial, i8042                            vCPUs
+//! ```
+//!
+//! - [`machine`]: the [`MicroVm`] and its lifecycle (`pause`, `resume`, `shutdown`, `state`).
+//! - [`stdio`]: the console's host side: stdin in raw mode feeding the UART.
+//! - [`process`]: `-daemonize` and `-pidfile`.
 
 #![deny(missing_docs)]
+
+pub mod machine;
+pub mod process;
+pub mod stdio;
+
+use std::path::PathBuf;
+
+pub use machine::{MicroVm, MmioSlot, VmExit, VmState};
+
+/// Errors of building and running the micro VM.
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    /// Only the `microvm` machine type exists.
+    #[error("unsupported machine type {0:?} (only \"microvm\" is supported)")]
+    MachineType(String),
+    /// No `-kernel` was given.
+    #[error("no kernel given (use -kernel FILE)")]
+    NoKernel,
+    /// `/dev/kvm` could not be opened.
+    #[error("cannot open /dev/kvm")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    /// `KVM_CREATE_VM` failed.
+    #[error("cannot create the KVM VM")]
+    CreateVm(#[source] kvm_ioctls::Error),
+    /// A KVM VM set-up ioctl failed.
+    #[error("cannot set up the VM: {step}")]
+    VmSetup {
+        /// The step (ioctl) that failed.
+        step: &'static str,
+        /// The cause.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Guest RAM could not be created.
+    #[error("cannot create {size} bytes of guest RAM")]
+    GuestMemory {
+        /// Requested RAM size.
+        size: u64,
+        /// The cause.
+        #[source]
+        source: address_space::AddressSpaceError,
+    },
+    /// A device range could not be put on a bus.
+    #[error("cannot map device {device}")]
+    Bus {
+        /// The device.
+        device: &'static str,
+        /// The cause.
+        #[source]
+        source: address_space::AddressSpaceError,
+    },
+    /// An eventfd could not be created.
+    #[error("cannot create an eventfd for {0}")]
+    EventFd(&'static str, #[source] std::io::Error),
+    /// Binding an eventfd to a guest interrupt failed.
+    #[error("cannot bind the interrupt of {device} to GSI {gsi}")]
+    Irqfd {
+        /// The device.
+        device: String,
+        /// The guest interrupt line.
+        gsi: u32,
+        /// The cause.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Every virtio-mmio slot is taken.
+    #[error("too many virtio-mmio devices (at most {0})")]
+    TooManyMmioDevices(usize),
+    /// The event loop failed.
+    #[error("event loop")]
+    EventLoop(#[from] util::event_loop::EventLoopError),
+    /// Loading the kernel failed.
+    #[error("cannot load the kernel")]
+    Boot(#[from] boot_loader::BootError),
+    /// Setting up or running a vCPU failed.
+    #[error(transparent)]
+    Cpu(#[from] cpu::CpuError),
+    /// A lifecycle request that the VM's state does not allow.
+    #[error("the VM is {state:?}: cannot {request}")]
+    BadState {
+        /// The current state.
+        state: VmState,
+        /// What was asked.
+        request: &'static str,
+    },
+    /// The terminal could not be put in raw mode.
+    #[error("cannot put the terminal in raw mode")]
+    Terminal(#[source] std::io::Error),
+    /// `-daemonize` failed.
+    #[error("cannot daemonize: {step}")]
+    Daemonize {
+        /// The step that failed.
+        step: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The pid file could not be written.
+    #[error("cannot write the pid file {}", path.display())]
+    PidFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Result of this crate.
+pub type Result<T> = std::result::Result<T, MachineError>;
