@@ -51,7 +51,7 @@ pub struct DeviceAdd {
 
 /// A parsed request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
+pub(crate) enum Command {
     /// `qmp_capabilities`.
     QmpCapabilities,
     /// `quit`.
@@ -75,7 +75,7 @@ pub enum Command {
 }
 
 /// The one command accepted before capabilities negotiation.
-pub const QMP_CAPABILITIES: &str = "qmp_capabilities";
+pub(crate) const QMP_CAPABILITIES: &str = "qmp_capabilities";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -144,7 +144,10 @@ const FILE_DRIVER: &str = "file";
 
 impl Command {
     /// Parses command `name` with its `arguments` object (`None` when the request had none).
-    pub fn parse(name: &str, arguments: Option<Map<String, Value>>) -> Result<Command, QmpError> {
+    pub(crate) fn parse(
+        name: &str,
+        arguments: Option<Map<String, Value>>,
+    ) -> Result<Command, QmpError> {
         let arguments = arguments.unwrap_or_default();
         match name {
             QMP_CAPABILITIES => {

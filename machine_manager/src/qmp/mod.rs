@@ -6,9 +6,9 @@
 //!                                                   QmpEventSender (any thread) ──┘
 //! ```
 //!
-//! - [`decoder`]-level framing accepts requests split over reads and several per read; a
+//! - `decoder` framing accepts requests split over reads and several per read; a
 //!   malformed request gets a `GenericError` and the connection stays usable.
-//! - [`commands`] parses each command's `arguments` into typed structs that refuse unknown
+//! - `commands` parses each command's `arguments` into typed structs that refuse unknown
 //!   members; [`QmpHandler`] is what the machine implements; [`QmpServer`] runs it all on a
 //!   [`util::event_loop::EventLoop`], serving one client at a time.
 //! - Every message the server writes is one JSON object followed by `\r\n`, shaped exactly as
@@ -22,8 +22,8 @@ mod message;
 mod server;
 mod session;
 
-pub use commands::{BlockdevAdd, Command, DeviceAdd};
+pub use commands::{BlockdevAdd, DeviceAdd};
 pub use events::QmpEventSender;
 pub use handler::{CpuInfo, QmpError, QmpHandler, VmRunState};
 pub use message::{QmpEvent, ShutdownReason, Timestamp};
-pub use server::{QmpServer, QmpServerError, MAX_BUFFERED_OUTPUT};
+pub use server::{QmpServer, QmpServerError};

@@ -38,7 +38,7 @@ use super::message;
 use super::session::{AfterReply, Session};
 
 /// A client that lets this much output pile up unread is disconnected.
-pub const MAX_BUFFERED_OUTPUT: usize = 4 << 20;
+const MAX_BUFFERED_OUTPUT: usize = 4 << 20;
 /// How long the reply to `quit` may take to reach a client that does not read.
 const QUIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 /// Reads per readiness notification, so one chatty client cannot starve the event loop.
@@ -313,16 +313,19 @@ impl Client {
         ClientStatus::Alive
     }
 
-    /// Writes all buffered output, waiting up to [`QUIT_FLUSH_TIMEOUT`] for a slow reader.
+    /// Writes all buffered output, waiting up to [`QUIT_FLUSH_TIMEOUT`] for a slow reader;
+    /// the socket is non-blocking again afterwards, whatever happened.
     fn flush_blocking(&mut self) {
-        let result = self
+        let written = self
             .stream
             .set_write_timeout(Some(QUIT_FLUSH_TIMEOUT))
             .and_then(|()| self.stream.set_nonblocking(false))
-            .and_then(|()| self.stream.write_all(&self.output))
-            .and_then(|()| self.stream.set_nonblocking(true));
-        if let Err(e) = result {
+            .and_then(|()| self.stream.write_all(&self.output));
+        if let Err(e) = written {
             log::warn!("qmp: cannot deliver the reply to quit: {e}");
+        }
+        if let Err(e) = self.stream.set_nonblocking(true) {
+            log::warn!("qmp: cannot make the client socket non-blocking again: {e}");
         }
         self.output.clear();
     }
