@@ -1,0 +1,339 @@
+//! `-drive` (a block backend), `-device virtio-blk-device` (the guest-visible disk using it),
+//! and the rules that tie them together.
+//!
+//! - `direct` defaults to on (O_DIRECT). `aio` defaults to `native` when `direct=on` and to
+//!   `off` when `direct=off`, as in StratoVirt; `aio=native` with `direct=off` is refused
+//!   because Linux AIO completes synchronously on buffered files.
+//! - Drive ids, device ids and iothread ids are each unique.
+//! - A drive that no `-device` uses gets its own virtio-blk device (the short form), with the
+//!   drive's id as the device id; such a drive may omit `id` and is named `driveN`.
+//! - Devices keep command-line order (a short-form device sits where its `-drive` was), which
+//!   is the order they fill the virtio-blk slots.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use util::aio::AioEngine;
+
+use super::error::{ConfigError, Result};
+use super::kv::{parse_u64, KvList};
+
+/// Longest virtio-blk serial number (`VIRTIO_BLK_ID_BYTES`).
+pub const MAX_SERIAL_LEN: usize = 20;
+/// Driver name of the block device on `-device`.
+pub const BLK_DRIVER: &str = "virtio-blk-device";
+
+/// A block backend: a host file opened with one I/O engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriveConfig {
+    /// The drive id (`id=`, or `driveN` when omitted in the short form).
+    pub id: String,
+    /// The host file (`file=`).
+    pub path: PathBuf,
+    /// Open read-only (`readonly=on`).
+    pub readonly: bool,
+    /// Open with O_DIRECT (`direct=`, default on).
+    pub direct: bool,
+    /// The I/O engine (`aio=`).
+    pub aio: AioEngine,
+    /// Serial number reported to the guest, unless the device sets its own.
+    pub serial: Option<String>,
+    /// Most requests per second (`throttling.iops-total=`), if limited.
+    pub iops_limit: Option<u64>,
+}
+
+impl DriveConfig {
+    /// A drive on `path` with the defaults: read-write, O_DIRECT, `aio=native`, no serial,
+    /// no limit.
+    pub fn new(id: &str, path: PathBuf) -> DriveConfig {
+        DriveConfig {
+            id: id.to_string(),
+            path,
+            readonly: false,
+            direct: true,
+            aio: default_aio(true),
+            serial: None,
+            iops_limit: None,
+        }
+    }
+
+    /// Checks the rules every drive obeys, however it was created (command line or QMP
+    /// `blockdev-add`).
+    pub fn validate(&self) -> Result<()> {
+        check_id("-drive", "id", &self.id)?;
+        if self.path.as_os_str().is_empty() {
+            return Err(invalid("-drive", "file", "", "a path"));
+        }
+        if self.aio == AioEngine::Native && !self.direct {
+            return Err(ConfigError::AioNativeNeedsDirect(self.id.clone()));
+        }
+        if let Some(serial) = &self.serial {
+            check_serial("-drive", serial)?;
+        }
+        if self.iops_limit == Some(0) {
+            return Err(invalid(
+                "-drive",
+                "throttling.iops-total",
+                "0",
+                "at least 1 (omit it for no limit)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The engine used when `aio=` is not given.
+pub fn default_aio(direct: bool) -> AioEngine {
+    if direct {
+        AioEngine::Native
+    } else {
+        AioEngine::Off
+    }
+}
+
+/// A virtio-blk device (on virtio-mmio) using a drive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlkDeviceConfig {
+    /// The device id (`id=`).
+    pub id: String,
+    /// The drive it uses (`drive=`).
+    pub drive: String,
+    /// Serial number (`serial=`), overriding the drive's.
+    pub serial: Option<String>,
+    /// The iothread that runs its queue (`iothread=`).
+    pub iothread: Option<String>,
+}
+
+/// A `-drive` as written, before ids are assigned.
+#[derive(Debug)]
+pub(crate) struct DriveArg {
+    /// The id, if given.
+    pub id: Option<String>,
+    /// Everything else (its `id` is filled in when resolved).
+    pub config: DriveConfig,
+}
+
+fn invalid(option: &str, key: &str, value: &str, expected: &str) -> ConfigError {
+    ConfigError::InvalidValue {
+        option: option.to_string(),
+        key: key.to_string(),
+        value: value.to_string(),
+        expected: expected.to_string(),
+    }
+}
+
+/// Ids start with a letter and continue with letters, digits, `-`, `_` and `.` (as QEMU's).
+pub(crate) fn check_id(option: &str, key: &str, id: &str) -> Result<()> {
+    let mut chars = id.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic());
+    if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        Ok(())
+    } else {
+        Err(invalid(
+            option,
+            key,
+            id,
+            "a letter followed by letters, digits, '-', '_' or '.'",
+        ))
+    }
+}
+
+fn check_serial(option: &str, serial: &str) -> Result<()> {
+    if serial.len() <= MAX_SERIAL_LEN && serial.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(())
+    } else {
+        Err(invalid(
+            option,
+            "serial",
+            serial,
+            "at most 20 printable ASCII characters",
+        ))
+    }
+}
+
+/// Parses the value of one `-drive`.
+pub(crate) fn parse_drive(text: &str) -> Result<DriveArg> {
+    let mut kv = KvList::parse("-drive", text)?;
+    let id = kv.take("id");
+    let path = PathBuf::from(kv.require("file")?);
+    let readonly = kv.take_bool("readonly")?.unwrap_or(false);
+    let direct = kv.take_bool("direct")?.unwrap_or(true);
+    let aio = match kv.take("aio") {
+        None => default_aio(direct),
+        Some(value) => value
+            .parse::<AioEngine>()
+            .map_err(|_| kv.invalid("aio", &value, "off, native or io_uring"))?,
+    };
+    let serial = kv.take("serial");
+    let iops_limit = match kv.take("throttling.iops-total") {
+        None => None,
+        Some(value) => Some(
+            parse_u64(&value)
+                .ok_or_else(|| kv.invalid("throttling.iops-total", &value, "a number"))?,
+        ),
+    };
+    if let Some(value) = kv.take("if") {
+        if value != "none" {
+            return Err(kv.invalid("if", &value, "none"));
+        }
+    }
+    if let Some(value) = kv.take("format") {
+        if value != "raw" {
+            return Err(kv.invalid("format", &value, "raw"));
+        }
+    }
+    kv.finish()?;
+    // A drive without id is validated under a stand-in id; `resolve` assigns the real one.
+    let config = DriveConfig {
+        id: id.clone().unwrap_or_else(|| "drive0".to_string()),
+        path,
+        readonly,
+        direct,
+        aio,
+        serial,
+        iops_limit,
+    };
+    config.validate()?;
+    Ok(DriveArg { id, config })
+}
+
+/// Parses the value of one `-device`.
+pub(crate) fn parse_device(text: &str) -> Result<BlkDeviceConfig> {
+    let mut kv = KvList::parse("-device", text)?;
+    let driver = kv
+        .take_implied("driver")?
+        .ok_or_else(|| kv.missing("driver"))?;
+    if driver != BLK_DRIVER {
+        return Err(kv.invalid("driver", &driver, BLK_DRIVER));
+    }
+    let id = kv.require("id")?;
+    check_id(kv.option(), "id", &id)?;
+    let drive = kv.require("drive")?;
+    let serial = kv.take("serial");
+    if let Some(serial) = &serial {
+        check_serial("-device", serial)?;
+    }
+    let iothread = kv.take("iothread");
+    kv.finish()?;
+    Ok(BlkDeviceConfig {
+        id,
+        drive,
+        serial,
+        iothread,
+    })
+}
+
+/// Parses the value of one `-object` (only `iothread,id=T`); returns the iothread id.
+pub(crate) fn parse_object(text: &str) -> Result<String> {
+    let mut kv = KvList::parse("-object", text)?;
+    let kind = kv
+        .take_implied("qom-type")?
+        .ok_or_else(|| kv.missing("qom-type"))?;
+    if kind != "iothread" {
+        return Err(kv.invalid("qom-type", &kind, "iothread"));
+    }
+    let id = kv.require("id")?;
+    check_id(kv.option(), "id", &id)?;
+    kv.finish()?;
+    Ok(id)
+}
+
+/// Drives, devices and iothreads in command-line order (`usize` = argument position).
+#[derive(Debug, Default)]
+pub(crate) struct BlockArgs {
+    pub drives: Vec<(usize, DriveArg)>,
+    pub devices: Vec<(usize, BlkDeviceConfig)>,
+    pub iothreads: Vec<String>,
+}
+
+/// The resolved block configuration.
+pub(crate) struct Block {
+    pub drives: Vec<DriveConfig>,
+    pub devices: Vec<BlkDeviceConfig>,
+    pub iothreads: Vec<String>,
+}
+
+/// Assigns automatic drive ids, checks every cross-reference, and creates the short-form
+/// devices.
+pub(crate) fn resolve(args: BlockArgs) -> Result<Block> {
+    let mut iothread_ids = HashSet::new();
+    for id in &args.iothreads {
+        if !iothread_ids.insert(id.as_str()) {
+            return Err(ConfigError::DuplicateIothread(id.clone()));
+        }
+    }
+
+    let mut drive_ids: HashSet<String> = HashSet::new();
+    for (_, drive) in &args.drives {
+        if let Some(id) = &drive.id {
+            if !drive_ids.insert(id.clone()) {
+                return Err(ConfigError::DuplicateDriveId(id.clone()));
+            }
+        }
+    }
+    let mut drives = Vec::with_capacity(args.drives.len());
+    let mut next_auto = 0usize;
+    for (position, drive) in args.drives {
+        let id = match drive.id {
+            Some(id) => id,
+            None => loop {
+                let candidate = format!("drive{next_auto}");
+                next_auto += 1;
+                if drive_ids.insert(candidate.clone()) {
+                    break candidate;
+                }
+            },
+        };
+        drives.push((position, DriveConfig { id, ..drive.config }));
+    }
+
+    let mut device_ids = HashSet::new();
+    let mut used_drives = HashSet::new();
+    for (_, device) in &args.devices {
+        if !device_ids.insert(device.id.clone()) {
+            return Err(ConfigError::DuplicateDeviceId(device.id.clone()));
+        }
+        if !drive_ids.contains(&device.drive) {
+            return Err(ConfigError::UnknownDrive {
+                device: device.id.clone(),
+                drive: device.drive.clone(),
+            });
+        }
+        if !used_drives.insert(device.drive.clone()) {
+            return Err(ConfigError::DriveUsedTwice(device.drive.clone()));
+        }
+        if let Some(iothread) = &device.iothread {
+            if !iothread_ids.contains(iothread.as_str()) {
+                return Err(ConfigError::UnknownIothread {
+                    device: device.id.clone(),
+                    iothread: iothread.clone(),
+                });
+            }
+        }
+    }
+
+    let mut devices = args.devices;
+    for (position, drive) in &drives {
+        if used_drives.contains(&drive.id) {
+            continue;
+        }
+        if !device_ids.insert(drive.id.clone()) {
+            return Err(ConfigError::DuplicateDeviceId(drive.id.clone()));
+        }
+        devices.push((
+            *position,
+            BlkDeviceConfig {
+                id: drive.id.clone(),
+                drive: drive.id.clone(),
+                serial: None,
+                iothread: None,
+            },
+        ));
+    }
+    devices.sort_by_key(|(position, _)| *position);
+    Ok(Block {
+        drives: drives.into_iter().map(|(_, d)| d).collect(),
+        devices: devices.into_iter().map(|(_, d)| d).collect(),
+        iothreads: args.iothreads,
+    })
+}
