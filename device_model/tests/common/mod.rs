@@ -1,0 +1,200 @@
+//! A rig for virtio-blk tests: guest RAM, an event-loop thread, a block device behind the
+//! virtio-mmio register file, and the in-process guest driver. Real files, real engines.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use address_space::GuestMemory;
+use device_model::virtio::block::request::{VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
+use device_model::virtio::driver::{Buffer, Completion, Driver, DriverConfig};
+use device_model::virtio::{
+    Block, BlockBackend, BlockBackendConfig, BlockSlot, VirtioDevice, VirtioMmio,
+};
+use util::aio::AioEngine;
+use util::event_loop::EventLoop;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Guest RAM size.
+pub const RAM: u64 = 64 << 20;
+/// Where the driver keeps its rings.
+pub const DRIVER_BASE: u64 = 0x10_0000;
+/// Where tests put data buffers.
+pub const DATA: u64 = 0x40_0000;
+/// How long a test waits for completions.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Every engine, with every allowed `direct` value.
+pub const MODES: [(AioEngine, bool); 5] = [
+    (AioEngine::Off, false),
+    (AioEngine::Off, true),
+    (AioEngine::Native, true),
+    (AioEngine::IoUring, false),
+    (AioEngine::IoUring, true),
+];
+
+/// A disk image in the temporary directory, removed on drop.
+pub struct TempDisk {
+    pub path: PathBuf,
+}
+
+impl TempDisk {
+    pub fn new(contents: &[u8]) -> TempDisk {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "virtio-blk-test-{}-{}.img",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::write(&path, contents).unwrap();
+        TempDisk { path }
+    }
+
+    pub fn contents(&self) -> Vec<u8> {
+        std::fs::read(&self.path).unwrap()
+    }
+
+    pub fn config(&self, aio: AioEngine, direct: bool) -> BlockBackendConfig {
+        BlockBackendConfig {
+            path: self.path.clone(),
+            readonly: false,
+            direct,
+            aio,
+            serial: Some("virtio-test-serial-0123456789".into()),
+        }
+    }
+}
+
+impl Drop for TempDisk {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A small deterministic generator (xorshift64*).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            out.extend_from_slice(&self.next().to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+}
+
+/// A running device with its driver.
+pub struct Rig {
+    pub driver: Driver,
+    pub slot: BlockSlot,
+    pub mem: Arc<GuestMemory>,
+    pub mmio: Arc<Mutex<VirtioMmio>>,
+    pub irq: Arc<EventFd>,
+    pub config: DriverConfig,
+    event_loop: Arc<EventLoop>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Rig {
+    pub fn new(backend: Option<BlockBackend>, config: DriverConfig) -> Rig {
+        let mem = Arc::new(GuestMemory::new(&[(0, RAM)]).unwrap());
+        let event_loop = EventLoop::new().unwrap();
+        let runner = event_loop.clone();
+        let thread = std::thread::spawn(move || runner.run().unwrap());
+        let block = Block::new("blk0".into(), backend, event_loop.clone());
+        let slot = block.slot();
+        let device: Arc<Mutex<dyn VirtioDevice>> = Arc::new(Mutex::new(block));
+        let irq = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        let mmio = Arc::new(Mutex::new(
+            VirtioMmio::new(device, mem.clone(), irq.clone()).unwrap(),
+        ));
+        let driver = Driver::new(mmio.clone(), mem.clone(), irq.clone(), config).unwrap();
+        Rig {
+            driver,
+            slot,
+            mem,
+            mmio,
+            irq,
+            config,
+            event_loop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn with_disk(disk: &TempDisk, aio: AioEngine, direct: bool, queue_size: u16) -> Rig {
+        let backend = BlockBackend::open(&disk.config(aio, direct)).unwrap();
+        Rig::new(Some(backend), DriverConfig::new(DRIVER_BASE, queue_size))
+    }
+
+    /// Submits one request, kicks, and waits for its completion.
+    pub fn run(&mut self, request_type: u32, sector: u64, data: &[Buffer]) -> Completion {
+        let head = self.driver.submit(request_type, sector, data).unwrap();
+        self.driver.kick().unwrap();
+        self.wait_for(head)
+    }
+
+    /// Kicks (unconditionally) and waits for the chain `head`.
+    pub fn wait_for(&mut self, head: u16) -> Completion {
+        let mut done = Vec::new();
+        loop {
+            self.driver.wait(1, TIMEOUT, &mut done).unwrap();
+            if let Some(c) = done.iter().find(|c| c.head == head) {
+                return *c;
+            }
+        }
+    }
+
+    pub fn read(&mut self, sector: u64, len: u32) -> (u8, Vec<u8>) {
+        self.mem.write(&vec![0xa5; len as usize], DATA).unwrap();
+        let c = self.run(VIRTIO_BLK_T_IN, sector, &[buf(DATA, len, true)]);
+        let mut data = vec![0; len as usize];
+        self.mem.read(&mut data, DATA).unwrap();
+        (c.status.unwrap(), data)
+    }
+
+    pub fn write(&mut self, sector: u64, data: &[u8]) -> u8 {
+        self.mem.write(data, DATA).unwrap();
+        let c = self.run(
+            VIRTIO_BLK_T_OUT,
+            sector,
+            &[buf(DATA, data.len() as u32, false)],
+        );
+        c.status.unwrap()
+    }
+
+    /// The device status register.
+    pub fn status(&self) -> u32 {
+        self.driver
+            .read_reg(device_model::virtio::mmio::reg::STATUS)
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.event_loop.stop();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+pub fn buf(gpa: u64, len: u32, writable: bool) -> Buffer {
+    Buffer { gpa, len, writable }
+}
