@@ -295,8 +295,8 @@ fn drop_drains_in_flight(engine: AioEngine, mode: Mode) {
     let _ = std::fs::remove_file(&path);
 }
 
-/// Empty batches and zero-length transfers complete without touching the file; completions
-/// are signalled through the eventfd and counted as in flight until reaped.
+/// Empty batches, zero-length transfers and offsets beyond what the kernel's signed offsets
+/// express complete without touching the file; completions are signalled through the eventfd and counted as in flight until reaped.
 fn trivial_requests(engine: AioEngine, mode: Mode) {
     let path = test_path(&format!("trivial-{engine}-{mode:?}"));
     let file = create_file(&path, &vec![1u8; ALIGN], mode);
@@ -305,15 +305,25 @@ fn trivial_requests(engine: AioEngine, mode: Mode) {
     // SAFETY: no buffers.
     unsafe { ctx.submit(&mut empty) }.expect("empty submit");
     assert_eq!(ctx.in_flight(), 0);
+    let buf = AlignedBuf::new(ALIGN);
     let done = run_batch(
         ctx.as_mut(),
         vec![
             rw(AioOpcode::Read, 0, Vec::new(), 10),
             rw(AioOpcode::Write, 0, Vec::new(), 11),
             ranged(AioOpcode::Flush, 0, 0, 12),
+            rw(AioOpcode::Read, u64::MAX - 511, vec![buf.iovec(0, 512)], 13),
+            rw(
+                AioOpcode::Write,
+                i64::MAX as u64,
+                vec![buf.iovec(0, 512)],
+                14,
+            ),
         ],
     );
-    let expect = [(10, 0), (11, 0), (12, 0)].map(|(tag, result)| AioCompletion { tag, result });
+    let einval = -i64::from(libc::EINVAL);
+    let expect = [(10, 0), (11, 0), (12, 0), (13, einval), (14, einval)]
+        .map(|(tag, result)| AioCompletion { tag, result });
     assert_eq!(done, expect.to_vec());
     let mut out = Vec::new();
     assert_eq!(ctx.reap(&mut out).expect("reap"), 0, "nothing left");

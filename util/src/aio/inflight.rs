@@ -144,13 +144,20 @@ pub(crate) enum Outcome {
     Again,
 }
 
-/// A completion that needs no system call: unsupported opcodes and empty transfers.
+/// A completion that needs no system call: unsupported opcodes (`-EOPNOTSUPP`), ranges the
+/// kernel's signed offsets cannot express (`-EINVAL`; io_uring would read an offset of -1 as
+/// "the file position"), and requests of zero bytes other than flushes (0).
 pub(crate) fn immediate(req: &AioRequest, supported: bool) -> Option<i64> {
     if !supported {
         return Some(-i64::from(libc::EOPNOTSUPP));
     }
+    let end = req.offset.checked_add(req.nbytes());
+    if end.is_none_or(|end| end > i64::MAX as u64) {
+        return Some(-i64::from(libc::EINVAL));
+    }
     match req.opcode {
-        AioOpcode::Read | AioOpcode::Write if req.nbytes() == 0 => Some(0),
+        AioOpcode::Flush => None,
+        _ if req.nbytes() == 0 => Some(0),
         _ => None,
     }
 }
@@ -327,7 +334,21 @@ mod tests {
         let req = read_req(vec![]);
         assert_eq!(immediate(&req, true), Some(0));
         assert_eq!(immediate(&req, false), Some(-i64::from(libc::EOPNOTSUPP)));
-        let req = read_req(vec![Iovec { base: 1, len: 1 }]);
+        let mut req = read_req(vec![Iovec { base: 1, len: 1 }]);
         assert_eq!(immediate(&req, true), None);
+        req.offset = i64::MAX as u64;
+        assert_eq!(immediate(&req, true), Some(-i64::from(libc::EINVAL)));
+        req.offset = u64::MAX;
+        assert_eq!(immediate(&req, true), Some(-i64::from(libc::EINVAL)));
+        let flush = AioRequest {
+            opcode: AioOpcode::Flush,
+            ..read_req(vec![])
+        };
+        assert_eq!(immediate(&flush, true), None);
+        let discard = AioRequest {
+            opcode: AioOpcode::Discard,
+            ..read_req(vec![])
+        };
+        assert_eq!(immediate(&discard, true), Some(0));
     }
 }
