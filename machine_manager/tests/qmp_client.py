@@ -12,6 +12,7 @@ import asyncio
 import sys
 
 from qemu.qmp import ExecuteError, QMPClient
+from qemu.qmp.legacy import QEMUMonitorProtocol
 
 TIMEOUT = 10
 
@@ -94,10 +95,27 @@ async def main(path):
         check(event["data"] == {"guest": False, "reason": "host-qmp-quit"}, f"{event}")
 
     await qmp.disconnect()
-    print("qmp_client.py: all steps passed")
+
+
+def legacy_client(path):
+    """The synchronous wrapper QEMU's iotests use, on a fresh connection."""
+    qmp = QEMUMonitorProtocol(path)
+    greeting = qmp.connect(negotiate=True)
+    check(greeting["QMP"]["capabilities"] == [], f"legacy greeting {greeting}")
+    status = qmp.cmd("query-status")
+    check(status["status"] == "running", f"legacy query-status {status}")
+    reply = qmp.cmd_raw("device_del", {"id": "nothing"})
+    check(reply["error"]["class"] == "DeviceNotFound", f"legacy device_del {reply}")
+    qmp.cmd("stop")
+    events = qmp.get_events(wait=TIMEOUT)
+    check([e["event"] for e in events] == ["STOP"], f"legacy events {events}")
+    qmp.cmd("cont")
+    qmp.close()
 
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit(f"usage: {sys.argv[0]} SOCKET_PATH")
     asyncio.run(main(sys.argv[1]))
+    legacy_client(sys.argv[1])
+    print("qmp_client.py: all steps passed")

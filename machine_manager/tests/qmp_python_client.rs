@@ -56,6 +56,9 @@ fn qemu_qmp_python_client_drives_the_server() {
             "device_del drive-1",
             "blockdev_del drive-1",
             "quit",
+            "device_del nothing",
+            "stop",
+            "cont",
         ]
     );
 }
