@@ -1,0 +1,304 @@
+//! Guest-controlled data that is wrong: every case ends as IOERR / UNSUPP (or the device
+//! needing a reset), and the device keeps serving good requests afterwards. Run on every engine.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{buf, Rig, TempDisk, DATA, MODES, RAM, TIMEOUT};
+use device_model::virtio::block::request::{
+    RequestHeader, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT,
+};
+use device_model::virtio::block::VIRTIO_BLK_F_RO;
+use device_model::virtio::driver::Buffer;
+use device_model::virtio::queue::{
+    Descriptor, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+};
+use device_model::virtio::{feature, BlockBackend, STATUS_DEVICE_NEEDS_RESET};
+
+const HEADER: u64 = DATA + 0x10_0000;
+const STATUS: u64 = DATA + 0x10_0100;
+const OUTSIDE: u64 = 0x1_0000_0000;
+const DISK_SECTORS: u64 = 256;
+
+fn header(rig: &Rig, at: u64, request_type: u32, sector: u64) {
+    let h = RequestHeader {
+        request_type,
+        reserved: 0,
+        sector,
+    };
+    rig.mem.write_obj(&h, at).unwrap();
+}
+
+/// Posts `chain`, whose status byte is at `STATUS`, and returns (status byte, used length).
+fn answer(rig: &mut Rig, chain: &[Buffer]) -> (u8, u32) {
+    rig.mem.write_obj(&0xeeu8, STATUS).unwrap();
+    let head = rig.driver.post(chain).unwrap();
+    rig.driver.kick().unwrap();
+    let c = rig.wait_for(head);
+    (rig.mem.read_obj(STATUS).unwrap(), c.len)
+}
+
+fn assert_still_serves(rig: &mut Rig, what: &str) {
+    let (status, data) = rig.read(0, 1024);
+    assert_eq!(status, VIRTIO_BLK_S_OK, "after {what}");
+    assert!(data.iter().all(|&b| b == 0x3c), "after {what}");
+}
+
+fn wait_needs_reset(rig: &mut Rig, what: &str) {
+    let deadline = Instant::now() + TIMEOUT;
+    while rig.status() & STATUS_DEVICE_NEEDS_RESET == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: device did not ask for a reset"
+        );
+        rig.driver
+            .wait_interrupt(Duration::from_millis(50))
+            .unwrap();
+    }
+    assert!(
+        rig.driver.config_interrupts() > 0,
+        "{what}: no config interrupt"
+    );
+    let config = rig.config;
+    rig.driver.reinitialise(config).unwrap();
+    assert_eq!(
+        rig.status() & STATUS_DEVICE_NEEDS_RESET,
+        0,
+        "{what}: reset clears it"
+    );
+    assert_still_serves(rig, what);
+}
+
+fn request_errors(rig: &mut Rig) {
+    let status = buf(STATUS, 1, true);
+    let cases: Vec<(&str, u32, u64, Vec<Buffer>, u8)> = vec![
+        (
+            "data outside guest RAM",
+            VIRTIO_BLK_T_IN,
+            0,
+            vec![buf(HEADER, 16, false), buf(OUTSIDE, 512, true), status],
+            VIRTIO_BLK_S_IOERR,
+        ),
+        (
+            "data crossing the end of guest RAM",
+            VIRTIO_BLK_T_OUT,
+            0,
+            vec![buf(HEADER, 16, false), buf(RAM - 512, 4096, false), status],
+            VIRTIO_BLK_S_IOERR,
+        ),
+        (
+            "header outside guest RAM",
+            VIRTIO_BLK_T_IN,
+            0,
+            vec![buf(OUTSIDE, 16, false), buf(DATA, 512, true), status],
+            VIRTIO_BLK_S_IOERR,
+        ),
+        (
+            "short header",
+            VIRTIO_BLK_T_IN,
+            0,
+            vec![buf(HEADER, 8, false), buf(DATA, 512, true), status],
+            VIRTIO_BLK_S_IOERR,
+        ),
+        (
+            "read into device-readable data",
+            VIRTIO_BLK_T_IN,
+            0,
+            vec![buf(HEADER, 16, false), buf(DATA, 512, false), status],
+            VIRTIO_BLK_S_IOERR,
+        ),
+        (
+            "write from device-writable data",
+            VIRTIO_BLK_T_OUT,
+            0,
+            vec![buf(HEADER, 16, false), buf(DATA, 512, true), status],
+            VIRTIO_BLK_S_IOERR,
+        ),
+        (
+            "readable descriptor after a writable one",
+            VIRTIO_BLK_T_IN,
+            0,
+            vec![
+                buf(HEADER, 16, false),
+                buf(DATA, 512, true),
+                buf(DATA + 512, 512, false),
+                status,
+            ],
+            VIRTIO_BLK_S_IOERR,
+        ),
+        (
+            "read past the end of the disk",
+            VIRTIO_BLK_T_IN,
+            DISK_SECTORS - 1,
+            vec![buf(HEADER, 16, false), buf(DATA, 1024, true), status],
+            VIRTIO_BLK_S_IOERR,
+        ),
+        (
+            "write past the end of the disk",
+            VIRTIO_BLK_T_OUT,
+            DISK_SECTORS,
+            vec![buf(HEADER, 16, false), buf(DATA, 512, false), status],
+            VIRTIO_BLK_S_IOERR,
+        ),
+        (
+            "sector overflowing 64 bits",
+            VIRTIO_BLK_T_IN,
+            u64::MAX,
+            vec![buf(HEADER, 16, false), buf(DATA, 512, true), status],
+            VIRTIO_BLK_S_IOERR,
+        ),
+        (
+            "partial sector",
+            VIRTIO_BLK_T_IN,
+            0,
+            vec![buf(HEADER, 16, false), buf(DATA, 100, true), status],
+            VIRTIO_BLK_S_IOERR,
+        ),
+        (
+            "unknown request type",
+            99,
+            0,
+            vec![buf(HEADER, 16, false), status],
+            VIRTIO_BLK_S_UNSUPP,
+        ),
+    ];
+    for (what, request_type, sector, chain, expected) in cases {
+        header(rig, HEADER, request_type, sector);
+        let (got, len) = answer(rig, &chain);
+        assert_eq!(got, expected, "{what}");
+        assert_eq!(len, 1, "{what}: only the status byte was written");
+        assert_still_serves(rig, what);
+    }
+
+    // A status byte the device may not write: the chain comes back unanswered.
+    header(rig, HEADER, VIRTIO_BLK_T_IN, 0);
+    let chain = [
+        buf(HEADER, 16, false),
+        buf(DATA, 512, true),
+        buf(STATUS, 1, false),
+    ];
+    let (got, len) = answer(rig, &chain);
+    assert_eq!((got, len), (0xee, 0), "read-only status byte");
+    assert_still_serves(rig, "read-only status byte");
+
+    // A status byte outside guest RAM: likewise.
+    let head = rig
+        .driver
+        .post(&[buf(HEADER, 16, false), buf(OUTSIDE, 1, true)])
+        .unwrap();
+    rig.driver.kick().unwrap();
+    assert_eq!(rig.wait_for(head).len, 0, "status outside guest RAM");
+    assert_still_serves(rig, "status outside guest RAM");
+}
+
+fn desc(addr: u64, len: u32, flags: u16, next: u16) -> Descriptor {
+    Descriptor {
+        addr,
+        len,
+        flags,
+        next,
+    }
+}
+
+fn queue_errors(rig: &mut Rig) {
+    header(rig, HEADER, VIRTIO_BLK_T_IN, 0);
+    let size = rig.driver.queue_size();
+
+    rig.driver
+        .post_raw(
+            0,
+            &[
+                (0, desc(HEADER, 16, VIRTQ_DESC_F_NEXT, 1)),
+                (
+                    1,
+                    desc(DATA, 512, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE, 0),
+                ),
+            ],
+        )
+        .unwrap();
+    rig.driver.force_kick().unwrap();
+    wait_needs_reset(rig, "a chain that loops");
+
+    rig.driver
+        .post_raw(0, &[(0, desc(HEADER, 16, VIRTQ_DESC_F_NEXT, size + 3))])
+        .unwrap();
+    rig.driver.force_kick().unwrap();
+    wait_needs_reset(rig, "a next index outside the table");
+
+    rig.driver.post_raw(size + 1, &[]).unwrap();
+    rig.driver.force_kick().unwrap();
+    wait_needs_reset(rig, "a head outside the table");
+
+    rig.driver
+        .post_raw(0, &[(0, desc(HEADER, 24, VIRTQ_DESC_F_INDIRECT, 0))])
+        .unwrap();
+    rig.driver.force_kick().unwrap();
+    wait_needs_reset(rig, "an indirect table of 24 bytes");
+
+    rig.driver
+        .post_raw(0, &[(0, desc(OUTSIDE, 64, VIRTQ_DESC_F_INDIRECT, 0))])
+        .unwrap();
+    rig.driver.force_kick().unwrap();
+    wait_needs_reset(rig, "an indirect table outside guest RAM");
+
+    rig.driver.set_avail_idx(size + 5).unwrap();
+    rig.driver.force_kick().unwrap();
+    wait_needs_reset(rig, "avail index beyond a queue's worth");
+
+    let head = rig
+        .driver
+        .submit(VIRTIO_BLK_T_IN, 0, &[buf(DATA, 512, true)])
+        .unwrap();
+    rig.driver.post_raw(head, &[]).unwrap();
+    rig.driver.force_kick().unwrap();
+    wait_needs_reset(rig, "a head offered twice");
+}
+
+#[test]
+fn malformed_requests_end_in_error_status_on_every_engine() {
+    for (aio, direct) in MODES {
+        let disk = TempDisk::new(&vec![0x3c; (DISK_SECTORS * 512) as usize]);
+        let mut rig = Rig::with_disk(&disk, aio, direct, 64);
+        request_errors(&mut rig);
+        assert!(
+            disk.contents().iter().all(|&b| b == 0x3c),
+            "{aio}: disk unchanged"
+        );
+    }
+}
+
+#[test]
+fn broken_queues_need_a_reset_and_the_device_recovers_on_every_engine() {
+    for (aio, direct) in MODES {
+        let disk = TempDisk::new(&vec![0x3c; (DISK_SECTORS * 512) as usize]);
+        let mut rig = Rig::with_disk(&disk, aio, direct, 64);
+        queue_errors(&mut rig);
+    }
+}
+
+#[test]
+fn writes_to_a_readonly_disk_fail_on_every_engine() {
+    for (aio, direct) in MODES {
+        let disk = TempDisk::new(&vec![0x3c; (DISK_SECTORS * 512) as usize]);
+        let mut config = disk.config(aio, direct);
+        config.readonly = true;
+        let backend = BlockBackend::open(&config).unwrap();
+        let mut rig = Rig::new(
+            Some(backend),
+            device_model::virtio::driver::DriverConfig::new(common::DRIVER_BASE, 64),
+        );
+        assert_ne!(
+            rig.driver.features() & feature(VIRTIO_BLK_F_RO),
+            0,
+            "{aio}: RO offered"
+        );
+        assert_eq!(rig.write(0, &[0u8; 512]), VIRTIO_BLK_S_IOERR, "{aio}");
+        assert_still_serves(&mut rig, "a write to a read-only disk");
+        assert!(
+            disk.contents().iter().all(|&b| b == 0x3c),
+            "{aio}: disk unchanged"
+        );
+    }
+}
