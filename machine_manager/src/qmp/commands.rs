@@ -20,6 +20,7 @@ use serde_json::{Map, Value};
 use util::aio::AioEngine;
 
 use super::handler::QmpError;
+use crate::config::{default_aio, BlkDeviceConfig, DriveConfig};
 
 /// `blockdev-add`: open a block backend, checked and with its members flattened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,14 +29,28 @@ pub struct BlockdevAdd {
     pub node_name: String,
     /// `file.filename`: the image path on the host.
     pub filename: PathBuf,
-    /// `file.aio`: the engine, or `None` when not given (the machine applies the `-drive`
-    /// default).
+    /// `file.aio`: the engine, or `None` when not given (see [`BlockdevAdd::drive_config`]).
     pub aio: Option<AioEngine>,
-    /// `cache.direct`: open with `O_DIRECT`, or `None` when not given (the machine applies the
-    /// `-drive` default, on).
+    /// `cache.direct`: open with `O_DIRECT`, or `None` when not given (see
+    /// [`BlockdevAdd::drive_config`]).
     pub direct: Option<bool>,
     /// `read-only` (default false).
     pub read_only: bool,
+}
+
+impl BlockdevAdd {
+    /// The backend as a `-drive` would describe it, with `-drive`'s defaults for what was not
+    /// given (`direct` on; `aio` native with `direct`, off without). Check it with
+    /// [`DriveConfig::validate`], the one place the drive rules live (`aio=native` needs
+    /// `direct`).
+    pub fn drive_config(&self) -> DriveConfig {
+        let direct = self.direct.unwrap_or(true);
+        let mut drive = DriveConfig::new(&self.node_name, self.filename.clone());
+        drive.direct = direct;
+        drive.aio = self.aio.unwrap_or(default_aio(direct));
+        drive.readonly = self.read_only;
+        drive
+    }
 }
 
 /// `device_add`: put backend `drive` into virtio-blk slot `slot` as device `id`.
@@ -47,6 +62,18 @@ pub struct DeviceAdd {
     pub drive: String,
     /// The slot index, from `addr` (`"0x1"`, `"1"` or `1`).
     pub slot: usize,
+}
+
+impl DeviceAdd {
+    /// The device as a `-device virtio-blk-device` would describe it (no serial, no iothread).
+    pub fn blk_device_config(&self) -> BlkDeviceConfig {
+        BlkDeviceConfig {
+            id: self.id.clone(),
+            drive: self.drive.clone(),
+            serial: None,
+            iothread: None,
+        }
+    }
 }
 
 /// A parsed request.
@@ -329,6 +356,37 @@ mod tests {
                 read_only: false,
             })
         );
+    }
+
+    #[test]
+    fn drive_config_applies_the_drive_defaults_and_keeps_the_rule_in_validate() {
+        let mut args = BlockdevAdd {
+            node_name: "n".into(),
+            filename: "/img".into(),
+            aio: None,
+            direct: None,
+            read_only: true,
+        };
+        let drive = args.drive_config();
+        assert_eq!(
+            (drive.id.as_str(), drive.direct, drive.aio, drive.readonly),
+            ("n", true, AioEngine::Native, true)
+        );
+        assert_eq!(drive.path, PathBuf::from("/img"));
+        args.direct = Some(false);
+        assert_eq!(args.drive_config().aio, AioEngine::Off);
+        args.aio = Some(AioEngine::IoUring);
+        assert_eq!(args.drive_config().aio, AioEngine::IoUring);
+        args.drive_config().validate().unwrap();
+        args.aio = Some(AioEngine::Native);
+        assert!(args.drive_config().validate().is_err());
+        let device = DeviceAdd {
+            id: "d".into(),
+            drive: "n".into(),
+            slot: 2,
+        }
+        .blk_device_config();
+        assert_eq!((device.id.as_str(), device.drive.as_str()), ("d", "n"));
     }
 
     #[test]

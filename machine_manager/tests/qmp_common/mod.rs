@@ -16,7 +16,6 @@ use machine_manager::qmp::{
     BlockdevAdd, CpuInfo, DeviceAdd, QmpError, QmpEventSender, QmpHandler, QmpServer, VmRunState,
 };
 use serde_json::Value;
-use util::aio::AioEngine;
 use util::event_loop::EventLoop;
 
 /// Slots of the test machine (the micro VM has 4 hot-replace slots).
@@ -93,11 +92,10 @@ impl QmpHandler for TestVm {
 
     fn blockdev_add(&mut self, args: BlockdevAdd) -> Result<(), QmpError> {
         self.calls.push(format!("blockdev_add {}", args.node_name));
-        if args.aio == Some(AioEngine::Native) && args.direct == Some(false) {
-            return Err(QmpError::Generic(
-                "aio=native needs direct=on: Linux AIO is synchronous on buffered files".into(),
-            ));
-        }
+        // The drive rules live in one place: the config's validation.
+        args.drive_config()
+            .validate()
+            .map_err(|e| QmpError::Generic(e.to_string()))?;
         if self.blockdevs.contains_key(&args.node_name) {
             return Err(QmpError::Generic(format!(
                 "node {} already exists",
