@@ -7,9 +7,9 @@
 //! ```
 //!
 //! The load address is `pref_address` (aligned up to `kernel_alignment`) for a relocatable
-//! kernel and 1 MiB otherwise (a non-relocatable kernel moves itself to its fixed address).
-//! The region from the load address up to `init_size` bytes (the room the decompressor needs)
-//! must fit in low RAM; the initrd is placed above it.
+//! kernel and 1 MiB otherwise; a non-relocatable kernel moves itself to its fixed address,
+//! `pref_address`. The image and the `init_size` bytes the kernel needs where it runs (to
+//! decompress) must fit in low RAM; the initrd is placed above both.
 
 use address_space::GuestMemory;
 
@@ -76,27 +76,36 @@ pub(crate) fn load(file: &ImageFile, mem: &GuestMemory, low_end: u64) -> Result<
     file.check_range("protected-mode kernel", kernel_offset, 1)?;
     let kernel_len = file.len() - kernel_offset;
 
-    let load_addr = if header.relocatable_kernel != 0 {
+    let preferred = header.pref_address.max(HIMEM_START);
+    // Where the image is copied, and where the kernel decompresses itself (`init_size`
+    // bytes): the same place for a relocatable kernel, its fixed `pref_address` otherwise.
+    let (load_addr, run_addr) = if header.relocatable_kernel != 0 {
         let align = header.kernel_alignment;
         if !align.is_power_of_two() {
             return Err(BootError::BadAlignment(align));
         }
-        let preferred = header.pref_address.max(HIMEM_START);
-        preferred
+        let aligned = preferred
             .checked_next_multiple_of(u64::from(align))
-            .unwrap_or(u64::MAX)
+            .unwrap_or(u64::MAX);
+        (aligned, aligned)
     } else {
-        HIMEM_START
+        (HIMEM_START, preferred)
     };
-    let size = kernel_len.max(u64::from(header.init_size));
-    let end = load_addr
-        .checked_add(size)
+    let too_large = |at, size| BootError::KernelTooLarge {
+        load_addr: at,
+        size,
+        ram_end: low_end,
+    };
+    let image_end = load_addr
+        .checked_add(kernel_len)
         .filter(|&end| end <= low_end)
-        .ok_or(BootError::KernelTooLarge {
-            load_addr,
-            size,
-            ram_end: low_end,
-        })?;
+        .ok_or(too_large(load_addr, kernel_len))?;
+    let init_size = u64::from(header.init_size);
+    let run_end = run_addr
+        .checked_add(init_size)
+        .filter(|&end| end <= low_end)
+        .ok_or(too_large(run_addr, init_size))?;
+    let end = image_end.max(run_end);
     file.copy_to_guest(
         "protected-mode kernel",
         mem,
@@ -105,7 +114,7 @@ pub(crate) fn load(file: &ImageFile, mem: &GuestMemory, low_end: u64) -> Result<
         load_addr,
     )?;
     log::info!(
-        "bzImage protocol {}.{:02}: {kernel_len:#x} bytes at {load_addr:#x}, needs {size:#x}",
+        "bzImage protocol {}.{:02}: {kernel_len:#x} bytes at {load_addr:#x}, runs at {run_addr:#x}",
         version >> 8,
         version & 0xff
     );
