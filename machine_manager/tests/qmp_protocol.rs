@@ -468,6 +468,30 @@ fn output_that_would_block_is_buffered_until_the_client_reads() {
 }
 
 #[test]
+fn a_client_that_never_reads_is_disconnected_and_the_socket_serves_the_next() {
+    let vm = TestVm {
+        cpus: 100,
+        ..TestVm::default()
+    };
+    let harness = Harness::with_vm("nonreader", vm);
+    let mut client = harness.negotiated();
+    // 1000 replies of ~9 KiB: far more than the 4 MiB the server keeps for a client.
+    let requests: String = (0..1000)
+        .map(|i| format!("{{\"execute\":\"query-cpus\",\"id\":{i}}}\n"))
+        .collect();
+    client.send(requests.as_bytes());
+    std::thread::sleep(Duration::from_millis(500));
+    let received = client.expect_closed();
+    let replies = received.windows(2).filter(|w| w == b"\r\n").count();
+    assert!(replies < 1000, "all {replies} replies arrived");
+    let mut next = harness.negotiated();
+    assert_eq!(
+        next.execute(r#"{"execute":"query-status"}"#)["return"]["status"],
+        "running"
+    );
+}
+
+#[test]
 fn stale_socket_is_replaced_but_other_files_are_refused() {
     let handler = || -> Arc<Mutex<dyn QmpHandler>> { Arc::new(Mutex::new(TestVm::default())) };
     let path = socket_path("stale");
