@@ -107,3 +107,75 @@ fn submission_errors_complete_their_request() {
     }
     let _ = std::fs::remove_file(&path);
 }
+
+/// Installs, on the calling thread only, a seccomp filter that fails `io_uring_setup` with
+/// `EPERM` and `io_setup` with `ENOSYS` (what a container runtime's profile does).
+fn refuse_async_io_on_this_thread() {
+    const LD_NR: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS, offset 0: seccomp_data.nr
+    const JEQ: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET: u16 = 0x06; // BPF_RET | BPF_K
+    let insn = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let filter = [
+        insn(LD_NR, 0, 0, 0),
+        insn(JEQ, 0, 1, libc::SYS_io_uring_setup as u32),
+        insn(RET, 0, 0, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        insn(JEQ, 0, 1, libc::SYS_io_setup as u32),
+        insn(RET, 0, 0, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+        insn(RET, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: prctl with integer arguments; NO_NEW_PRIVS and the filter are per-thread
+    // (no SECCOMP_FILTER_FLAG_TSYNC), so other tests' threads are unaffected. `prog` and
+    // `filter` live across the call, which copies them.
+    unsafe {
+        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        assert_eq!(
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &prog as *const _
+            ),
+            0
+        );
+    }
+}
+
+#[test]
+fn probe_names_engine_and_errno_when_the_kernel_refuses() {
+    let results = std::thread::spawn(|| {
+        refuse_async_io_on_this_thread();
+        AioEngine::ALL.map(|engine| (engine, probe(engine)))
+    })
+    .join()
+    .expect("probe thread");
+    for (engine, result) in results {
+        let errno = match engine {
+            AioEngine::Off => {
+                assert!(result.is_ok(), "aio=off needs nothing from the kernel");
+                continue;
+            }
+            AioEngine::Native => libc::ENOSYS,
+            AioEngine::IoUring => libc::EPERM,
+        };
+        let err = result.expect_err("refused by seccomp");
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("aio={engine} is not available")),
+            "{text}"
+        );
+        let AioError::Unavailable {
+            engine: named,
+            source,
+        } = err
+        else {
+            panic!("aio={engine}: wrong error variant: {err:?}");
+        };
+        assert_eq!(named, engine);
+        assert_eq!(source.raw_os_error(), Some(errno), "aio={engine}");
+    }
+    // The filter stayed on the thread that installed it.
+    probe(AioEngine::IoUring).expect("io_uring still available here");
+}
