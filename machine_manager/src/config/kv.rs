@@ -178,8 +178,12 @@ impl KvList {
         self.take(key).ok_or_else(|| self.missing(key))
     }
 
-    /// The value of the boolean `key` (`on|off`, `true|false`), if present.
+    /// The value of the boolean `key` (`on|off`, `true|false`, or the bare word `key` for
+    /// on), if present.
     pub(crate) fn take_bool(&mut self, key: &str) -> Result<Option<bool>> {
+        if self.take_flag(key) {
+            return Ok(Some(true));
+        }
         match self.take(key) {
             None => Ok(None),
             Some(value) => match value.as_str() {
@@ -255,8 +259,9 @@ mod tests {
 
     #[test]
     fn booleans_and_numbers() {
-        let mut kv = KvList::parse("-x", "a=on,b=false,c=maybe").unwrap();
+        let mut kv = KvList::parse("-x", "a=on,b=false,c=maybe,e").unwrap();
         assert_eq!(kv.take_bool("a").unwrap(), Some(true));
+        assert_eq!(kv.take_bool("e").unwrap(), Some(true));
         assert_eq!(kv.take_bool("b").unwrap(), Some(false));
         assert!(kv.take_bool("c").is_err());
         assert_eq!(kv.take_bool("d").unwrap(), None);

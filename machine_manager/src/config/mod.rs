@@ -230,7 +230,12 @@ fn apply(
         "smp" => config.cpus = machine::parse_smp(&required(value)?)?,
         "cpu" => config.cpu = machine::parse_cpu(&required(value)?)?,
         "serial" => config.serial_stdio = machine::parse_serial(&required(value)?)?,
-        "D" => config.log = Some(value.map(PathBuf::from)),
+        "D" => {
+            if value.as_deref() == Some("") {
+                return Err(ConfigError::MissingValue("-D".to_string()));
+            }
+            config.log = Some(value.map(PathBuf::from));
+        }
         "name" => config.name = Some(required(value)?),
         "daemonize" => config.daemonize = true,
         "pidfile" => config.pidfile = Some(PathBuf::from(required(value)?)),

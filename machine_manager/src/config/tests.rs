@@ -129,6 +129,10 @@ fn log_file_is_optional() {
     assert_eq!(parse("-D -kernel /k").unwrap().log, Some(None));
     assert_eq!(parse("-D /tmp/l").unwrap().log, Some(Some("/tmp/l".into())));
     assert_eq!(parse("-kernel /k").unwrap().log, None);
+    assert_eq!(
+        parse_args(["-D".to_string(), String::new()]),
+        Err(ConfigError::MissingValue("-D".into()))
+    );
 }
 
 #[test]
@@ -161,6 +165,7 @@ fn drive_defaults_follow_direct() {
         (false, AioEngine::Off)
     );
     assert!(!config.drives[0].readonly);
+    assert!(parse("-drive id=d,file=/a,readonly").unwrap().drives[0].readonly);
     let config = parse("-drive id=d,file=/a,aio=iouring,readonly=on").unwrap();
     assert_eq!(config.drives[0].aio, AioEngine::IoUring);
     assert!(config.drives[0].readonly);
