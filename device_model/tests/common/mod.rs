@@ -116,8 +116,6 @@ impl Rig {
     pub fn new(backend: Option<BlockBackend>, config: DriverConfig) -> Rig {
         let mem = Arc::new(GuestMemory::new(&[(0, RAM)]).unwrap());
         let event_loop = EventLoop::new().unwrap();
-        let runner = event_loop.clone();
-        let thread = std::thread::spawn(move || runner.run().unwrap());
         let block = Block::new("blk0".into(), backend, event_loop.clone());
         let slot = block.slot();
         let device: Arc<Mutex<dyn VirtioDevice>> = Arc::new(Mutex::new(block));
@@ -126,7 +124,7 @@ impl Rig {
             VirtioMmio::new(device, mem.clone(), irq.clone()).unwrap(),
         ));
         let driver = Driver::new(mmio.clone(), mem.clone(), irq.clone(), config).unwrap();
-        Rig {
+        let mut rig = Rig {
             driver,
             slot,
             mem,
@@ -134,8 +132,31 @@ impl Rig {
             irq,
             config,
             event_loop,
-            thread: Some(thread),
+            thread: None,
+        };
+        rig.start_loop();
+        rig
+    }
+
+    /// Runs the event loop on its own thread (the device's iothread).
+    pub fn start_loop(&mut self) {
+        assert!(self.thread.is_none());
+        let runner = self.event_loop.clone();
+        self.thread = Some(std::thread::spawn(move || runner.run().unwrap()));
+    }
+
+    /// Stops the event-loop thread; the test then turns the loop by hand with [`Rig::turn`].
+    pub fn stop_loop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.event_loop.stop();
+            thread.join().unwrap();
         }
+    }
+
+    /// One pass of the (stopped) event loop.
+    pub fn turn(&self) {
+        assert!(self.thread.is_none());
+        self.event_loop.run_once(1000).unwrap();
     }
 
     pub fn with_disk(disk: &TempDisk, aio: AioEngine, direct: bool, queue_size: u16) -> Rig {
@@ -188,10 +209,7 @@ impl Rig {
 
 impl Drop for Rig {
     fn drop(&mut self) {
-        self.event_loop.stop();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.stop_loop();
     }
 }
 

@@ -386,7 +386,7 @@ impl BlockState {
     }
 
     /// Waits for the engine's in-flight requests; returns how many completions it produced
-    /// (left in `self.completions`).
+    /// (left in `self.completions`, for the caller to answer or drop).
     fn drain_engine(&mut self) -> usize {
         self.completions.clear();
         if let Some(backend) = self.backend.as_mut() {
@@ -395,9 +395,6 @@ impl BlockState {
                     log::error!("virtio-blk {}: drain failed: {e}", self.id);
                 }
             }
-        }
-        if let Some(active) = self.active.as_mut() {
-            active.inflight.fill(None);
         }
         self.completions.len()
     }
