@@ -19,7 +19,9 @@
 //! - With [`AioContext::register_memory`], a read or write whose single iovec lies in one
 //!   registered region becomes `READ_FIXED`/`WRITE_FIXED` (regions are registered in pieces of
 //!   at most 1 GiB, the kernel's limit per buffer).
-//! - Dropping the context waits for every request in the ring before the ring is unmapped.
+//! - Dropping the context waits for every request in the ring before the ring is unmapped
+//!   (only if `io_uring_enter` itself fails while waiting is the ring closed with requests
+//!   still in it; the kernel then cancels them, and the error is logged).
 
 use std::collections::VecDeque;
 use std::io;
@@ -317,9 +319,13 @@ impl AioContext for UringContext {
             if self.in_ring == 0 && self.pending.is_empty() {
                 return Ok(());
             }
-            self.ring
-                .submit_and_wait(1)
-                .map_err(|e| uring_error("io_uring_enter", &e))?;
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                // Completions are waiting to be reaped (EBUSY) or the kernel is short of
+                // memory for a moment (EAGAIN): collect and try again.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EBUSY)) => {}
+                Err(e) => return Err(uring_error("io_uring_enter", &e)),
+            }
         }
     }
 
