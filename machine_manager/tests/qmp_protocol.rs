@@ -231,10 +231,12 @@ fn a_client_that_hangs_up_mid_request_is_dropped_and_the_next_one_is_served() {
 fn a_hang_up_noticed_only_when_the_next_client_arrives_does_not_make_it_busy() {
     let harness = Harness::start("hangup-race");
     let mut first = harness.negotiated();
-    // Stall the loop so that the next connection and the hang-up are seen in one batch,
-    // the connection first.
+    // Hold the loop inside a handler so that the next connection and the hang-up are seen
+    // in one batch, the connection first.
     let stall = EventFd::new(EFD_NONBLOCK).unwrap();
     let stall_reader = stall.try_clone().unwrap();
+    let (stalled_tx, stalled_rx) = std::sync::mpsc::channel::<()>();
+    let (resume_tx, resume_rx) = std::sync::mpsc::channel::<()>();
     harness
         .event_loop
         .add(
@@ -243,16 +245,20 @@ fn a_hang_up_noticed_only_when_the_next_client_arrives_does_not_make_it_busy() {
             EventSet::IN,
             Box::new(move |_| {
                 let _ = stall_reader.read();
-                std::thread::sleep(Duration::from_millis(300));
+                let _ = stalled_tx.send(());
+                let _ = resume_rx.recv_timeout(Duration::from_secs(10));
                 HandlerAction::Keep
             }),
         )
         .unwrap();
     stall.write(1).unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    stalled_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("loop stalled");
     let mut second = Client::connect(&harness.path);
     first.send(br#"{"execute":"stop","argu"#);
     drop(first);
+    resume_tx.send(()).unwrap();
     let greeting = second.recv();
     assert!(greeting.get("QMP").is_some(), "refused: {greeting}");
     assert_eq!(
@@ -480,11 +486,27 @@ fn a_client_that_never_reads_is_disconnected_and_the_socket_serves_the_next() {
         .map(|i| format!("{{\"execute\":\"query-cpus\",\"id\":{i}}}\n"))
         .collect();
     client.send(requests.as_bytes());
-    std::thread::sleep(Duration::from_millis(500));
+    // Without reading: the socket frees up only once the server dropped this client (until
+    // then a newcomer is refused as busy).
+    let mut next = None;
+    for _ in 0..200 {
+        let mut probe = Client::connect(&harness.path);
+        let first = probe.recv();
+        if first.get("QMP").is_some() {
+            next = Some(probe);
+            break;
+        }
+        assert!(error_desc(&first).contains("busy"), "{first}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut next = next.expect("the non-reading client was never dropped");
     let received = client.expect_closed();
     let replies = received.windows(2).filter(|w| w == b"\r\n").count();
     assert!(replies < 1000, "all {replies} replies arrived");
-    let mut next = harness.negotiated();
+    assert_eq!(
+        next.execute(r#"{"execute":"qmp_capabilities"}"#),
+        json!({"return": {}})
+    );
     assert_eq!(
         next.execute(r#"{"execute":"query-status"}"#)["return"]["status"],
         "running"

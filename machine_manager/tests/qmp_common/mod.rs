@@ -303,9 +303,12 @@ impl Client {
     /// Asserts that the server closes the connection (after any bytes still unread).
     pub fn expect_closed(&mut self) -> Vec<u8> {
         let mut rest = std::mem::take(&mut self.pending);
-        self.stream
-            .read_to_end(&mut rest)
-            .expect("read until the server closes");
+        if let Err(e) = self.stream.read_to_end(&mut rest) {
+            panic!(
+                "the server did not close the connection ({e}); {} bytes read",
+                rest.len()
+            );
+        }
         rest
     }
 }
