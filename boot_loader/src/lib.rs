@@ -59,7 +59,7 @@ use layout::{
 const PAGE_SIZE: u64 = 0x1000;
 
 /// What to boot.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BootConfig {
     /// The kernel: a bzImage or an ELF vmlinux.
     pub kernel: PathBuf,
@@ -114,6 +114,7 @@ pub struct BootLayout {
 pub fn load_linux(mem: &GuestMemory, config: &BootConfig) -> Result<BootLayout> {
     let low_end = low_ram_end(mem)?;
     let e820 = e820_map(mem)?;
+    mptable::write_mp_table(mem, config.cpu_count)?;
     let kernel_file = ImageFile::open(&config.kernel)?;
     let (kind, kernel) = load_kernel(&kernel_file, mem, low_end)?;
 
@@ -133,7 +134,6 @@ pub fn load_linux(mem: &GuestMemory, config: &BootConfig) -> Result<BootLayout> 
 
     write_descriptor_tables(mem)?;
     let pml4 = paging::write_identity_map(mem)?;
-    mptable::write_mp_table(mem, config.cpu_count)?;
     Ok(BootLayout {
         entry: kernel.entry,
         boot_params: BOOT_PARAMS_ADDR,
