@@ -15,6 +15,10 @@
 //!     buffers zero-filled and completes with the full length (a disk sized from its image
 //!     file reads zeroes past a tail that is not a multiple of the sector size);
 //!   - `-EINTR` and `-EAGAIN` results are resubmitted up to [`MAX_RETRIES`] times.
+//! - [`Slot::fallocate_mode`] is the one place that picks the `fallocate` mode of a discard or
+//!   write-zeroes. Write-zeroes tries `ZERO_RANGE`; on a filesystem without it (`-EOPNOTSUPP`,
+//!   e.g. tmpfs) it punches a hole and then allocates the range again, which leaves the
+//!   range zeroed and allocated, as `ZERO_RANGE` would.
 
 use std::os::unix::io::RawFd;
 
@@ -34,6 +38,19 @@ pub(crate) struct Slot {
     rest: Vec<Iovec>,
     /// Resubmissions after `-EINTR`/`-EAGAIN` so far.
     retries: u32,
+    /// Which step of write-zeroes runs next.
+    zeroing: ZeroStep,
+}
+
+/// The steps of a write-zeroes request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ZeroStep {
+    /// `fallocate(ZERO_RANGE | KEEP_SIZE)`.
+    ZeroRange,
+    /// Fallback, first half: `fallocate(PUNCH_HOLE | KEEP_SIZE)`.
+    PunchHole,
+    /// Fallback, second half: `fallocate(KEEP_SIZE)` allocates the range again.
+    Allocate,
 }
 
 impl Slot {
@@ -44,6 +61,17 @@ impl Slot {
             done: 0,
             rest: Vec::new(),
             retries: 0,
+            zeroing: ZeroStep::ZeroRange,
+        }
+    }
+
+    /// The `fallocate` mode of the next round of a discard or write-zeroes.
+    pub(crate) fn fallocate_mode(&self) -> i32 {
+        let keep = libc::FALLOC_FL_KEEP_SIZE;
+        match (self.req.opcode, self.zeroing) {
+            (AioOpcode::WriteZeroes, ZeroStep::ZeroRange) => libc::FALLOC_FL_ZERO_RANGE | keep,
+            (AioOpcode::WriteZeroes, ZeroStep::Allocate) => keep,
+            _ => libc::FALLOC_FL_PUNCH_HOLE | keep,
         }
     }
 
@@ -170,6 +198,17 @@ pub(crate) fn advance(slot: &mut Slot, res: i64, fd: RawFd) -> Outcome {
             return Outcome::Again;
         }
         return Outcome::Complete(slot.completion(res));
+    }
+    if slot.req.opcode == AioOpcode::WriteZeroes {
+        let next = match slot.zeroing {
+            ZeroStep::ZeroRange if res == -i64::from(libc::EOPNOTSUPP) => Some(ZeroStep::PunchHole),
+            ZeroStep::PunchHole if res >= 0 => Some(ZeroStep::Allocate),
+            _ => None,
+        };
+        if let Some(step) = next {
+            slot.zeroing = step;
+            return Outcome::Again;
+        }
     }
     if res < 0 {
         return Outcome::Complete(slot.completion(res));
@@ -327,6 +366,42 @@ mod tests {
         assert_eq!(advance(&mut slot, 0, -1), Outcome::Complete(full));
         assert!(buf[..8].iter().all(|&b| b == 0xaa));
         assert!(buf[8..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn write_zeroes_falls_back_to_punch_and_allocate() {
+        let zeroes = || {
+            let req = read_req(vec![]);
+            Slot::new(AioRequest {
+                opcode: AioOpcode::WriteZeroes,
+                len: 4096,
+                ..req
+            })
+        };
+        let keep = libc::FALLOC_FL_KEEP_SIZE;
+        let eopnotsupp = -i64::from(libc::EOPNOTSUPP);
+        let mut slot = zeroes();
+        assert_eq!(slot.fallocate_mode(), libc::FALLOC_FL_ZERO_RANGE | keep);
+        assert_eq!(advance(&mut slot, eopnotsupp, -1), Outcome::Again);
+        assert_eq!(slot.fallocate_mode(), libc::FALLOC_FL_PUNCH_HOLE | keep);
+        assert_eq!(advance(&mut slot, 0, -1), Outcome::Again);
+        assert_eq!(slot.fallocate_mode(), keep);
+        let done = AioCompletion {
+            tag: 7,
+            result: 4096,
+        };
+        assert_eq!(advance(&mut slot, 0, -1), Outcome::Complete(done));
+        // A filesystem that cannot punch holes either gets the error.
+        let mut slot = zeroes();
+        assert_eq!(advance(&mut slot, eopnotsupp, -1), Outcome::Again);
+        let failed = AioCompletion {
+            tag: 7,
+            result: eopnotsupp,
+        };
+        assert_eq!(
+            advance(&mut slot, eopnotsupp, -1),
+            Outcome::Complete(failed)
+        );
     }
 
     #[test]

@@ -55,15 +55,9 @@ impl SyncContext {
                 AioOpcode::Read => libc::preadv(self.fd, iov_ptr, iov_cnt, offset) as i64,
                 AioOpcode::Write => libc::pwritev(self.fd, iov_ptr, iov_cnt, offset) as i64,
                 AioOpcode::Flush => i64::from(libc::fdatasync(self.fd)),
-                AioOpcode::Discard => i64::from(libc::fallocate(
+                AioOpcode::Discard | AioOpcode::WriteZeroes => i64::from(libc::fallocate(
                     self.fd,
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                    offset_whole,
-                    len,
-                )),
-                AioOpcode::WriteZeroes => i64::from(libc::fallocate(
-                    self.fd,
-                    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+                    slot.fallocate_mode(),
                     offset_whole,
                     len,
                 )),

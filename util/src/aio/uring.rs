@@ -15,7 +15,7 @@
 //!   did not consume (`EAGAIN`/`EBUSY` from `io_uring_enter`) stay in the SQ ring and are
 //!   submitted again by the next `submit` or `reap`.
 //! - Discard and write-zeroes are `IORING_OP_FALLOCATE` (punch hole / zero range, keeping the
-//!   size) when the kernel supports the opcode.
+//!   size, with the fallback of `inflight`) when the kernel supports the opcode.
 //! - With [`AioContext::register_memory`], a read or write whose single iovec lies in one
 //!   registered region becomes `READ_FIXED`/`WRITE_FIXED` (regions are registered in pieces of
 //!   at most 1 GiB, the kernel's limit per buffer).
@@ -175,16 +175,9 @@ impl UringContext {
                 io_uring_sqe::writev(self.fd, iovecs.as_ptr().cast(), nr, off, ud)
             }
             (AioOpcode::Flush, _) => io_uring_sqe::fsync(self.fd, IORING_FSYNC_DATASYNC, ud),
-            (AioOpcode::Discard, _) => io_uring_sqe::fallocate(
+            (AioOpcode::Discard | AioOpcode::WriteZeroes, _) => io_uring_sqe::fallocate(
                 self.fd,
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                slot.req.offset,
-                slot.req.len,
-                ud,
-            ),
-            (AioOpcode::WriteZeroes, _) => io_uring_sqe::fallocate(
-                self.fd,
-                libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+                slot.fallocate_mode(),
                 slot.req.offset,
                 slot.req.len,
                 ud,

@@ -14,13 +14,29 @@ use util::aio::{AioCompletion, AioContext, AioEngine, AioOpcode, AioRequest, Iov
 /// Alignment that satisfies O_DIRECT on every filesystem here.
 pub const ALIGN: usize = 4096;
 
-/// Buffered or O_DIRECT access to the test file.
+/// Where the test file lives and how it is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// Page cache.
+    /// Page cache, on the disk (ext4 here).
     Buffered,
-    /// `O_DIRECT`.
+    /// `O_DIRECT`, on the disk: the filesystem enforces sector alignment.
     Direct,
+    /// Page cache, on tmpfs (`/dev/shm`).
+    ShmBuffered,
+    /// `O_DIRECT` on tmpfs: accepted, with no alignment rule and no `ZERO_RANGE`.
+    ShmDirect,
+}
+
+impl Mode {
+    /// Whether the file is opened with `O_DIRECT`.
+    pub fn direct(self) -> bool {
+        matches!(self, Mode::Direct | Mode::ShmDirect)
+    }
+
+    /// Whether the file lives on tmpfs.
+    pub fn tmpfs(self) -> bool {
+        matches!(self, Mode::ShmBuffered | Mode::ShmDirect)
+    }
 }
 
 /// Deterministic xorshift64* generator.
@@ -97,6 +113,22 @@ impl Drop for AlignedBuf {
 /// A fresh test file path under the cargo target dir (ext4 here: O_DIRECT works).
 pub fn test_path(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("aio");
+    in_dir(dir, name)
+}
+
+/// A fresh test file path on the filesystem `mode` names.
+pub fn path_for(name: &str, mode: Mode) -> PathBuf {
+    if mode.tmpfs() {
+        in_dir(
+            PathBuf::from("/dev/shm/stratovirt-aio-tests"),
+            &format!("{name}-{mode:?}"),
+        )
+    } else {
+        test_path(&format!("{name}-{mode:?}"))
+    }
+}
+
+fn in_dir(dir: PathBuf, name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("create test dir");
     let path = dir.join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_file(&path);
@@ -108,7 +140,7 @@ pub fn create_file(path: &PathBuf, content: &[u8], mode: Mode) -> File {
     std::fs::write(path, content).expect("write initial content");
     let mut opts = OpenOptions::new();
     opts.read(true).write(true);
-    if mode == Mode::Direct {
+    if mode.direct() {
         opts.custom_flags(libc::O_DIRECT);
     }
     opts.open(path).expect("open test file")
