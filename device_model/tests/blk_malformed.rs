@@ -307,3 +307,89 @@ fn writes_to_a_readonly_disk_fail_on_every_engine() {
         );
     }
 }
+
+/// Random descriptor tables and avail rings, half plausible and half garbage: every offered
+/// chain is answered or the device asks for a reset, and after a reset it serves again.
+#[test]
+fn random_rings_never_stop_the_device() {
+    use common::Rng;
+    for (aio, direct) in [
+        (util::aio::AioEngine::Off, false),
+        (util::aio::AioEngine::IoUring, true),
+    ] {
+        let disk = TempDisk::new(&vec![0x3c; (DISK_SECTORS * 512) as usize]);
+        let mut rig = Rig::with_disk(&disk, aio, direct, 16);
+        let mut rng = Rng(0xdead_beef);
+        let types = [0u32, 1, 4, 8, 11, 13, 99];
+        for round in 0..300 {
+            header(
+                &rig,
+                HEADER,
+                types[rng.below(7) as usize],
+                rng.below(DISK_SECTORS + 2),
+            );
+            let table: Vec<(u16, Descriptor)> = (0..16u16)
+                .map(|i| {
+                    let plausible = rng.below(2) == 0;
+                    let addr = match rng.below(4) {
+                        0 => HEADER,
+                        1 => DATA + rng.below(64) * 512,
+                        2 if plausible => STATUS,
+                        _ => rng.next() % (2 * RAM),
+                    };
+                    let len = if plausible {
+                        [16, 512, 1, 4096][rng.below(4) as usize]
+                    } else {
+                        rng.next() as u32
+                    };
+                    let flags = if plausible {
+                        rng.below(4) as u16
+                    } else {
+                        rng.next() as u16
+                    };
+                    let next = if plausible {
+                        rng.below(16) as u16
+                    } else {
+                        rng.next() as u16
+                    };
+                    (i, desc(addr, len, flags, next))
+                })
+                .collect();
+            let offered = 1 + rng.below(4) as usize;
+            for k in 0..offered {
+                let head = if rng.below(8) == 0 {
+                    rng.next() as u16
+                } else {
+                    rng.below(16) as u16
+                };
+                let entries: &[(u16, Descriptor)] = if k == 0 { &table } else { &[] };
+                rig.driver.post_raw(head, entries).unwrap();
+            }
+            rig.driver.force_kick().unwrap();
+            let deadline = Instant::now() + TIMEOUT;
+            let mut answered = 0;
+            let mut done = Vec::new();
+            loop {
+                answered += rig.driver.poll(&mut done).unwrap();
+                let reset = rig.status() & STATUS_DEVICE_NEEDS_RESET != 0;
+                if answered >= offered || reset {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{aio} round {round}: chains left unanswered"
+                );
+                rig.driver
+                    .wait_interrupt(Duration::from_millis(10))
+                    .unwrap();
+            }
+            let config = rig.config;
+            rig.driver.reinitialise(config).unwrap();
+            let (status, _) = rig.read(0, 512);
+            assert_eq!(
+                status, VIRTIO_BLK_S_OK,
+                "{aio} round {round}: device still serves"
+            );
+        }
+    }
+}

@@ -293,10 +293,13 @@ impl SplitQueue {
                     return Err(QueueError::BadIndirectFlags);
                 }
                 let entries = desc.len / 16;
-                if !desc.len.is_multiple_of(16) || entries == 0 || entries > u32::from(MAX_QUEUE_SIZE) {
+                if !desc.len.is_multiple_of(16)
+                    || entries == 0
+                    || entries > u32::from(MAX_QUEUE_SIZE)
+                {
                     return Err(QueueError::BadIndirectTable { len: desc.len });
                 }
-                if !desc.addr.is_multiple_of(16) || !mem.contains(desc.addr, u64::from(desc.len)) {
+                if !mem.contains(desc.addr, u64::from(desc.len)) {
                     return Err(QueueError::BadArea {
                         area: "indirect table",
                         addr: desc.addr,
