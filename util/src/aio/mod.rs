@@ -22,8 +22,9 @@
 //!   requests, so their buffers are never written after the engine is gone.
 //! - A request the engine cannot carry ([`AioContext::supports`] is `false`) completes with
 //!   `-EOPNOTSUPP`; a read or write that moves no bytes completes with 0 at once.
-//! - Misaligned `O_DIRECT` requests are passed to the kernel as they are; the kernel's
-//!   `-EINVAL` is their completion (no bounce buffers: the guest chose the alignment).
+//! - Misaligned `O_DIRECT` requests are passed to the kernel as they are and its answer is
+//!   their completion: `-EINVAL` where the filesystem enforces alignment (ext4, XFS, block
+//!   devices), success on tmpfs, which has no alignment rule. No bounce buffers.
 //!
 //! Files: [`sync`] (`aio=off`), [`libaio`] (`aio=native`, on [`abi`]), [`uring`]
 //! (`aio=io_uring`, on [`crate::io_uring`]); `inflight` holds the per-request bookkeeping and
