@@ -88,9 +88,10 @@ fn replacing_backends_drains_in_flight_writes_on_every_engine() {
         }
         rig.driver.kick().unwrap();
         rig.turn();
-        assert_eq!(
-            rig.slot.in_flight(),
-            64,
+        // One loop turn pops the whole batch and submits it; the engine's completions are not
+        // reaped in that turn (a stale engine wake-up could reap a few, hence `> 0`).
+        assert!(
+            rig.slot.in_flight() > 0,
             "{aio}: the batch went to the engine"
         );
         rig.slot.replace_backend(None).unwrap();
