@@ -35,6 +35,9 @@ use super::{AioCompletion, AioContext, AioEngine, AioError, AioOpcode, AioReques
 
 const ENGINE: AioEngine = AioEngine::Native;
 
+/// An `aio_lio_opcode` no kernel implements: `io_submit` fails it with `EINVAL`.
+const REJECTED_OPCODE: u16 = u16::MAX;
+
 /// The pointer array `io_submit` reads, rebuilt before each call from `NativeContext::iocbs`.
 #[derive(Debug, Default)]
 struct IocbPtrs(Vec<*mut iocb>);
@@ -101,7 +104,7 @@ impl NativeContext {
             ..iocb::default()
         };
         let Some(slot) = self.slab.get(key) else {
-            cb.aio_lio_opcode = abi::IOCB_CMD_NOOP;
+            cb.aio_lio_opcode = REJECTED_OPCODE;
             return cb;
         };
         let iovecs = slot.iovecs();
@@ -127,11 +130,10 @@ impl NativeContext {
                 cb.aio_buf = iovecs.as_ptr() as u64;
                 cb.aio_nbytes = iovecs.len() as u64;
             }
-            // `immediate` keeps discard and write-zeroes from ever reaching here; a no-op
-            // would complete them with 0 bytes, which `advance` would turn into a success,
-            // so give the kernel a command it rejects instead.
             AioOpcode::Flush => cb.aio_lio_opcode = abi::IOCB_CMD_FDSYNC,
-            AioOpcode::Discard | AioOpcode::WriteZeroes => cb.aio_lio_opcode = u16::MAX,
+            // `immediate` completes these before they are queued; should one ever get here,
+            // the kernel's EINVAL becomes its completion rather than a false success.
+            AioOpcode::Discard | AioOpcode::WriteZeroes => cb.aio_lio_opcode = REJECTED_OPCODE,
         }
         cb
     }
@@ -264,7 +266,11 @@ impl AioContext for NativeContext {
                 break;
             }
         }
-        self.flush_pending()?;
+        // The completions in `out` must reach the caller even if resubmission fails; the
+        // queued requests stay queued and are offered again by the next call.
+        if let Err(e) = self.flush_pending() {
+            log::error!("{e}");
+        }
         out.append(&mut self.ready);
         Ok(out.len() - before)
     }

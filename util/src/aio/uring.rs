@@ -294,7 +294,11 @@ impl AioContext for UringContext {
         let before = out.len();
         out.append(&mut self.ready);
         self.collect(out);
-        self.flush_pending()?;
+        // The completions in `out` must reach the caller even if resubmission fails; the
+        // queued requests stay queued and are offered again by the next call.
+        if let Err(e) = self.flush_pending() {
+            log::error!("{e}");
+        }
         Ok(out.len() - before)
     }
 
