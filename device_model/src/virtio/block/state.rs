@@ -53,6 +53,7 @@ pub(super) struct Active {
     notify: Arc<EventFd>,
     features: u64,
     broken: bool,
+    guest_errors: u64,
     inflight: Vec<Option<InFlight>>,
     chain: Vec<Descriptor>,
     segments: Vec<Segment>,
@@ -76,7 +77,20 @@ pub(super) fn lock(state: &Mutex<BlockState>) -> MutexGuard<'_, BlockState> {
     state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Guest request errors logged in full before logging thins out to one in `GUEST_ERROR_EVERY`.
+const GUEST_ERRORS_LOGGED: u64 = 16;
+const GUEST_ERROR_EVERY: u64 = 1024;
+
 impl Active {
+    /// Logs a refused request; a guest that floods bad requests cannot flood the log.
+    fn guest_error(&mut self, id: &str, message: std::fmt::Arguments<'_>) {
+        self.guest_errors += 1;
+        let n = self.guest_errors;
+        if n <= GUEST_ERRORS_LOGGED || n.is_multiple_of(GUEST_ERROR_EVERY) {
+            log::warn!("virtio-blk {id}: {message} (guest error {n})");
+        }
+    }
+
     fn break_device(&mut self, id: &str, error: QueueError) {
         log::error!("virtio-blk {id}: queue broken, device needs reset: {error}");
         self.broken = true;
@@ -113,7 +127,7 @@ impl Active {
         let status = match status_address(&self.chain, &self.mem) {
             Ok(status) => status,
             Err(e) => {
-                log::warn!("virtio-blk {id}: chain {head} returned unanswered: {e}");
+                self.guest_error(id, format_args!("chain {head} returned unanswered: {e}"));
                 self.queue.add_used(&self.mem, head, 0)?;
                 return Ok(true);
             }
@@ -122,7 +136,7 @@ impl Active {
             match Request::parse(&self.chain, status, &self.mem, limits, &mut self.segments) {
                 Ok(request) => request,
                 Err(e) => {
-                    log::warn!("virtio-blk {id}: request refused: {e}");
+                    self.guest_error(id, format_args!("request refused: {e}"));
                     self.finish(head, status, e.status(), 1)?;
                     return Ok(true);
                 }
@@ -154,7 +168,7 @@ impl Active {
                         len: seg.len,
                     }),
                     Err(e) => {
-                        log::warn!("virtio-blk {id}: {e}");
+                        self.guest_error(id, format_args!("{e}"));
                         self.finish(head, status, VIRTIO_BLK_S_IOERR, 1)?;
                         return Ok(true);
                     }
@@ -253,11 +267,13 @@ impl Active {
         let (value, used_len) = if ok {
             (VIRTIO_BLK_S_OK, req.used_len)
         } else {
-            log::warn!(
-                "virtio-blk {id}: request {} failed: result {} of {} bytes",
-                done.tag,
-                done.result,
-                req.expected
+            // Guests can cause these too (e.g. unaligned buffers with O_DIRECT: EINVAL).
+            self.guest_error(
+                id,
+                format_args!(
+                    "request {} failed: result {} of {} bytes",
+                    done.tag, done.result, req.expected
+                ),
             );
             (VIRTIO_BLK_S_IOERR, 1)
         };
@@ -356,6 +372,7 @@ impl BlockState {
             notify,
             features,
             broken: false,
+            guest_errors: 0,
             inflight: vec![None; size],
             chain: Vec::with_capacity(size),
             segments: Vec::with_capacity(size),
