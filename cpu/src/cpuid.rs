@@ -4,8 +4,11 @@
 //! Invariants:
 //! - Only bits KVM reports as supported are ever set, except the hypervisor bit and the
 //!   topology fields, which describe the VM itself.
-//! - Hiding XSAVE also clears OSXSAVE and every subleaf of leaf 0xd (the state components an
-//!   XSAVE-less guest must not see).
+//! - Hiding XSAVE also clears OSXSAVE and removes every subleaf of leaf 0xd (the state
+//!   components an XSAVE-less guest must not see; an absent leaf reads as zero).
+//! - KVM may not honour every hidden bit: a PVM host's KVM ORs the host's own bits back into
+//!   leaves 1 and 7. [`unhonoured_features`] compares what KVM kept with what was asked, so
+//!   the machine can say so.
 //! - On a PVM host (`/sys/module/kvm_pvm` exists) the features its instruction emulator cannot
 //!   execute are hidden automatically, unless the user names them with `+FEATURE`.
 
@@ -209,7 +212,42 @@ pub fn vcpu_cpuid(supported: &CpuId, model: &CpuModel, index: u8, count: u8) -> 
     for entry in entries.iter_mut() {
         shape_entry(entry, model, index, count);
     }
+    if model.hides_xsave() {
+        // An absent leaf reads as zero. A present one, even zeroed, is not enough on a PVM
+        // host: its KVM ORs the host's bits back into every entry of leaves 1, 7 and 0xd.
+        // With no XSAVE state components Linux disables XSAVE even if CPUID.1 shows it.
+        entries.retain(|e| e.function != XSAVE_LEAF);
+    }
     CpuId::from_entries(&entries).map_err(|_| CpuError::CpuidTooLarge(entries.len()))
+}
+
+/// The hidden features that KVM's effective table (`effective`, read back with
+/// `KVM_GET_CPUID2`) still shows.
+pub fn unhonoured_features(model: &CpuModel, effective: &CpuId) -> Vec<String> {
+    model
+        .hidden_names
+        .iter()
+        .filter(|name| {
+            let Some(feature) = feature_bit(name) else {
+                return false;
+            };
+            effective.as_slice().iter().any(|e| {
+                e.function == feature.leaf
+                    && e.index == feature.subleaf
+                    && register(e, feature.reg) & (1 << feature.bit) != 0
+            })
+        })
+        .cloned()
+        .collect()
+}
+
+fn register(entry: &kvm_cpuid_entry2, reg: Reg) -> u32 {
+    match reg {
+        Reg::Eax => entry.eax,
+        Reg::Ebx => entry.ebx,
+        Reg::Ecx => entry.ecx,
+        Reg::Edx => entry.edx,
+    }
 }
 
 fn shape_entry(entry: &mut kvm_cpuid_entry2, model: &CpuModel, index: u8, count: u8) {
@@ -253,12 +291,6 @@ fn shape_entry(entry: &mut kvm_cpuid_entry2, model: &CpuModel, index: u8, count:
                 }
             }
             entry.edx = apic_id;
-        }
-        XSAVE_LEAF if model.hides_xsave() => {
-            entry.eax = 0;
-            entry.ebx = 0;
-            entry.ecx = 0;
-            entry.edx = 0;
         }
         _ => {}
     }
@@ -344,8 +376,9 @@ mod tests {
         assert_ne!(leaf1.ecx & (1 << 23), 0, "popcnt kept");
         assert_eq!(leaf1.ecx & (1 << 26), 0, "xsave hidden");
         assert_eq!(shaped(7, 0, &model, 0, 1).edx & (1 << 29), 0);
-        let xsave = shaped(0xd, 1, &model, 0, 1);
-        assert_eq!((xsave.eax, xsave.ebx, xsave.ecx, xsave.edx), (0, 0, 0, 0));
+        let table = CpuId::from_entries(&[entry(1, 0), entry(0xd, 0), entry(0xd, 1)]).unwrap();
+        let shaped = vcpu_cpuid(&table, &model, 0, 1).unwrap();
+        assert_eq!(shaped.as_slice().len(), 1, "leaf 0xd removed");
     }
 
     #[test]
@@ -356,9 +389,16 @@ mod tests {
             ["osxsave".to_string(), "xsave".into()].as_slice()
         );
         assert_eq!(shaped(1, 0, &model, 0, 1).ecx & (3 << 26), 0);
-        assert_eq!(shaped(0xd, 0, &model, 0, 1).eax, 0);
+        let table = CpuId::from_entries(&[entry(0xd, 0), entry(7, 0)]).unwrap();
+        let without = vcpu_cpuid(&table, &model, 0, 1).unwrap();
+        assert!(without.as_slice().iter().all(|e| e.function != 0xd));
         let plain = CpuModel::new("host", &[], &[], false).unwrap();
-        assert_eq!(shaped(0xd, 0, &plain, 0, 1).eax, u32::MAX);
+        let with = vcpu_cpuid(&table, &plain, 0, 1).unwrap();
+        assert_eq!(
+            with.as_slice()[0].eax,
+            u32::MAX,
+            "kept when XSAVE is visible"
+        );
     }
 
     #[test]

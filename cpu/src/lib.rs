@@ -10,7 +10,7 @@ pub mod cpuid;
 pub mod regs;
 pub mod vcpu;
 
-pub use cpuid::{host_is_pvm, supported_cpuid, vcpu_cpuid, CpuModel};
+pub use cpuid::{host_is_pvm, supported_cpuid, unhonoured_features, vcpu_cpuid, CpuModel};
 pub use regs::BootRegisters;
 pub use vcpu::{EventCallback, Vcpu, VcpuEvent, VcpuHandle, VcpuState};
 
@@ -35,6 +35,9 @@ pub enum CpuError {
     /// `KVM_SET_CPUID2` failed.
     #[error("cannot set the vCPU's CPUID")]
     SetCpuid(#[source] kvm_ioctls::Error),
+    /// `KVM_GET_CPUID2` failed.
+    #[error("cannot read the vCPU's CPUID")]
+    GetCpuid(#[source] kvm_ioctls::Error),
     /// The MSR list could not be built.
     #[error("cannot build the MSR list")]
     MsrList,

@@ -122,6 +122,14 @@ impl Vcpu {
         })
     }
 
+    /// The CPUID table KVM actually applies (`KVM_GET_CPUID2`), which may differ from the
+    /// one set (see [`crate::cpuid::unhonoured_features`]).
+    pub fn effective_cpuid(&self) -> Result<CpuId> {
+        self.fd
+            .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(CpuError::GetCpuid)
+    }
+
     /// Index (and APIC id) of this vCPU.
     pub fn index(&self) -> u8 {
         self.index

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use address_space::{Bus, BusDevice, GuestMemory};
 use cpu::{BootRegisters, CpuError, CpuModel, Vcpu, VcpuEvent, VcpuHandle, VcpuState};
-use kvm_bindings::kvm_userspace_memory_region;
+use kvm_bindings::{kvm_userspace_memory_region, CpuId};
 use kvm_ioctls::{Kvm, VmFd};
 
 const MEM_SIZE: u64 = 0x20_0000;
@@ -17,14 +17,17 @@ const PML4: u64 = 0x9000;
 const CODE: u64 = 0x1000;
 const PORT: u16 = 0x80;
 
-/// Counts the guest's writes to its port.
-struct Counter(Arc<AtomicU64>);
+/// Counts the guest's writes to its port and keeps the values written.
+struct Counter(Arc<AtomicU64>, Arc<Mutex<Vec<u64>>>);
 
 impl BusDevice for Counter {
     fn read(&mut self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
     }
-    fn write(&mut self, _offset: u64, _data: &[u8]) {
+    fn write(&mut self, _offset: u64, data: &[u8]) {
+        let mut value = [0u8; 8];
+        value[..data.len().min(8)].copy_from_slice(&data[..data.len().min(8)]);
+        self.1.lock().unwrap().push(u64::from_le_bytes(value));
         self.0.fetch_add(1, Ordering::SeqCst);
     }
 }
@@ -35,6 +38,7 @@ struct TestVm {
     mem: GuestMemory,
     pio: Arc<Bus>,
     writes: Arc<AtomicU64>,
+    values: Arc<Mutex<Vec<u64>>>,
 }
 
 /// A VM with 2 MiB of identity-mapped RAM, a flat 64-bit GDT and `code` at `CODE`.
@@ -66,17 +70,16 @@ fn test_vm(code: &[u8]) -> TestVm {
     mem.write(code, CODE).unwrap();
     let pio = Arc::new(Bus::new());
     let writes = Arc::new(AtomicU64::new(0));
-    pio.insert(
-        u64::from(PORT),
-        1,
-        Arc::new(Mutex::new(Counter(writes.clone()))),
-    )
-    .unwrap();
+    let values = Arc::new(Mutex::new(Vec::new()));
+    let counter = Counter(writes.clone(), values.clone());
+    pio.insert(u64::from(PORT), 4, Arc::new(Mutex::new(counter)))
+        .unwrap();
     TestVm {
         vm,
         mem,
         pio,
         writes,
+        values,
         _kvm: kvm,
     }
 }
@@ -95,12 +98,19 @@ fn boot_registers() -> BootRegisters {
 }
 
 fn start(vm: &TestVm) -> (VcpuHandle, mpsc::Receiver<VcpuEvent>) {
+    let (handle, events, _) = start_with(vm, &[]);
+    (handle, events)
+}
+
+/// Starts vCPU 0 with `hidden` features; also returns the CPUID table KVM applies.
+fn start_with(vm: &TestVm, hidden: &[String]) -> (VcpuHandle, mpsc::Receiver<VcpuEvent>, CpuId) {
     let kvm = Kvm::new().unwrap();
     let supported = cpu::supported_cpuid(&kvm).unwrap();
-    let model = CpuModel::new("host", &[], &[], cpu::host_is_pvm()).unwrap();
+    let model = CpuModel::new("host", hidden, &[], cpu::host_is_pvm()).unwrap();
     let cpuid = cpu::vcpu_cpuid(&supported, &model, 0, 1).unwrap();
     let vcpu = Vcpu::new(&vm.vm, 0, &cpuid, vm.pio.clone(), Arc::new(Bus::new())).unwrap();
     vcpu.set_boot_registers(&vm.mem, &boot_registers()).unwrap();
+    let effective = vcpu.effective_cpuid().unwrap();
     let (tx, rx) = mpsc::channel();
     let tx = Mutex::new(tx);
     let handle = vcpu
@@ -108,7 +118,7 @@ fn start(vm: &TestVm) -> (VcpuHandle, mpsc::Receiver<VcpuEvent>) {
             let _ = tx.lock().unwrap().send(event);
         }))
         .unwrap();
-    (handle, rx)
+    (handle, rx, effective)
 }
 
 fn wait_for_writes(writes: &AtomicU64, above: u64) -> u64 {
@@ -185,4 +195,39 @@ fn a_fault_without_idt_is_a_reported_triple_fault() {
         assert!(Instant::now() < deadline, "the thread ends after the fault");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+#[test]
+fn the_guest_sees_the_cpuid_kvm_reports() {
+    let vm = test_vm(&[
+        0xb8, 0x01, 0x00, 0x00, 0x00, // mov eax, 1
+        0x0f, 0xa2, // cpuid
+        0x89, 0xc8, // mov eax, ecx
+        0x66, 0xba, 0x80, 0x00, // mov dx, 0x80
+        0xef, // out dx, eax
+        0xeb, 0xfe, // jmp $
+    ]);
+    let (mut handle, _events, effective) = start_with(&vm, &["cx16".into()]);
+    handle.resume().unwrap();
+    wait_for_writes(&vm.writes, 0);
+    handle.join();
+    let ecx = vm.values.lock().unwrap()[0] as u32;
+    assert_ne!(ecx & (1 << 31), 0, "hypervisor bit: {ecx:#x}");
+    assert_eq!(ecx & (1 << 13), 0, "cx16 hidden: {ecx:#x}");
+    let reported = effective
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 1)
+        .expect("leaf 1")
+        .ecx;
+    // OSXSAVE (bit 27) mirrors CR4.OSXSAVE, which the guest has not set.
+    let osxsave = 1 << 27;
+    assert_eq!(
+        ecx & !osxsave,
+        reported & !osxsave,
+        "KVM_GET_CPUID2 tells the truth"
+    );
+    let model = CpuModel::new("host", &["cx16".into()], &[], cpu::host_is_pvm()).unwrap();
+    let kept = cpu::unhonoured_features(&model, &effective);
+    assert!(!kept.contains(&"cx16".to_string()));
 }

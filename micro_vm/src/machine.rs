@@ -390,6 +390,14 @@ impl MicroVm {
             let vcpu = Vcpu::new(&self.vm, index, &cpuid, self.pio.clone(), self.mmio.clone())?;
             if index == 0 {
                 vcpu.set_boot_registers(&self.mem, &boot_registers(&layout))?;
+                let kept =
+                    cpu::unhonoured_features(&self.settings.cpu_model, &vcpu.effective_cpuid()?);
+                if !kept.is_empty() {
+                    log::info!(
+                        "KVM keeps these hidden CPU features visible: {}",
+                        kept.join(",")
+                    );
+                }
             }
             lifecycle.vcpus.push(vcpu.spawn(on_event.clone())?);
         }
