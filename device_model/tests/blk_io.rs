@@ -12,7 +12,7 @@ use device_model::virtio::block::request::{
 };
 use device_model::virtio::block::{VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES};
 use device_model::virtio::driver::{Buffer, DriverConfig, DriverError};
-use device_model::virtio::{feature, BlockBackend};
+use device_model::virtio::{feature, BlockBackend, VIRTIO_F_RING_EVENT_IDX};
 use util::aio::AioEngine;
 
 const SECTOR: u64 = 512;
@@ -53,19 +53,26 @@ fn split(rng: &mut Rng, at: u64, sectors: u64, writable: bool) -> Vec<Buffer> {
 
 /// Rounds of up to 24 concurrent requests with disjoint ranges; reads are compared with the
 /// model, writes update it when they complete; the file is compared at the end.
-fn random_io(aio: AioEngine, direct: bool, indirect_phase: bool, seed: u64) {
+fn random_io(aio: AioEngine, direct: bool, features: u64, seed: u64) {
     let disk_sectors = 16384u64;
     let mut rng = Rng(seed);
     let mut model = rng.bytes((disk_sectors * SECTOR) as usize);
     let disk = TempDisk::new(&model);
-    let mut rig = Rig::with_disk(&disk, aio, direct, 128);
+    let backend = BlockBackend::open(&disk.config(aio, direct)).unwrap();
+    let config = DriverConfig {
+        features,
+        ..DriverConfig::new(DRIVER_BASE, 128)
+    };
+    let mut rig = Rig::new(Some(backend), config);
+    assert_eq!(rig.driver.features() & !features, 0, "only the features asked for");
     assert_eq!(rig.driver.capacity(), disk_sectors);
     let serial = b"virtio-test-serial-0";
     for round in 0..160 {
-        if indirect_phase && round == 80 {
+        if round == 80 {
+            // The second half through indirect tables, after a device reset.
             let config = DriverConfig {
                 indirect: true,
-                ..DriverConfig::new(DRIVER_BASE, 128)
+                ..config
             };
             rig.driver.reinitialise(config).unwrap();
         }
@@ -191,8 +198,33 @@ fn random_io(aio: AioEngine, direct: bool, indirect_phase: bool, seed: u64) {
 #[test]
 fn random_io_matches_the_model_on_every_engine() {
     for (i, (aio, direct)) in MODES.into_iter().enumerate() {
-        random_io(aio, direct, true, 0x9e37_79b9_7f4a_7c15 ^ i as u64);
+        random_io(aio, direct, u64::MAX, 0x9e37_79b9_7f4a_7c15 ^ i as u64);
     }
+}
+
+/// Without EVENT_IDX the device and driver fall back to the ring flags.
+#[test]
+fn random_io_without_event_idx() {
+    let features = !feature(VIRTIO_F_RING_EVENT_IDX);
+    random_io(AioEngine::IoUring, true, features, 5);
+    random_io(AioEngine::Off, false, features, 6);
+}
+
+/// A `QueueNotify` register write (no ioeventfd registered) reaches the device too.
+#[test]
+fn notify_through_the_register_file() {
+    let disk = TempDisk::new(&vec![9u8; 4096]);
+    let mut rig = Rig::with_disk(&disk, AioEngine::IoUring, true, 64);
+    let head = rig
+        .driver
+        .submit(VIRTIO_BLK_T_IN, 1, &[buf(DATA, 512, true)])
+        .unwrap();
+    rig.driver
+        .write_reg(device_model::virtio::mmio::reg::QUEUE_NOTIFY, 0);
+    assert_eq!(rig.wait_for(head).status, Some(VIRTIO_BLK_S_OK));
+    let mut data = [0u8; 512];
+    rig.mem.read(&mut data, DATA).unwrap();
+    assert_eq!(data, [9u8; 512]);
 }
 
 /// Many more requests than the ring holds, keeping it full: 600 writes then 600 reads.
