@@ -1,6 +1,242 @@
 //! `stratovirt-bench`: device-level benchmarks of the virtio-blk path (see docs/benchmark.md).
+//!
+//! `stratovirt-bench blk` runs the real virtio-blk device, on its own iothread, against an
+//! in-process guest driver that keeps N requests in flight, for every engine × backing ×
+//! pattern × queue depth asked for, then fio on the same files; it prints the tables and can
+//! write JSON, a PNG plot and the results section of a Markdown file.
+//!
+//! Modules: [`cli`] (options), [`backing`] (the files), [`rig`] (device + driver),
+//! [`workload`] (one cell), [`stats`] (percentiles), [`fio`] (the ceiling), [`report`]
+//! (tables, JSON, doc), [`plot`] (gnuplot).
+
+mod backing;
+mod cli;
+mod fio;
+mod plot;
+mod report;
+mod rig;
+mod stats;
+mod workload;
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use log::LevelFilter;
+use util::aio::{probe, AioEngine};
+
+use backing::Backing;
+use cli::Options;
+use report::{Cell, Meta, Report, Source};
+use rig::{Rig, RigConfig};
 
 fn main() {
-    eprintln!("stratovirt-bench: usage: stratovirt-bench blk [OPTIONS]");
-    std::process::exit(2);
+    let _ = util::logger::init(None, LevelFilter::Warn);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("blk") => cli::parse(&args[1..]).and_then(|opts| run(&opts)),
+        _ => {
+            eprint!("{}", cli::USAGE);
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("stratovirt-bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn text_of(cmd: &mut Command) -> String {
+    cmd.output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn utc_now() -> String {
+    text_of(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M"]))
+}
+
+fn meta(opts: &Options) -> Meta {
+    Meta {
+        date: utc_now(),
+        commit: text_of(Command::new("git").args(["rev-parse", "--short", "HEAD"])),
+        label: opts.label.clone(),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_before: loadavg(),
+        load_after: String::new(),
+        warmup_s: opts.window.warmup.as_secs_f64(),
+        measure_s: opts.window.measure.as_secs_f64(),
+        size: opts.size,
+        event_idx: opts.event_idx,
+        command: std::iter::once("stratovirt-bench".to_string())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+/// Runs one VMM cell.
+fn vmm_cell(
+    opts: &Options,
+    path: &std::path::Path,
+    engine: AioEngine,
+    backing: Backing,
+    pattern: workload::Pattern,
+    qd: u16,
+) -> Result<Cell> {
+    let mut rig = Rig::new(
+        path,
+        RigConfig {
+            aio: engine,
+            direct: backing.direct(),
+            event_idx: opts.event_idx,
+        },
+    )?;
+    let mut m = workload::run(
+        &mut rig,
+        pattern,
+        qd,
+        opts.size / workload::BLOCK,
+        opts.window,
+    )
+    .with_context(|| {
+        format!(
+            "{} {} qd={qd} aio={engine}",
+            backing.as_str(),
+            pattern.as_str()
+        )
+    })?;
+    let all = (m.ios + m.errors).max(1) as f64;
+    let per_io_us = |ns: u64| ns as f64 / 1000.0 / all;
+    Ok(Cell {
+        source: Source::Vmm,
+        engine: engine.as_str().to_string(),
+        backing,
+        pattern,
+        qd,
+        iops: m.ios as f64 / m.seconds,
+        p50_us: m.latencies.percentile_us(0.50),
+        p99_us: m.latencies.percentile_us(0.99),
+        p999_us: m.latencies.percentile_us(0.999),
+        cpu_us_per_io: per_io_us(m.device_cpu_ns),
+        driver_cpu_us_per_io: Some(per_io_us(m.driver_cpu_ns)),
+        other_cpu_us_per_io: Some(per_io_us(
+            m.process_cpu_ns
+                .saturating_sub(m.device_cpu_ns + m.driver_cpu_ns),
+        )),
+        kicks_per_io: Some(m.kicks as f64 / all),
+        irqs_per_io: Some(m.interrupts as f64 / all),
+        errors: m.errors,
+    })
+}
+
+fn progress(c: &Cell) {
+    eprintln!(
+        "{:<8} {:<9} qd={:<3} {:<3} {:<8} {:>9.0} IOPS  p50 {:>7.1} µs  p99 {:>7.1} µs  cpu {:>5.2} µs/IO{}",
+        c.backing.as_str(),
+        c.pattern.as_str(),
+        c.qd,
+        if c.source == Source::Vmm { "vmm" } else { "fio" },
+        c.engine,
+        c.iops,
+        c.p50_us,
+        c.p99_us,
+        c.cpu_us_per_io,
+        if c.errors > 0 { format!("  {} ERRORS", c.errors) } else { String::new() }
+    );
+}
+
+fn run(opts: &Options) -> Result<()> {
+    for &engine in &opts.engines {
+        probe(engine).with_context(|| format!("aio={engine}"))?;
+    }
+    let fio = opts.fio && fio::available();
+    if opts.fio && !fio {
+        log::warn!("fio not found: running without the host ceiling (apt-get install fio)");
+    }
+    let mut report = Report {
+        meta: meta(opts),
+        cells: Vec::new(),
+    };
+    for &backing in &opts.backings {
+        let path = backing.path(&opts.disk_dir, &opts.shm_dir);
+        backing::prepare(&path, opts.size, backing)?;
+        for &pattern in &opts.patterns {
+            for &qd in &opts.depths {
+                for &engine in &opts.engines {
+                    if engine == AioEngine::Native && !backing.direct() {
+                        // Linux AIO on a buffered file is synchronous; the VMM refuses it.
+                        continue;
+                    }
+                    let cell = vmm_cell(opts, &path, engine, backing, pattern, qd)?;
+                    progress(&cell);
+                    report.cells.push(cell);
+                }
+                if fio {
+                    for engine in fio::ENGINES {
+                        let r = fio::run(
+                            &path,
+                            opts.size,
+                            backing.direct(),
+                            engine,
+                            pattern,
+                            qd,
+                            opts.window,
+                        )?;
+                        let cell = Cell {
+                            source: Source::Fio,
+                            engine: engine.to_string(),
+                            backing,
+                            pattern,
+                            qd,
+                            iops: r.iops,
+                            p50_us: r.p50_us,
+                            p99_us: r.p99_us,
+                            p999_us: r.p999_us,
+                            cpu_us_per_io: r.cpu_us_per_io,
+                            driver_cpu_us_per_io: None,
+                            other_cpu_us_per_io: None,
+                            kicks_per_io: None,
+                            irqs_per_io: None,
+                            errors: r.errors,
+                        };
+                        progress(&cell);
+                        report.cells.push(cell);
+                    }
+                }
+            }
+        }
+    }
+    report.meta.load_after = loadavg();
+    println!("{}\n", report.conditions());
+    println!("{}", report.summary_table());
+    if !opts.quick {
+        println!("{}", report.detail_table());
+    }
+    if let Some(json) = &opts.json {
+        report.write_json(json)?;
+    }
+    let mut plot_name = None;
+    if let Some(png) = &opts.plot {
+        plot::draw(&report, png)?;
+        plot_name = png.file_name().map(|n| n.to_string_lossy().into_owned());
+    }
+    if let Some(doc) = &opts.doc {
+        let rel = plot_name.map(|n| format!("bench/{n}"));
+        report.update_doc(doc, rel.as_deref())?;
+    }
+    if report.cells.iter().any(|c| c.errors > 0) {
+        bail!("some requests failed (see the tables)");
+    }
+    Ok(())
 }

@@ -1,0 +1,357 @@
+//! Results: one [`Cell`] per (source, engine, backing, pattern, depth), the run's conditions,
+//! the Markdown tables and the JSON file.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::backing::Backing;
+use crate::workload::Pattern;
+
+/// Who produced a cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The VMM's virtio-blk device, driven by the in-process guest driver.
+    Vmm,
+    /// fio on the host, on the same file (the ceiling).
+    Fio,
+}
+
+/// One measured cell.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cell {
+    /// VMM or fio.
+    pub source: Source,
+    /// `off`, `native`, `io_uring` for the VMM; `libaio`, `io_uring` for fio.
+    pub engine: String,
+    /// The file.
+    pub backing: Backing,
+    /// The access pattern.
+    pub pattern: Pattern,
+    /// Requests kept in flight.
+    pub qd: u16,
+    /// Completed requests per second.
+    pub iops: f64,
+    /// Median latency, µs.
+    pub p50_us: f64,
+    /// 99th percentile latency, µs.
+    pub p99_us: f64,
+    /// 99.9th percentile latency, µs.
+    pub p999_us: f64,
+    /// CPU per I/O, µs: the device thread's for the VMM, fio's for fio.
+    pub cpu_us_per_io: f64,
+    /// CPU per I/O of the driver's thread (the "guest"), µs.
+    pub driver_cpu_us_per_io: Option<f64>,
+    /// CPU per I/O of the bench's other threads (io_uring's kernel workers, SQPOLL), µs.
+    pub other_cpu_us_per_io: Option<f64>,
+    /// Notifications sent per I/O.
+    pub kicks_per_io: Option<f64>,
+    /// Interrupts taken per I/O.
+    pub irqs_per_io: Option<f64>,
+    /// Requests that failed.
+    pub errors: u64,
+}
+
+/// The conditions of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Meta {
+    /// UTC time the run started, `YYYY-MM-DD HH:MM`.
+    pub date: String,
+    /// `git describe`-style commit of the tree measured (`+dirty` when modified).
+    pub commit: String,
+    /// The `--label` text.
+    pub label: String,
+    /// Kernel release.
+    pub kernel: String,
+    /// Online CPUs.
+    pub cpus: usize,
+    /// `/proc/loadavg` before the run.
+    pub load_before: String,
+    /// `/proc/loadavg` after the run.
+    pub load_after: String,
+    /// Warm-up seconds per cell.
+    pub warmup_s: f64,
+    /// Measured seconds per cell.
+    pub measure_s: f64,
+    /// File size, bytes.
+    pub size: u64,
+    /// Whether `VIRTIO_F_RING_EVENT_IDX` was negotiated.
+    pub event_idx: bool,
+    /// The command line.
+    pub command: String,
+}
+
+/// Everything a run produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Conditions.
+    pub meta: Meta,
+    /// Every cell, in run order.
+    pub cells: Vec<Cell>,
+}
+
+/// Markers around the generated section of a Markdown file.
+pub const BEGIN_MARK: &str = "<!-- stratovirt-bench: latest begin -->";
+/// See [`BEGIN_MARK`].
+pub const END_MARK: &str = "<!-- stratovirt-bench: latest end -->";
+
+fn fmt_iops(iops: f64) -> String {
+    if iops >= 10_000.0 {
+        format!("{:.0}K", iops / 1000.0)
+    } else if iops > 0.0 {
+        format!("{:.1}K", iops / 1000.0)
+    } else {
+        "-".into()
+    }
+}
+
+impl Report {
+    fn find(&self, source: Source, engine: &str, b: Backing, p: Pattern, qd: u16) -> Option<&Cell> {
+        self.cells.iter().find(|c| {
+            c.source == source
+                && c.engine == engine
+                && c.backing == b
+                && c.pattern == p
+                && c.qd == qd
+        })
+    }
+
+    /// The (backing, pattern, depth) rows, in run order.
+    pub fn rows(&self) -> Vec<(Backing, Pattern, u16)> {
+        let mut rows: Vec<(Backing, Pattern, u16)> = Vec::new();
+        for c in &self.cells {
+            let key = (c.backing, c.pattern, c.qd);
+            if !rows.contains(&key) {
+                rows.push(key);
+            }
+        }
+        rows
+    }
+
+    /// The IOPS summary: every engine side by side with the fio ceiling and the two ratios.
+    pub fn summary_table(&self) -> String {
+        let mut out = String::from(
+            "| backing | pattern | QD | off | native | io_uring | fio libaio | fio io_uring \
+             | io_uring / native | best VMM / best fio |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for (b, p, qd) in self.rows() {
+            let vmm = |e: &str| self.find(Source::Vmm, e, b, p, qd).map(|c| c.iops);
+            let fio = |e: &str| self.find(Source::Fio, e, b, p, qd).map(|c| c.iops);
+            let cell = |v: Option<f64>| v.map_or("-".to_string(), fmt_iops);
+            let ratio = match (vmm("io_uring"), vmm("native")) {
+                (Some(u), Some(n)) if n > 0.0 => format!("{:.2}", u / n),
+                _ => "-".into(),
+            };
+            let best_vmm = ["off", "native", "io_uring"]
+                .iter()
+                .filter_map(|e| vmm(e))
+                .fold(0.0, f64::max);
+            let best_fio = ["libaio", "io_uring"]
+                .iter()
+                .filter_map(|e| fio(e))
+                .fold(0.0, f64::max);
+            let ceiling = if best_fio > 0.0 && best_vmm > 0.0 {
+                format!("{:.2}", best_vmm / best_fio)
+            } else {
+                "-".into()
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {qd} | {} | {} | {} | {} | {} | {ratio} | {ceiling} |",
+                b.as_str(),
+                p.as_str(),
+                cell(vmm("off")),
+                cell(vmm("native")),
+                cell(vmm("io_uring")),
+                cell(fio("libaio")),
+                cell(fio("io_uring")),
+            );
+        }
+        out
+    }
+
+    /// Every cell with its latencies and costs.
+    pub fn detail_table(&self) -> String {
+        let mut out = String::from(
+            "| backing | pattern | QD | source | engine | IOPS | p50 µs | p99 µs | p99.9 µs \
+             | CPU µs/IO | driver µs/IO | workers µs/IO | kicks/IO | irqs/IO |\n\
+             |---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+        for (b, p, qd) in self.rows() {
+            for c in self
+                .cells
+                .iter()
+                .filter(|c| c.backing == b && c.pattern == p && c.qd == qd)
+            {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {qd} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} | {} | {} | {} | {} |{}",
+                    b.as_str(),
+                    p.as_str(),
+                    if c.source == Source::Vmm { "vmm" } else { "fio" },
+                    c.engine,
+                    c.iops,
+                    c.p50_us,
+                    c.p99_us,
+                    c.p999_us,
+                    c.cpu_us_per_io,
+                    opt(c.driver_cpu_us_per_io),
+                    opt(c.other_cpu_us_per_io),
+                    opt(c.kicks_per_io),
+                    opt(c.irqs_per_io),
+                    if c.errors > 0 { format!(" {} errors", c.errors) } else { String::new() }
+                );
+            }
+        }
+        out
+    }
+
+    /// One line with the run's conditions.
+    pub fn conditions(&self) -> String {
+        let m = &self.meta;
+        format!(
+            "{} UTC, commit {}, kernel {}, {} CPUs, load {} → {}, {:.1} s warm-up + {:.1} s per \
+             cell, {} MiB files, EVENT_IDX {}{}",
+            m.date,
+            m.commit,
+            m.kernel,
+            m.cpus,
+            m.load_before,
+            m.load_after,
+            m.warmup_s,
+            m.measure_s,
+            m.size >> 20,
+            if m.event_idx { "on" } else { "off" },
+            if m.label.is_empty() {
+                String::new()
+            } else {
+                format!(", label: {}", m.label)
+            }
+        )
+    }
+
+    /// The Markdown section written between the markers of a doc.
+    pub fn markdown(&self, plot: Option<&str>) -> String {
+        let mut out = format!(
+            "{BEGIN_MARK}\n\nConditions: {}.\n\nCommand: `{}`\n\n",
+            self.conditions(),
+            self.meta.command
+        );
+        if let Some(plot) = plot {
+            let _ = write!(out, "![IOPS by queue depth]({plot})\n\n");
+        }
+        let _ = write!(
+            out,
+            "IOPS (4 KiB):\n\n{}\nEvery cell:\n\n{}\n{END_MARK}",
+            self.summary_table(),
+            self.detail_table()
+        );
+        out
+    }
+
+    /// Writes the report as JSON.
+    pub fn write_json(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self)?;
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Replaces the section between the markers of the Markdown file `doc`.
+    pub fn update_doc(&self, doc: &Path, plot: Option<&str>) -> Result<()> {
+        let text = std::fs::read_to_string(doc)
+            .with_context(|| format!("cannot read {}", doc.display()))?;
+        let updated = splice(&text, &self.markdown(plot))
+            .with_context(|| format!("{} has no latest-results markers", doc.display()))?;
+        std::fs::write(doc, updated).with_context(|| format!("cannot write {}", doc.display()))
+    }
+}
+
+/// Puts `section` (which carries both markers) in place of the marked part of `text`.
+fn splice(text: &str, section: &str) -> Result<String> {
+    let (Some(begin), Some(end)) = (text.find(BEGIN_MARK), text.find(END_MARK)) else {
+        bail!("markers missing");
+    };
+    if end < begin {
+        bail!("markers out of order");
+    }
+    Ok(format!(
+        "{}{}{}",
+        &text[..begin],
+        section,
+        &text[end + END_MARK.len()..]
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(source: Source, engine: &str, iops: f64) -> Cell {
+        Cell {
+            source,
+            engine: engine.into(),
+            backing: Backing::Shm,
+            pattern: Pattern::RandRead,
+            qd: 32,
+            iops,
+            p50_us: 1.0,
+            p99_us: 2.0,
+            p999_us: 3.0,
+            cpu_us_per_io: 4.0,
+            driver_cpu_us_per_io: None,
+            other_cpu_us_per_io: None,
+            kicks_per_io: None,
+            irqs_per_io: None,
+            errors: 0,
+        }
+    }
+
+    fn report(cells: Vec<Cell>) -> Report {
+        Report {
+            meta: Meta {
+                date: String::new(),
+                commit: String::new(),
+                label: String::new(),
+                kernel: String::new(),
+                cpus: 2,
+                load_before: String::new(),
+                load_after: String::new(),
+                warmup_s: 0.5,
+                measure_s: 1.0,
+                size: 1 << 30,
+                event_idx: true,
+                command: String::new(),
+            },
+            cells,
+        }
+    }
+
+    #[test]
+    fn summary_has_both_ratios() {
+        let r = report(vec![
+            cell(Source::Vmm, "native", 100_000.0),
+            cell(Source::Vmm, "io_uring", 130_000.0),
+            cell(Source::Fio, "libaio", 200_000.0),
+            cell(Source::Fio, "io_uring", 100_000.0),
+        ]);
+        let table = r.summary_table();
+        let row = table.lines().nth(2).unwrap();
+        assert_eq!(
+            row,
+            "| shm | randread | 32 | - | 100K | 130K | 200K | 100K | 1.30 | 0.65 |"
+        );
+    }
+
+    #[test]
+    fn splice_replaces_only_the_marked_part() {
+        let doc = format!("head\n{BEGIN_MARK}\nold\n{END_MARK}\ntail\n");
+        let out = splice(&doc, &format!("{BEGIN_MARK}\nnew\n{END_MARK}")).unwrap();
+        assert_eq!(out, format!("head\n{BEGIN_MARK}\nnew\n{END_MARK}\ntail\n"));
+        assert!(splice("no markers", "x").is_err());
+    }
+}

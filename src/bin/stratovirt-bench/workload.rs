@@ -1,0 +1,284 @@
+//! The guest side of one cell: keep `qd` 4 KiB requests in flight against the device for a
+//! warm-up, then for the measured window, and count what completes inside that window.
+//!
+//! ```text
+//!  fill qd slots ─► kick ─┐
+//!        ┌────────────────┘
+//!        ▼
+//!  wait interrupt ─► poll used ring ─► per completion: latency, free the slot
+//!        ▲                                   │
+//!        └──── kick once ◄── resubmit every free slot (one batch)
+//! ```
+//!
+//! Latency is measured per request, from just before its descriptor was posted to the moment
+//! the driver saw it in the used ring. Only requests that complete inside the measured window
+//! count, in IOPS and in the latency percentiles. After the window nothing new is posted and
+//! the requests still in flight are waited for, so the device is idle when the cell ends.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Result};
+use device_model::virtio::block::request::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
+use device_model::virtio::driver::{Buffer, Completion, DriverError};
+use serde::Serialize;
+
+use crate::rig::{current_tid, process_cpu_ns, thread_cpu_ns, Rig, DATA_BASE};
+use crate::stats::Latencies;
+
+/// Bytes per request.
+pub const BLOCK: u64 = 4096;
+const SECTORS_PER_BLOCK: u64 = BLOCK / 512;
+/// How long the driver waits for an interrupt before declaring the device stuck.
+const STALL: Duration = Duration::from_secs(10);
+
+/// The access pattern of a cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pattern {
+    /// 4 KiB random reads.
+    RandRead,
+    /// 4 KiB random writes.
+    RandWrite,
+    /// 4 KiB random, 70 % reads and 30 % writes.
+    RandRw,
+}
+
+impl Pattern {
+    /// Every pattern, in table order.
+    pub const ALL: [Pattern; 3] = [Pattern::RandRead, Pattern::RandWrite, Pattern::RandRw];
+
+    /// The name used on the command line, in tables and by fio.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pattern::RandRead => "randread",
+            Pattern::RandWrite => "randwrite",
+            Pattern::RandRw => "randrw",
+        }
+    }
+
+    /// Parses a command-line name.
+    pub fn parse(s: &str) -> Option<Pattern> {
+        Pattern::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// Percentage of reads.
+    pub fn read_percent(self) -> u64 {
+        match self {
+            Pattern::RandRead => 100,
+            Pattern::RandWrite => 0,
+            Pattern::RandRw => 70,
+        }
+    }
+}
+
+/// Deterministic xorshift64* generator for offsets and the read/write mix.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// Timing of a cell.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// Time before measuring starts.
+    pub warmup: Duration,
+    /// Length of the measured window.
+    pub measure: Duration,
+}
+
+/// What one cell measured.
+#[derive(Debug, Clone, Default)]
+pub struct Measured {
+    /// Requests that completed OK inside the window.
+    pub ios: u64,
+    /// Requests that completed with an error status inside the window.
+    pub errors: u64,
+    /// Actual length of the window in seconds.
+    pub seconds: f64,
+    /// Per-request latencies of the window.
+    pub latencies: Latencies,
+    /// CPU nanoseconds of the device thread inside the window.
+    pub device_cpu_ns: u64,
+    /// CPU nanoseconds of the driver's thread (the "guest") inside the window.
+    pub driver_cpu_ns: u64,
+    /// CPU nanoseconds of the whole process (device, driver, kernel workers) in the window.
+    pub process_cpu_ns: u64,
+    /// Notifications the driver sent inside the window.
+    pub kicks: u64,
+    /// Interrupts the driver took inside the window.
+    pub interrupts: u64,
+}
+
+struct Snapshot {
+    at: Instant,
+    device_cpu: u64,
+    driver_cpu: u64,
+    process_cpu: u64,
+    kicks: u64,
+    interrupts: u64,
+}
+
+/// The driver's loop for one cell.
+struct Runner<'a> {
+    rig: &'a mut Rig,
+    pattern: Pattern,
+    blocks: u64,
+    rng: Rng,
+    free_slots: Vec<u16>,
+    slot_of_head: Vec<Option<(u16, Instant)>>,
+    interrupts: u64,
+    driver_tid: Option<u32>,
+}
+
+impl Runner<'_> {
+    /// Posts one request on a free buffer slot; returns false when no slot or descriptor is free.
+    fn post_one(&mut self) -> Result<bool> {
+        let Some(slot) = self.free_slots.pop() else {
+            return Ok(false);
+        };
+        let sector = (self.rng.next() % self.blocks) * SECTORS_PER_BLOCK;
+        let read = self.rng.next() % 100 < self.pattern.read_percent();
+        let buffer = Buffer {
+            gpa: DATA_BASE + u64::from(slot) * BLOCK,
+            len: BLOCK as u32,
+            writable: read,
+        };
+        let request_type = if read {
+            VIRTIO_BLK_T_IN
+        } else {
+            VIRTIO_BLK_T_OUT
+        };
+        let started = Instant::now();
+        match self.rig.driver.submit(request_type, sector, &[buffer]) {
+            Ok(head) => {
+                let entry = self
+                    .slot_of_head
+                    .get_mut(usize::from(head))
+                    .ok_or_else(|| anyhow!("driver returned head {head} out of range"))?;
+                *entry = Some((slot, started));
+                Ok(true)
+            }
+            Err(DriverError::RingFull) => {
+                self.free_slots.push(slot);
+                Ok(false)
+            }
+            Err(e) => Err(anyhow!(e).context("posting a request")),
+        }
+    }
+
+    /// Posts requests until every slot is in flight, then kicks once.
+    fn fill(&mut self) -> Result<()> {
+        while self.post_one()? {}
+        self.rig
+            .driver
+            .kick()
+            .map_err(|e| anyhow!(e).context("kick"))?;
+        Ok(())
+    }
+
+    /// Waits for an interrupt and collects the completed chains into `done`.
+    fn collect(&mut self, done: &mut Vec<Completion>) -> Result<()> {
+        done.clear();
+        let driver = &mut self.rig.driver;
+        if driver.poll(done).map_err(|e| anyhow!(e))? == 0 {
+            let bits = driver
+                .wait_interrupt(STALL)
+                .map_err(|e| anyhow!(e).context("waiting for an interrupt"))?;
+            if bits == 0 {
+                bail!("no interrupt from the device within {STALL:?}");
+            }
+            self.interrupts += 1;
+            driver.poll(done).map_err(|e| anyhow!(e))?;
+        }
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            at: Instant::now(),
+            device_cpu: self.rig.device_cpu_ns(),
+            driver_cpu: self.driver_tid.and_then(thread_cpu_ns).unwrap_or(0),
+            process_cpu: process_cpu_ns(),
+            kicks: self.rig.driver.kicks(),
+            interrupts: self.interrupts,
+        }
+    }
+}
+
+/// Runs one cell: `qd` requests of `pattern` in flight on a disk of `blocks` 4 KiB blocks.
+pub fn run(
+    rig: &mut Rig,
+    pattern: Pattern,
+    qd: u16,
+    blocks: u64,
+    window: Window,
+) -> Result<Measured> {
+    if qd == 0 || blocks == 0 {
+        bail!("queue depth and disk size must be positive");
+    }
+    let queue_size = rig.driver.queue_size();
+    let mut runner = Runner {
+        rig,
+        pattern,
+        blocks,
+        rng: Rng(0x9e37_79b9_7f4a_7c15 ^ u64::from(qd)),
+        free_slots: (0..qd).rev().collect(),
+        slot_of_head: vec![None; usize::from(queue_size)],
+        interrupts: 0,
+        driver_tid: current_tid(),
+    };
+    let begin = Instant::now();
+    let measure_from = begin + window.warmup;
+    let measure_until = measure_from + window.measure;
+    let mut start: Option<Snapshot> = None;
+    let mut measured = Measured::default();
+    let mut done = Vec::with_capacity(usize::from(queue_size));
+    runner.fill()?;
+    loop {
+        runner.collect(&mut done)?;
+        let now = Instant::now();
+        if start.is_none() && now >= measure_from {
+            start = Some(runner.snapshot());
+        }
+        let in_window = start.is_some() && now < measure_until;
+        for c in &done {
+            let (slot, started) = runner
+                .slot_of_head
+                .get_mut(usize::from(c.head))
+                .and_then(Option::take)
+                .ok_or_else(|| anyhow!("completion for head {} not in flight", c.head))?;
+            runner.free_slots.push(slot);
+            if in_window {
+                if c.status == Some(VIRTIO_BLK_S_OK) {
+                    measured.ios += 1;
+                } else {
+                    measured.errors += 1;
+                }
+                measured.latencies.push(now.duration_since(started));
+            }
+        }
+        if now >= measure_until {
+            break;
+        }
+        runner.fill()?;
+    }
+    let end = runner.snapshot();
+    let start = start.ok_or_else(|| anyhow!("the measured window never started"))?;
+    measured.seconds = end.at.duration_since(start.at).as_secs_f64();
+    measured.device_cpu_ns = end.device_cpu.saturating_sub(start.device_cpu);
+    measured.driver_cpu_ns = end.driver_cpu.saturating_sub(start.driver_cpu);
+    measured.process_cpu_ns = end.process_cpu.saturating_sub(start.process_cpu);
+    measured.kicks = end.kicks - start.kicks;
+    measured.interrupts = end.interrupts - start.interrupts;
+    // Let the requests still in flight finish, so the next cell starts on an idle device.
+    while runner.rig.driver.in_flight() > 0 {
+        runner.collect(&mut done)?;
+    }
+    Ok(measured)
+}
