@@ -147,6 +147,7 @@ pub struct Driver {
     last_used: u16,
     config_interrupts: u64,
     kicks: u64,
+    scratch: Vec<Buffer>,
 }
 
 fn align(value: u64, to: u64) -> u64 {
@@ -209,6 +210,7 @@ impl Driver {
             last_used: 0,
             config_interrupts: 0,
             kicks: 0,
+            scratch: Vec::new(),
         };
         driver.initialise(config)?;
         Ok(driver)
@@ -348,9 +350,8 @@ impl Driver {
         if self.free.len() < needed {
             return Err(DriverError::RingFull);
         }
-        let slot_of = |head: u16| self.slots + SLOT_LEN * u64::from(head);
         let head = *self.free.last().ok_or(DriverError::RingFull)?;
-        let slot = slot_of(head);
+        let slot = self.slots + SLOT_LEN * u64::from(head);
         let header = RequestHeader {
             request_type,
             reserved: 0,
@@ -362,7 +363,8 @@ impl Driver {
         self.mem
             .write_obj(&0xffu8, slot + 16)
             .map_err(DriverError::Memory)?;
-        let mut chain = Vec::with_capacity(data.len() + 2);
+        let mut chain = std::mem::take(&mut self.scratch);
+        chain.clear();
         chain.push(Buffer {
             gpa: slot,
             len: 16,
@@ -374,7 +376,9 @@ impl Driver {
             len: 1,
             writable: true,
         });
-        let head = self.post(&chain)?;
+        let posted = self.post(&chain);
+        self.scratch = chain;
+        let head = posted?;
         if let Some(posted) = self.posted[usize::from(head)].as_mut() {
             posted.has_status_slot = true;
         }
@@ -390,8 +394,7 @@ impl Driver {
         if self.free.len() < direct {
             return Err(DriverError::RingFull);
         }
-        let descs: Vec<u16> = (0..direct).filter_map(|_| self.free.pop()).collect();
-        let head = descs[0];
+        let head = *self.free.last().ok_or(DriverError::RingFull)?;
         let to_desc = |i: usize, b: &Buffer, next: u16| Descriptor {
             addr: b.gpa,
             len: b.len,
@@ -404,6 +407,7 @@ impl Driver {
             next,
         };
         if self.indirect {
+            self.free.pop();
             let table = self.tables + u64::from(head) * u64::from(INDIRECT_ENTRIES) * 16;
             for (i, b) in chain.iter().enumerate() {
                 self.write_desc(table, i as u16, to_desc(i, b, i as u16 + 1))?;
@@ -421,8 +425,10 @@ impl Driver {
             )?;
         } else {
             for (i, b) in chain.iter().enumerate() {
-                let next = descs.get(i + 1).copied().unwrap_or(0);
-                self.write_desc(self.desc, descs[i], to_desc(i, b, next))?;
+                // The free list is a stack: the next descriptor is the one on top after this.
+                let index = self.free.pop().ok_or(DriverError::RingFull)?;
+                let next = self.free.last().copied().unwrap_or(0);
+                self.write_desc(self.desc, index, to_desc(i, b, next))?;
             }
         }
         self.posted[usize::from(head)] = Some(Posted {
