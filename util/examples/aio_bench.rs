@@ -10,7 +10,9 @@
 //! creates them (fully written, not sparse) and removes them at the end. Each cell keeps QD
 //! requests in flight for N seconds, driving the engine exactly as the virtio-blk device does:
 //! wait for the engine's eventfd, reap, resubmit every finished slot in one batch. Latency is
-//! measured per request from the `submit` call that carried it to the `reap` that returned it.
+//! measured per request from the `submit` call that carried it to the `reap` that returned it;
+//! CPU time per I/O is the process's user + system time (io_uring workers included) over the
+//! cell divided by the I/Os completed.
 
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
@@ -145,12 +147,25 @@ struct Cell {
     seconds: f64,
     p50_us: f64,
     p99_us: f64,
+    cpu_us_per_io: f64,
 }
 
 impl Cell {
     fn iops(&self) -> f64 {
         self.ios as f64 / self.seconds
     }
+}
+
+/// CPU time (user + system) used so far by the whole process, io_uring workers included.
+fn cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes one rusage into the buffer, which is zero-initialised anyway.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 fn percentile(sorted_ns: &[u64], p: f64) -> f64 {
@@ -169,7 +184,7 @@ fn run_cell(
     opcode: AioOpcode,
     qd: u32,
     seconds: f64,
-) -> Result<(u64, u64, f64, Vec<u64>), util::aio::AioError> {
+) -> Result<(u64, u64, f64, f64, Vec<u64>), util::aio::AioError> {
     let mut ctx = open_engine(engine, file.as_raw_fd(), qd)?;
     let bufs = Buffers::new(qd as usize);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ u64::from(qd));
@@ -184,6 +199,7 @@ fn run_cell(
         len: 0,
         tag: slot as u64,
     };
+    let cpu_begin = cpu_time();
     let begin = Instant::now();
     let deadline = begin + Duration::from_secs_f64(seconds);
     for slot in 0..qd as usize {
@@ -232,10 +248,11 @@ fn run_cell(
         unsafe { ctx.submit(&mut batch) }?;
     }
     let elapsed = begin.elapsed().as_secs_f64();
+    let cpu = (cpu_time() - cpu_begin).as_secs_f64();
     done.clear();
     ctx.drain(&mut done)?;
     drop(ctx);
-    Ok((ios, errors, elapsed, latencies))
+    Ok((ios, errors, elapsed, cpu, latencies))
 }
 
 /// Creates (or reuses) a fully written file of `size` bytes; returns whether it was created.
@@ -284,8 +301,8 @@ fn print_table(cells: &[Cell], engines: &[AioEngine]) {
     let mut header = format!("| {:<24} | {:<9} | {:>3} |", "file", "workload", "QD");
     let mut rule = String::from("|---|---|---:|");
     for e in engines {
-        let _ = write!(header, " {e} IOPS | p50 µs | p99 µs |");
-        rule.push_str("---:|---:|---:|");
+        let _ = write!(header, " {e} IOPS | p50 µs | p99 µs | CPU µs/IO |");
+        rule.push_str("---:|---:|---:|---:|");
     }
     let ratio = engines.contains(&AioEngine::Native) && engines.contains(&AioEngine::IoUring);
     if ratio {
@@ -305,10 +322,11 @@ fn print_table(cells: &[Cell], engines: &[AioEngine]) {
         for c in &row {
             let _ = write!(
                 line,
-                " {:.0} | {:.1} | {:.1} |",
+                " {:.0} | {:.1} | {:.1} | {:.1} |",
                 c.iops(),
                 c.p50_us,
-                c.p99_us
+                c.p99_us,
+                c.cpu_us_per_io
             );
         }
         if ratio {
@@ -366,7 +384,7 @@ fn main() {
         ] {
             for &qd in &opts.qds {
                 for &engine in &opts.engines {
-                    let (ios, errors, seconds, mut lat) =
+                    let (ios, errors, seconds, cpu, mut lat) =
                         run_cell(&file, blocks, engine, opcode, qd, opts.seconds).unwrap_or_else(
                             |e| {
                                 eprintln!("aio_bench: {e}");
@@ -384,13 +402,15 @@ fn main() {
                         seconds,
                         p50_us: percentile(&lat, 0.50),
                         p99_us: percentile(&lat, 0.99),
+                        cpu_us_per_io: cpu * 1e6 / (ios + errors).max(1) as f64,
                     };
                     eprintln!(
-                        "{} {workload} qd={qd} aio={engine}: {:.0} IOPS, p50 {:.1} µs, p99 {:.1} µs{}",
+                        "{} {workload} qd={qd} aio={engine}: {:.0} IOPS, p50 {:.1} µs, p99 {:.1} µs, CPU {:.1} µs/IO{}",
                         cell.file,
                         cell.iops(),
                         cell.p50_us,
                         cell.p99_us,
+                        cell.cpu_us_per_io,
                         if errors > 0 { format!(", {errors} ERRORS") } else { String::new() }
                     );
                     cells.push(cell);
@@ -412,7 +432,7 @@ fn main() {
         for (i, c) in cells.iter().enumerate() {
             let _ = writeln!(
                 json,
-                "    {{\"file\": {}, \"engine\": {}, \"workload\": {}, \"qd\": {}, \"ios\": {}, \"errors\": {}, \"seconds\": {:.3}, \"iops\": {:.0}, \"p50_us\": {:.1}, \"p99_us\": {:.1}}}{}",
+                "    {{\"file\": {}, \"engine\": {}, \"workload\": {}, \"qd\": {}, \"ios\": {}, \"errors\": {}, \"seconds\": {:.3}, \"iops\": {:.0}, \"p50_us\": {:.1}, \"p99_us\": {:.1}, \"cpu_us_per_io\": {:.2}}}{}",
                 json_str(&c.file),
                 json_str(c.engine.as_str()),
                 json_str(c.workload),
@@ -423,6 +443,7 @@ fn main() {
                 c.iops(),
                 c.p50_us,
                 c.p99_us,
+                c.cpu_us_per_io,
                 if i + 1 < cells.len() { "," } else { "" }
             );
         }
