@@ -190,7 +190,7 @@ impl GuestMemory {
     /// The 16-bit guest word at `gpa` as an atomic, for ring indexes shared with the guest
     /// (virtqueue `idx` fields need acquire/release ordering).
     pub fn atomic_u16(&self, gpa: u64) -> Result<&AtomicU16> {
-        if gpa % 2 != 0 {
+        if !gpa.is_multiple_of(2) {
             return Err(AddressSpaceError::Misaligned { gpa, align: 2 });
         }
         let ptr = self.host_address(gpa, 2)?;
