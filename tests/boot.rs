@@ -87,25 +87,45 @@ fn a_guest_that_triple_faults_ends_the_vmm_with_the_reason() {
     assert!(outcome.stderr.contains("RIP 0x"), "{}", outcome.report());
 }
 
+/// The guest command line the VMM logged (`-D`): the user's `-append` plus what the VMM adds.
+fn logged_cmdline(log: &str) -> Option<String> {
+    log.lines().find_map(|line| {
+        line.split_once("guest command line: ")
+            .map(|(_, cmdline)| cmdline.to_string())
+    })
+}
+
 /// Boots `kernel` with 2 vCPUs, 512 MiB and the initramfs running `sv.run=info`; checks the
 /// guest's report and the VMM's exit status 0 after the guest's `reboot -f`.
 fn boot_and_check_info(kernel: &str) {
     let dir = guest_dir();
-    let cmdline = "console=ttyS0 quiet reboot=k panic=-1 sv.run=info";
+    let scratch = scratch_dir(&format!("boot-{kernel}"));
+    let log_path = scratch.join("vmm.log");
+    let user_cmdline = "console=ttyS0 quiet reboot=k panic=-1 sv.run=info";
     let mut cmd = stratovirt();
     cmd.arg("-kernel")
         .arg(dir.join(kernel))
         .arg("-initrd")
         .arg(dir.join("initramfs.cpio.gz"))
         .args([
-            "-append", cmdline, "-smp", "2", "-m", "512", "-serial", "stdio",
-        ]);
+            "-append",
+            user_cmdline,
+            "-smp",
+            "2",
+            "-m",
+            "512",
+            "-serial",
+            "stdio",
+        ])
+        .arg("-D")
+        .arg(&log_path);
     let outcome = run(cmd, BOOT_TIMEOUT);
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     eprintln!(
         "{kernel}: VMM ended after {:.1} s",
         outcome.elapsed.as_secs_f64()
     );
-    let report = outcome.report();
+    let report = format!("{}\n--- VMM log ---\n{log}", outcome.report());
     assert!(outcome.status.is_some(), "timed out\n{report}");
     let console = &outcome.stdout;
     assert!(
@@ -116,12 +136,17 @@ fn boot_and_check_info(kernel: &str) {
         console.contains("SV-INFO nproc=2"),
         "guest must see 2 CPUs\n{report}"
     );
+    let given = logged_cmdline(&log).unwrap_or_else(|| panic!("VMM logged no cmdline\n{report}"));
+    assert!(
+        given.starts_with(user_cmdline),
+        "the user's -append comes first\n{report}"
+    );
     let seen = console
         .lines()
         .find_map(|line| line.trim_end().strip_prefix("SV-INFO cmdline="))
         .unwrap_or_else(|| panic!("no command line report\n{report}"));
     assert_eq!(
-        seen, cmdline,
+        seen, given,
         "the guest sees exactly what the VMM gave\n{report}"
     );
     assert!(console.contains("STRATOVIRT-GUEST-DONE rc=0"), "{report}");

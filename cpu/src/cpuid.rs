@@ -7,8 +7,8 @@
 //! - Hiding XSAVE also clears OSXSAVE and removes every subleaf of leaf 0xd (the state
 //!   components an XSAVE-less guest must not see; an absent leaf reads as zero).
 //! - KVM may not honour every hidden bit: a PVM host's KVM ORs the host's own bits back into
-//!   leaves 1 and 7. [`unhonoured_features`] compares what KVM kept with what was asked, so
-//!   the machine can say so.
+//!   leaves 1 and 7. [`unhonoured_features`] compares what KVM kept with what was asked, and
+//!   [`linux_clearcpuid`] names them for a Linux guest's `clearcpuid=` parameter instead.
 //! - On a PVM host (`/sys/module/kvm_pvm` exists) the features its instruction emulator cannot
 //!   execute are hidden automatically, unless the user names them with `+FEATURE`.
 
@@ -133,6 +133,33 @@ pub fn feature_bit(name: &str) -> Option<FeatureBit> {
         .iter()
         .find(|(known, _)| *known == name)
         .map(|&(_, bit)| bit)
+}
+
+/// Linux's number for a CPUID feature bit (`X86_FEATURE_*` = capability word * 32 + bit),
+/// as its `clearcpuid=` boot parameter takes it. `None` for registers Linux keeps elsewhere.
+pub fn linux_feature_number(feature: FeatureBit) -> Option<u32> {
+    let word = match (feature.leaf, feature.subleaf, feature.reg) {
+        (1, 0, Reg::Edx) => 0,
+        (0x8000_0001, 0, Reg::Edx) => 1,
+        (1, 0, Reg::Ecx) => 4,
+        (0x8000_0001, 0, Reg::Ecx) => 6,
+        (7, 0, Reg::Ebx) => 9,
+        (7, 0, Reg::Ecx) => 16,
+        (7, 0, Reg::Edx) => 18,
+        _ => return None,
+    };
+    Some(word * 32 + u32::from(feature.bit))
+}
+
+/// The Linux guest parameter hiding `names` from the guest kernel (`clearcpuid=N,...`), for
+/// features KVM will not hide through CPUID. `None` if there is nothing to hide.
+pub fn linux_clearcpuid(names: &[String]) -> Option<String> {
+    let numbers: Vec<String> = names
+        .iter()
+        .filter_map(|name| feature_bit(name).and_then(linux_feature_number))
+        .map(|n| n.to_string())
+        .collect();
+    (!numbers.is_empty()).then(|| format!("clearcpuid={}", numbers.join(",")))
 }
 
 /// Whether `/dev/kvm` is served by KVM's PVM backend.
@@ -350,6 +377,22 @@ mod tests {
                 "{name} must be a known feature"
             );
         }
+    }
+
+    #[test]
+    fn linux_numbers_follow_its_capability_words() {
+        let number = |name| linux_feature_number(feature_bit(name).unwrap());
+        assert_eq!(number("popcnt"), Some(4 * 32 + 23));
+        assert_eq!(number("xsave"), Some(4 * 32 + 26));
+        assert_eq!(number("fsgsbase"), Some(9 * 32));
+        assert_eq!(number("rdpid"), Some(16 * 32 + 22));
+        assert_eq!(number("arch-capabilities"), Some(18 * 32 + 29));
+        assert_eq!(number("rdtscp"), Some(32 + 27));
+        assert_eq!(
+            linux_clearcpuid(&["popcnt".into(), "smap".into()]).as_deref(),
+            Some("clearcpuid=151,308")
+        );
+        assert_eq!(linux_clearcpuid(&[]), None);
     }
 
     #[test]

@@ -10,7 +10,9 @@ pub mod cpuid;
 pub mod regs;
 pub mod vcpu;
 
-pub use cpuid::{host_is_pvm, supported_cpuid, unhonoured_features, vcpu_cpuid, CpuModel};
+pub use cpuid::{
+    host_is_pvm, linux_clearcpuid, supported_cpuid, unhonoured_features, vcpu_cpuid, CpuModel,
+};
 pub use regs::BootRegisters;
 pub use vcpu::{EventCallback, Vcpu, VcpuEvent, VcpuHandle, VcpuState};
 

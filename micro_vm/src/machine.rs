@@ -136,6 +136,7 @@ pub struct MicroVm {
     lifecycle: Mutex<Lifecycle>,
     settings: BootSettings,
     mmio_slots: Vec<MmioSlot>,
+    boot_cmdline: Mutex<String>,
     exit: Arc<ExitSignal>,
     event_loop: Arc<EventLoop>,
     _console: Option<StdinConsole>,
@@ -285,6 +286,7 @@ impl MicroVm {
                 start_paused: config.start_paused,
             },
             mmio_slots: Vec::new(),
+            boot_cmdline: Mutex::new(String::new()),
             exit,
             event_loop,
             _console: console,
@@ -341,17 +343,26 @@ impl MicroVm {
         Ok(slot)
     }
 
-    /// The command line the guest gets: the user's `-append`, then one
+    /// The command line the guest gets: the user's `-append`, then `guest_params` (CPU
+    /// features to clear, on hosts whose KVM cannot hide them), then one
     /// `virtio_mmio.device=` entry per slot.
-    pub fn guest_cmdline(&self) -> String {
-        let mut cmdline = self.settings.cmdline.trim().to_string();
-        for slot in &self.mmio_slots {
-            if !cmdline.is_empty() {
-                cmdline.push(' ');
-            }
-            cmdline.push_str(&slot.cmdline_entry());
+    fn compose_cmdline(&self, guest_params: Option<String>) -> String {
+        let mut words: Vec<String> = Vec::new();
+        let user = self.settings.cmdline.trim();
+        if !user.is_empty() {
+            words.push(user.to_string());
         }
-        cmdline
+        words.extend(guest_params);
+        words.extend(self.mmio_slots.iter().map(MmioSlot::cmdline_entry));
+        words.join(" ")
+    }
+
+    /// The command line the guest was booted with (empty before [`MicroVm::start`]).
+    pub fn guest_cmdline(&self) -> String {
+        self.boot_cmdline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Loads the kernel, creates the vCPUs and starts them (or leaves them paused with `-S`).
@@ -363,17 +374,41 @@ impl MicroVm {
                 request: "start",
             });
         }
+        let supported = cpu::supported_cpuid(&self.kvm)?;
+        let count = self.settings.cpus;
+        let mut vcpus = Vec::with_capacity(usize::from(count));
+        for index in 0..count {
+            let cpuid = cpu::vcpu_cpuid(&supported, &self.settings.cpu_model, index, count)?;
+            vcpus.push(Vcpu::new(
+                &self.vm,
+                index,
+                &cpuid,
+                self.pio.clone(),
+                self.mmio.clone(),
+            )?);
+        }
+        // A PVM host's KVM keeps some hidden features visible in CPUID: tell the guest kernel
+        // not to use them instead.
+        let kept = cpu::unhonoured_features(&self.settings.cpu_model, &vcpus[0].effective_cpuid()?);
+        if !kept.is_empty() {
+            log::info!(
+                "KVM keeps hidden CPU features visible ({}): clearing them on the guest command line",
+                kept.join(",")
+            );
+        }
+        let cmdline = self.compose_cmdline(cpu::linux_clearcpuid(&kept));
+        log::info!("guest command line: {cmdline}");
+        *self.boot_cmdline.lock().unwrap_or_else(|e| e.into_inner()) = cmdline.clone();
         let boot = BootConfig {
             kernel: self.settings.kernel.clone(),
             initrd: self.settings.initrd.clone(),
-            cmdline: self.guest_cmdline(),
-            cpu_count: self.settings.cpus,
+            cmdline,
+            cpu_count: count,
         };
-        log::info!("guest command line: {}", boot.cmdline);
         let layout = boot_loader::load_linux(&self.mem, &boot)?;
         log::info!("{:?} kernel loaded, entry {:#x}", layout.kind, layout.entry);
-        let supported = cpu::supported_cpuid(&self.kvm)?;
-        let count = self.settings.cpus;
+        vcpus[0].set_boot_registers(&self.mem, &boot_registers(&layout))?;
+
         let exit = self.exit.clone();
         let on_event: cpu::EventCallback = Arc::new(move |index, event| {
             exit.record(match event {
@@ -385,20 +420,7 @@ impl MicroVm {
                 }
             })
         });
-        for index in 0..count {
-            let cpuid = cpu::vcpu_cpuid(&supported, &self.settings.cpu_model, index, count)?;
-            let vcpu = Vcpu::new(&self.vm, index, &cpuid, self.pio.clone(), self.mmio.clone())?;
-            if index == 0 {
-                vcpu.set_boot_registers(&self.mem, &boot_registers(&layout))?;
-                let kept =
-                    cpu::unhonoured_features(&self.settings.cpu_model, &vcpu.effective_cpuid()?);
-                if !kept.is_empty() {
-                    log::info!(
-                        "KVM keeps these hidden CPU features visible: {}",
-                        kept.join(",")
-                    );
-                }
-            }
+        for vcpu in vcpus {
             lifecycle.vcpus.push(vcpu.spawn(on_event.clone())?);
         }
         if self.settings.start_paused {
