@@ -5,7 +5,7 @@
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 
 sv_cmdline=
-read -r sv_cmdline < /proc/cmdline 2>/dev/null
+[ -r /proc/cmdline ] && read -r sv_cmdline < /proc/cmdline
 
 # sv_get VAR KEY [DEFAULT]: set VAR to the value of the last KEY=VALUE word
 # on the kernel command line, or to DEFAULT when KEY is absent.
