@@ -162,3 +162,41 @@ fn elf_vmlinux_boots_to_init_with_two_cpus_and_reboots() {
 fn bzimage_boots_to_init_with_two_cpus_and_reboots() {
     boot_and_check_info("bzImage");
 }
+
+#[test]
+fn sigterm_ends_the_vmm_in_order_and_removes_the_pid_file() {
+    let dir = scratch_dir("sigterm");
+    let kernel = dir.join("spin.elf");
+    write_tiny_elf(&kernel, 0x20_0000, &[0xeb, 0xfe]); // jmp $
+    let pidfile = dir.join("vm.pid");
+    let child = stratovirt()
+        .arg("-kernel")
+        .arg(&kernel)
+        .arg("-pidfile")
+        .arg(&pidfile)
+        .args(["-m", "128", "-serial", "stdio"])
+        .spawn()
+        .expect("spawn stratovirt");
+    let deadline = std::time::Instant::now() + QUICK;
+    let pid = loop {
+        if let Ok(text) = std::fs::read_to_string(&pidfile) {
+            if text.ends_with('\n') {
+                break text.trim().to_string();
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no pid file");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(pid, child.id().to_string());
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "stderr: {stderr}");
+    assert!(stderr.is_empty(), "stderr: {stderr}");
+    assert!(!pidfile.exists(), "pid file removed at exit");
+}

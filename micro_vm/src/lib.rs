@@ -10,11 +10,13 @@
 //! - [`machine`]: the [`MicroVm`] and its lifecycle (`pause`, `resume`, `shutdown`, `state`).
 //! - [`stdio`]: the console's host side: stdin in raw mode feeding the UART.
 //! - [`process`]: `-daemonize` and `-pidfile`.
+//! - [`signals`]: SIGTERM/SIGINT/SIGHUP end the VM in order.
 
 #![deny(missing_docs)]
 
 pub mod machine;
 pub mod process;
+pub mod signals;
 pub mod stdio;
 
 use std::path::PathBuf;
@@ -96,6 +98,15 @@ pub enum MachineError {
         state: VmState,
         /// What was asked.
         request: &'static str,
+    },
+    /// Setting up the termination signals failed.
+    #[error("cannot watch termination signals: {step}")]
+    Signals {
+        /// The step that failed.
+        step: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
     },
     /// The terminal could not be put in raw mode.
     #[error("cannot put the terminal in raw mode")]

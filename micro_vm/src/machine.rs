@@ -28,6 +28,7 @@ use util::event_loop::{EventLoop, HandlerAction};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::signals::TerminationSignals;
 use crate::stdio::StdinConsole;
 use crate::{MachineError, Result};
 
@@ -62,6 +63,8 @@ pub enum VmExit {
     GuestShutdown,
     /// The host asked the VM to end (QMP `quit`).
     HostQuit,
+    /// The VMM received a termination signal (SIGTERM, SIGINT or SIGHUP).
+    Signal(i32),
 }
 
 /// A virtio-mmio device's place in the machine.
@@ -254,6 +257,19 @@ impl MicroVm {
                 let _ = reset.read();
                 reset_exit.record(Ok(VmExit::GuestReset));
                 HandlerAction::Remove
+            }),
+        )?;
+        let signals = TerminationSignals::new()?;
+        let signal_exit = exit.clone();
+        event_loop.add(
+            "termination-signals",
+            signals.as_raw_fd(),
+            EventSet::IN,
+            Box::new(move |_| {
+                if let Some(signal) = signals.read() {
+                    signal_exit.record(Ok(VmExit::Signal(signal)));
+                }
+                HandlerAction::Keep
             }),
         )?;
         let loop_for_exit = event_loop.clone();
