@@ -41,9 +41,8 @@ impl TerminationSignals {
             return Err(failed("signalfd"));
         }
         // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-        Ok(TerminationSignals {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(TerminationSignals { fd })
     }
 
     /// The next pending signal's number, if any.
