@@ -6,7 +6,7 @@
 //!   wait in `ready` and the eventfd is written once per batch, so the caller learns about
 //!   them exactly as it would from an asynchronous engine: eventfd readable, then `reap`.
 //! - Short transfers are continued in the same call, through the shared
-//!   [`inflight::advance`](super::inflight::advance) rules.
+//!   `inflight::advance` rules shared by all engines.
 //! - Nothing is ever in the kernel between calls, so dropping the engine needs no draining.
 
 use std::os::unix::io::{AsRawFd, RawFd};
