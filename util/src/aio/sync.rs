@@ -5,8 +5,8 @@
 //! - `submit` returns only after every request of the batch has finished; its completions
 //!   wait in `ready` and the eventfd is written once per batch, so the caller learns about
 //!   them exactly as it would from an asynchronous engine: eventfd readable, then `reap`.
-//! - Short transfers are continued in the same call, through the shared
-//!   `inflight::advance` rules shared by all engines.
+//! - Short transfers are continued in the same call, by the `inflight::advance` rules that
+//!   all engines share.
 //! - Nothing is ever in the kernel between calls, so dropping the engine needs no draining.
 
 use std::os::unix::io::{AsRawFd, RawFd};
