@@ -102,7 +102,29 @@ const FEATURES: &[(&str, FeatureBit)] = &[
     ("mwaitx", bit(0x8000_0001, 0, Reg::Ecx, 29)),
     ("pdpe1gb", bit(0x8000_0001, 0, Reg::Edx, 26)),
     ("rdtscp", bit(0x8000_0001, 0, Reg::Edx, 27)),
+    ("kvmclock", bit(KVM_FEATURES_LEAF, 0, Reg::Eax, 0)),
+    ("kvm-nopiodelay", bit(KVM_FEATURES_LEAF, 0, Reg::Eax, 1)),
+    ("kvmclock2", bit(KVM_FEATURES_LEAF, 0, Reg::Eax, 3)),
+    ("kvm-asyncpf", bit(KVM_FEATURES_LEAF, 0, Reg::Eax, 4)),
+    ("kvm-steal-time", bit(KVM_FEATURES_LEAF, 0, Reg::Eax, 5)),
+    ("kvm-pv-eoi", bit(KVM_FEATURES_LEAF, 0, Reg::Eax, 6)),
+    ("kvm-pv-unhalt", bit(KVM_FEATURES_LEAF, 0, Reg::Eax, 7)),
+    ("kvm-pv-tlb-flush", bit(KVM_FEATURES_LEAF, 0, Reg::Eax, 9)),
+    (
+        "kvm-asyncpf-vmexit",
+        bit(KVM_FEATURES_LEAF, 0, Reg::Eax, 10),
+    ),
+    ("kvm-pv-ipi", bit(KVM_FEATURES_LEAF, 0, Reg::Eax, 11)),
+    ("kvm-poll-control", bit(KVM_FEATURES_LEAF, 0, Reg::Eax, 12)),
+    (
+        "kvm-pv-sched-yield",
+        bit(KVM_FEATURES_LEAF, 0, Reg::Eax, 13),
+    ),
+    ("kvm-asyncpf-int", bit(KVM_FEATURES_LEAF, 0, Reg::Eax, 14)),
 ];
+
+/// KVM's paravirtual feature leaf.
+const KVM_FEATURES_LEAF: u32 = 0x4000_0001;
 
 /// Features hidden automatically on a PVM host: its instruction emulator cannot execute them
 /// at CPL0 (measured; see `docs/boot.md`).
@@ -120,6 +142,11 @@ pub const PVM_HIDDEN: &[&str] = &[
     "clflushopt",
     "clwb",
     "arch-capabilities",
+    // KVM hypercalls (vmcall/vmmcall at CPL0) never complete on a PVM host: the vCPU spins on
+    // the instruction. Linux uses them for PV IPIs, PV spinlock kicks and PV yields.
+    "kvm-pv-ipi",
+    "kvm-pv-unhalt",
+    "kvm-pv-sched-yield",
 ];
 
 const PVM_MODULE: &str = "/sys/module/kvm_pvm";
@@ -319,6 +346,18 @@ fn shape_entry(entry: &mut kvm_cpuid_entry2, model: &CpuModel, index: u8, count:
             }
             entry.edx = apic_id;
         }
+        0x8000_0008 => {
+            // AMD: ECX[15:12] = APIC id bits for the core, ECX[7:0] = cores per package - 1.
+            let core_shift = 32 - (count32 - 1).leading_zeros();
+            entry.ecx = (entry.ecx & !0xf0ff) | (core_shift << 12) | (count32 - 1);
+        }
+        0x8000_001e => {
+            // AMD extended APIC id, core id (one thread per core), node 0 of 1.
+            entry.eax = apic_id;
+            entry.ebx = apic_id & 0xff;
+            entry.ecx = 0;
+            entry.edx = 0;
+        }
         _ => {}
     }
     for feature in &model.hidden {
@@ -461,6 +500,10 @@ mod tests {
         assert_eq!(core3.eax, 2, "3 CPUs need 2 bits of APIC id");
         let single = shaped(0xb, 1, &model, 0, 1);
         assert_eq!(single.eax, 0);
+        let amd = shaped(0x8000_0008, 0, &model, 1, 4);
+        assert_eq!(amd.ecx & 0xf0ff, (2 << 12) | 3, "4 cores, 2 APIC id bits");
+        let ext = shaped(0x8000_001e, 0, &model, 3, 4);
+        assert_eq!((ext.eax, ext.ebx, ext.ecx), (3, 3, 0));
         let mut l1 = entry(4, 0);
         l1.eax = 0x21; // level 1 data cache
         shape_entry(&mut l1, &model, 0, 2);

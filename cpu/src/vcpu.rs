@@ -169,6 +169,12 @@ impl Vcpu {
 
     fn run_thread(mut self, shared: &Shared, on_event: &EventCallback) {
         let event = self.run_loop(shared);
+        if event.is_none() {
+            match self.fd.get_regs() {
+                Ok(regs) => log::info!("vcpu{}: stopped at guest RIP {:#x}", self.index, regs.rip),
+                Err(e) => log::debug!("vcpu{}: stopped; registers unreadable: {e}", self.index),
+            }
+        }
         {
             let mut control = shared.lock();
             control.state = VcpuState::Stopping;
