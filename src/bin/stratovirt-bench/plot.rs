@@ -103,7 +103,7 @@ pub fn script(report: &Report, png: &Path) -> String {
     );
     s.push_str(
         "set logscale x 2\nset xrange [0.7:180]\nset xtics (1,8,32,128)\nset yrange [0:*]\n\
-         set grid\nset xlabel 'queue depth'\nset ylabel 'kIOPS'\nset key top left font 'sans,8'\n",
+         set grid\nset xlabel 'queue depth'\nset ylabel 'kIOPS'\nset key top left font 'sans,8' opaque box lc rgb '#cccccc'\n",
     );
     for (bi, b) in backings.iter().enumerate() {
         for (pi, p) in patterns.iter().enumerate() {
