@@ -71,7 +71,7 @@ pub fn prepare(path: &Path, size: u64, backing: Backing) -> Result<()> {
             File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
         // Not zeroes, so that no layer can short-cut them.
         let chunk: Vec<u8> = (0..1u32 << 20)
-            .map(|i| (i * 2_654_435_761 >> 24) as u8)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
             .collect();
         let mut left = size;
         while left > 0 {

@@ -185,7 +185,7 @@ pub fn parse(args: &[String]) -> Result<Options> {
             opts.backings = vec![Backing::Shm, Backing::Disk];
         }
         if !explicit.1 {
-            opts.patterns = vec![Pattern::RandRead, Pattern::RandWrite];
+            opts.patterns = vec![Pattern::Read, Pattern::Write];
         }
         if !explicit.2 {
             opts.depths = vec![32];
@@ -244,7 +244,7 @@ mod tests {
         .unwrap();
         assert_eq!(o.engines, vec![AioEngine::Native, AioEngine::IoUring]);
         assert_eq!(o.size, 64 << 20);
-        assert_eq!(o.patterns, vec![Pattern::RandRw]);
+        assert_eq!(o.patterns, vec![Pattern::Mixed]);
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert!(parse_size("99999999999999G").is_err());
     }

@@ -296,7 +296,7 @@ mod tests {
             source,
             engine: engine.into(),
             backing: Backing::Shm,
-            pattern: Pattern::RandRead,
+            pattern: Pattern::Read,
             qd: 32,
             iops,
             p50_us: 1.0,

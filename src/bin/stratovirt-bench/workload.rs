@@ -33,26 +33,28 @@ const STALL: Duration = Duration::from_secs(10);
 
 /// The access pattern of a cell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
 pub enum Pattern {
     /// 4 KiB random reads.
-    RandRead,
+    #[serde(rename = "randread")]
+    Read,
     /// 4 KiB random writes.
-    RandWrite,
+    #[serde(rename = "randwrite")]
+    Write,
     /// 4 KiB random, 70 % reads and 30 % writes.
-    RandRw,
+    #[serde(rename = "randrw")]
+    Mixed,
 }
 
 impl Pattern {
     /// Every pattern, in table order.
-    pub const ALL: [Pattern; 3] = [Pattern::RandRead, Pattern::RandWrite, Pattern::RandRw];
+    pub const ALL: [Pattern; 3] = [Pattern::Read, Pattern::Write, Pattern::Mixed];
 
     /// The name used on the command line, in tables and by fio.
     pub fn as_str(self) -> &'static str {
         match self {
-            Pattern::RandRead => "randread",
-            Pattern::RandWrite => "randwrite",
-            Pattern::RandRw => "randrw",
+            Pattern::Read => "randread",
+            Pattern::Write => "randwrite",
+            Pattern::Mixed => "randrw",
         }
     }
 
@@ -64,9 +66,9 @@ impl Pattern {
     /// Percentage of reads.
     pub fn read_percent(self) -> u64 {
         match self {
-            Pattern::RandRead => 100,
-            Pattern::RandWrite => 0,
-            Pattern::RandRw => 70,
+            Pattern::Read => 100,
+            Pattern::Write => 0,
+            Pattern::Mixed => 70,
         }
     }
 }
