@@ -23,7 +23,7 @@ use device_model::legacy::{
 };
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
-use machine_manager::config::VmConfig;
+use machine_manager::config::{VmConfig, MACHINE_TYPE};
 use util::event_loop::{EventLoop, HandlerAction};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -157,7 +157,7 @@ impl MicroVm {
     /// serial console and the i8042. Virtio devices come next ([`MicroVm::add_mmio_device`]),
     /// then [`MicroVm::start`].
     pub fn new(config: &VmConfig) -> Result<MicroVm> {
-        if config.machine_type != "microvm" {
+        if config.machine_type != MACHINE_TYPE {
             return Err(MachineError::MachineType(config.machine_type.clone()));
         }
         let kernel = config.kernel.clone().ok_or(MachineError::NoKernel)?;
