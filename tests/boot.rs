@@ -31,7 +31,8 @@ fn missing_kernel_file_is_a_one_line_error() {
 fn unreadable_kernel_is_a_one_line_error() {
     // A directory opens but cannot be read, even as root.
     let dir = scratch_dir("unreadable");
-    quick_failure(&["-kernel", dir.to_str().unwrap()], dir.to_str().unwrap());
+    let path = dir.path().to_str().unwrap();
+    quick_failure(&["-kernel", path], path);
 }
 
 #[test]

@@ -119,12 +119,33 @@ pub fn guest_dir() -> PathBuf {
     dir
 }
 
-/// A scratch directory for one test, removed and recreated.
-pub fn scratch_dir(name: &str) -> PathBuf {
+/// A scratch directory for one test, removed when dropped.
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// A path inside the directory.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Creates an empty scratch directory named after the test.
+pub fn scratch_dir(name: &str) -> ScratchDir {
     let dir = std::env::temp_dir().join(format!("stratovirt-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
+    ScratchDir(dir)
 }
 
 /// Writes a minimal ELF64 x86_64 executable whose single segment holds `code` at physical
