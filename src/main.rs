@@ -5,11 +5,14 @@
 //! the host, ends it with status 0.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Context};
 use log::LevelFilter;
 use machine_manager::config::{parse_args, usage, version, ConfigError, VmConfig};
+use micro_vm::block_devices::BlockDevices;
 use micro_vm::process::{daemonize, PidFile};
+use micro_vm::qmp_handler::QmpService;
 use micro_vm::MicroVm;
 
 fn main() {
@@ -52,9 +55,15 @@ fn run() -> anyhow::Result<()> {
     }
     let _pidfile = config.pidfile.as_deref().map(PidFile::create).transpose()?;
     init_logging(&config)?;
-    let vm = MicroVm::new(&config)?;
+    let mut vm = MicroVm::new(&config)?;
+    let blocks = Arc::new(Mutex::new(BlockDevices::attach(&mut vm, &config)?));
+    let vm = Arc::new(vm);
+    let qmp = QmpService::start(&config, &vm, blocks.clone())?;
     vm.start()?;
     let exit = vm.run()?;
+    if let Some(qmp) = &qmp {
+        qmp.announce_exit(&vm, exit);
+    }
     log::info!("exiting: {exit:?}");
     Ok(())
 }

@@ -11,11 +11,15 @@
 //! - [`stdio`]: the console's host side: stdin in raw mode feeding the UART.
 //! - [`process`]: `-daemonize` and `-pidfile`.
 //! - [`signals`]: SIGTERM/SIGINT/SIGHUP end the VM in order.
+//! - [`block_devices`]: the virtio-blk slots, boot-time drives, iothreads, KVM wiring.
+//! - [`qmp_handler`]: QMP commands carried to the machine.
 
 #![deny(missing_docs)]
 
+pub mod block_devices;
 pub mod machine;
 pub mod process;
+pub mod qmp_handler;
 pub mod signals;
 pub mod stdio;
 

@@ -1,0 +1,391 @@
+//! The machine's virtio-blk devices: the replaceable slots, boot-time drives, iothreads, and
+//! the KVM wiring (ioeventfd per queue, irqfd per slot).
+//!
+//! ```text
+//!  slot:   0        1        2        3       | 4 ...
+//!          replaceable (always created)       | user devices beyond the first four
+//!          boot-time drives fill them in order (first drive = slot 0 = /dev/vda)
+//! ```
+//!
+//! Invariants:
+//! - Every slot is a real virtio-blk device on virtio-mmio; an empty slot has capacity 0.
+//! - Each queue's notify eventfd is a KVM ioeventfd at `base + QueueNotify` matching the
+//!   queue index (4-byte write), so guest kicks never leave the kernel; the interrupt eventfd
+//!   is a KVM irqfd on the slot's GSI.
+//! - Every engine the command line uses is probed before any drive is opened, so an engine the
+//!   kernel refuses is one start-up error naming it.
+//! - A device's queue runs on its `iothread=` event loop, else on the machine's main loop.
+//!   Iothreads are stopped and joined when [`BlockDevices`] drops.
+
+use std::collections::HashMap;
+use std::mem::ManuallyDrop;
+use std::os::unix::io::{FromRawFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use device_model::virtio::mmio::reg::QUEUE_NOTIFY;
+use device_model::virtio::{
+    Block, BlockBackend, BlockBackendConfig, BlockSlot, VirtioDevice, VirtioError, VirtioMmio,
+};
+use kvm_ioctls::{IoEventAddress, VmFd};
+use machine_manager::config::{DriveConfig, VmConfig};
+use util::aio::{AioEngine, AioError};
+use util::event_loop::{EventLoop, EventLoopError};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::{MachineError, MicroVm, MmioSlot};
+
+/// Slots created at boot whether or not a drive fills them (the hot-replace slots).
+pub const REPLACEABLE_SLOTS: usize = 4;
+
+/// Errors of setting the block devices up.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockDevicesError {
+    /// The kernel refuses an engine a drive asks for.
+    #[error("drive {drive}: I/O engine check failed")]
+    Probe {
+        /// The first drive using the engine.
+        drive: String,
+        /// The cause (names the engine and the errno).
+        #[source]
+        source: AioError,
+    },
+    /// A drive could not be opened (missing file, read-only image, O_DIRECT refused...).
+    #[error("cannot open drive {drive} ({})", path.display())]
+    Open {
+        /// The drive id.
+        drive: String,
+        /// The image path.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: VirtioError,
+    },
+    /// A device names a drive that does not exist (the parser normally catches this).
+    #[error("device {device}: no drive {drive}")]
+    UnknownDrive {
+        /// The device id.
+        device: String,
+        /// The drive id.
+        drive: String,
+    },
+    /// A device names an iothread that does not exist.
+    #[error("device {device}: no iothread {iothread}")]
+    UnknownIothread {
+        /// The device id.
+        device: String,
+        /// The iothread id.
+        iothread: String,
+    },
+    /// An iothread's event loop could not be created.
+    #[error("cannot create iothread {id}")]
+    IothreadLoop {
+        /// The iothread id.
+        id: String,
+        /// The cause.
+        #[source]
+        source: EventLoopError,
+    },
+    /// An iothread could not be started.
+    #[error("cannot start iothread {id}")]
+    IothreadSpawn {
+        /// The iothread id.
+        id: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The virtio-mmio transport could not be built.
+    #[error("block slot {slot}: cannot build the virtio-mmio transport")]
+    Transport {
+        /// The slot index.
+        slot: usize,
+        /// The cause.
+        #[source]
+        source: VirtioError,
+    },
+    /// An eventfd could not be created.
+    #[error("block slot {slot}: cannot create the interrupt eventfd")]
+    EventFd {
+        /// The slot index.
+        slot: usize,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// KVM refused an ioeventfd or an irqfd.
+    #[error("block slot {slot}: cannot register the {what} with KVM")]
+    Kvm {
+        /// The slot index.
+        slot: usize,
+        /// `"queue notify ioeventfd"` or `"interrupt irqfd"`.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Placing the device in a virtio-mmio slot failed.
+    #[error(transparent)]
+    Machine(#[from] MachineError),
+}
+
+/// Result of this module.
+pub type Result<T> = std::result::Result<T, BlockDevicesError>;
+
+/// Who holds a slot: the device id and the drive (node) name behind it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Occupant {
+    /// The device id (`-device id=` or QMP `device_add` `id`).
+    pub device: String,
+    /// The drive id or QMP node name.
+    pub node: String,
+}
+
+/// One virtio-blk slot of the machine.
+pub struct DeviceSlot {
+    /// Where the slot sits (index, MMIO window, GSI).
+    pub mmio: MmioSlot,
+    /// The handle that replaces the backend while the guest runs.
+    pub slot: BlockSlot,
+    /// The device in the slot, `None` when empty (capacity 0).
+    pub occupant: Option<Occupant>,
+}
+
+struct Iothread {
+    id: String,
+    event_loop: Arc<EventLoop>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The machine's virtio-blk slots and the iothreads serving them.
+pub struct BlockDevices {
+    slots: Vec<DeviceSlot>,
+    iothreads: Vec<Iothread>,
+}
+
+impl BlockDevices {
+    /// Probes the engines the drives use, starts the iothreads, opens every boot-time drive
+    /// and puts [`REPLACEABLE_SLOTS`] (or more, one per device) virtio-blk devices into `vm`'s
+    /// virtio-mmio slots, wired to KVM. Call before [`MicroVm::start`].
+    pub fn attach(vm: &mut MicroVm, config: &VmConfig) -> Result<BlockDevices> {
+        probe_engines(&config.drives)?;
+        let mut devices = BlockDevices {
+            slots: Vec::new(),
+            iothreads: Vec::new(),
+        };
+        for id in &config.iothreads {
+            devices.iothreads.push(Iothread::start(id)?);
+        }
+        let drives: HashMap<&str, &DriveConfig> =
+            config.drives.iter().map(|d| (d.id.as_str(), d)).collect();
+        let count = config.blk_devices.len().max(REPLACEABLE_SLOTS);
+        for index in 0..count {
+            let (name, backend, occupant, event_loop) = match config.blk_devices.get(index) {
+                None => (format!("slot{index}"), None, None, vm.event_loop().clone()),
+                Some(device) => {
+                    let drive = drives.get(device.drive.as_str()).ok_or_else(|| {
+                        BlockDevicesError::UnknownDrive {
+                            device: device.id.clone(),
+                            drive: device.drive.clone(),
+                        }
+                    })?;
+                    let mut drive = (*drive).clone();
+                    if device.serial.is_some() {
+                        drive.serial = device.serial.clone();
+                    }
+                    let event_loop = match &device.iothread {
+                        None => vm.event_loop().clone(),
+                        Some(id) => devices.iothread_loop(id).ok_or_else(|| {
+                            BlockDevicesError::UnknownIothread {
+                                device: device.id.clone(),
+                                iothread: id.clone(),
+                            }
+                        })?,
+                    };
+                    let occupant = Occupant {
+                        device: device.id.clone(),
+                        node: drive.id.clone(),
+                    };
+                    (
+                        device.id.clone(),
+                        Some(open_backend(&drive)?),
+                        Some(occupant),
+                        event_loop,
+                    )
+                }
+            };
+            let slot = add_block_device(vm, name, backend, event_loop)?;
+            devices.slots.push(DeviceSlot {
+                mmio: slot.0,
+                slot: slot.1,
+                occupant,
+            });
+        }
+        Ok(devices)
+    }
+
+    /// The slots, in index order.
+    pub fn slots(&self) -> &[DeviceSlot] {
+        &self.slots
+    }
+
+    /// The slot at `index`, if it exists.
+    pub fn slot_mut(&mut self, index: usize) -> Option<&mut DeviceSlot> {
+        self.slots.get_mut(index)
+    }
+
+    /// The slot holding device `id`.
+    pub fn find_device(&mut self, id: &str) -> Option<&mut DeviceSlot> {
+        self.slots
+            .iter_mut()
+            .find(|s| s.occupant.as_ref().is_some_and(|o| o.device == id))
+    }
+
+    /// Whether a device uses the drive or node `node`.
+    pub fn node_in_use(&self, node: &str) -> bool {
+        self.slots
+            .iter()
+            .any(|s| s.occupant.as_ref().is_some_and(|o| o.node == node))
+    }
+
+    fn iothread_loop(&self, id: &str) -> Option<Arc<EventLoop>> {
+        self.iothreads
+            .iter()
+            .find(|t| t.id == id)
+            .map(|t| t.event_loop.clone())
+    }
+}
+
+impl Drop for BlockDevices {
+    fn drop(&mut self) {
+        for thread in &self.iothreads {
+            thread.event_loop.stop();
+        }
+        for thread in &mut self.iothreads {
+            if let Some(handle) = thread.thread.take() {
+                if handle.join().is_err() {
+                    log::error!("iothread {} panicked", thread.id);
+                }
+            }
+        }
+    }
+}
+
+impl Iothread {
+    fn start(id: &str) -> Result<Iothread> {
+        let event_loop = EventLoop::new().map_err(|source| BlockDevicesError::IothreadLoop {
+            id: id.to_string(),
+            source,
+        })?;
+        let runner = event_loop.clone();
+        let name = id.to_string();
+        let thread = std::thread::Builder::new()
+            .name(format!("iothread-{id}"))
+            .spawn(move || {
+                if let Err(e) = runner.run() {
+                    log::error!("iothread {name}: {e}");
+                }
+            })
+            .map_err(|source| BlockDevicesError::IothreadSpawn {
+                id: id.to_string(),
+                source,
+            })?;
+        log::info!("iothread {id} started");
+        Ok(Iothread {
+            id: id.to_string(),
+            event_loop,
+            thread: Some(thread),
+        })
+    }
+}
+
+/// Checks once per engine that the kernel provides it, naming the first drive using it.
+fn probe_engines(drives: &[DriveConfig]) -> Result<()> {
+    let mut probed: Vec<AioEngine> = Vec::new();
+    for drive in drives {
+        if probed.contains(&drive.aio) {
+            continue;
+        }
+        util::aio::probe(drive.aio).map_err(|source| BlockDevicesError::Probe {
+            drive: drive.id.clone(),
+            source,
+        })?;
+        probed.push(drive.aio);
+    }
+    Ok(())
+}
+
+/// Opens the file of `drive` with its engine (also used by QMP `blockdev-add`).
+pub fn open_backend(drive: &DriveConfig) -> Result<BlockBackend> {
+    BlockBackend::open(&BlockBackendConfig {
+        path: drive.path.clone(),
+        readonly: drive.readonly,
+        direct: drive.direct,
+        aio: drive.aio,
+        serial: drive.serial.clone(),
+    })
+    .map_err(|source| BlockDevicesError::Open {
+        drive: drive.id.clone(),
+        path: drive.path.clone(),
+        source,
+    })
+}
+
+/// Builds one virtio-blk device behind virtio-mmio, puts it in the next slot of `vm` and
+/// binds its notify and interrupt eventfds in KVM.
+fn add_block_device(
+    vm: &mut MicroVm,
+    name: String,
+    backend: Option<BlockBackend>,
+    event_loop: Arc<EventLoop>,
+) -> Result<(MmioSlot, BlockSlot)> {
+    let index = vm.mmio_slots().len();
+    let block = Block::new(name, backend, event_loop);
+    let handle = block.slot();
+    let device: Arc<Mutex<dyn VirtioDevice>> = Arc::new(Mutex::new(block));
+    let irq =
+        Arc::new(
+            EventFd::new(EFD_NONBLOCK).map_err(|source| BlockDevicesError::EventFd {
+                slot: index,
+                source,
+            })?,
+        );
+    let mmio = VirtioMmio::new(device, vm.memory().clone(), irq.clone()).map_err(|source| {
+        BlockDevicesError::Transport {
+            slot: index,
+            source,
+        }
+    })?;
+    let notify = mmio.queue_notify_fds();
+    let slot = vm.add_mmio_device(Arc::new(Mutex::new(mmio)))?;
+    for (queue, fd) in notify {
+        register_notify(vm.vm_fd(), fd, slot.base + QUEUE_NOTIFY, queue).map_err(|source| {
+            BlockDevicesError::Kvm {
+                slot: slot.index,
+                what: "queue notify ioeventfd",
+                source,
+            }
+        })?;
+    }
+    vm.vm_fd()
+        .register_irqfd(&irq, slot.gsi)
+        .map_err(|source| BlockDevicesError::Kvm {
+            slot: slot.index,
+            what: "interrupt irqfd",
+            source,
+        })?;
+    Ok((slot, handle))
+}
+
+/// Makes a 4-byte guest write of `queue` at `address` signal the eventfd `fd` inside KVM.
+fn register_notify(
+    vm: &VmFd,
+    fd: RawFd,
+    address: u64,
+    queue: u16,
+) -> std::result::Result<(), kvm_ioctls::Error> {
+    // SAFETY: `fd` is an open eventfd owned by the transport, which outlives this call; the
+    // `ManuallyDrop` keeps this borrowed view from closing it.
+    let borrowed = ManuallyDrop::new(unsafe { EventFd::from_raw_fd(fd) });
+    vm.register_ioevent(&borrowed, &IoEventAddress::Mmio(address), u32::from(queue))
+}
