@@ -26,6 +26,7 @@ pattern and queue depth asked for, and fio on the same files as the host's ceili
   --size SIZE       file size, e.g. 1G or 512M   (default: 1G)
   --disk-dir DIR    where the disk files go      (default: /var/tmp)
   --shm-dir DIR     where the tmpfs file goes    (default: /dev/shm)
+  --repeat N        run each row N times, interleaved; keep the median (default: 1)
   --no-event-idx    do not negotiate VIRTIO_F_RING_EVENT_IDX
   --no-fio          skip the fio ceiling
   --label TEXT      a note stored with the results (e.g. what changed)
@@ -54,6 +55,8 @@ pub struct Options {
     pub disk_dir: PathBuf,
     /// Directory of the tmpfs file.
     pub shm_dir: PathBuf,
+    /// Runs of each row; the median-IOPS run of each engine is kept.
+    pub repeat: u32,
     /// Negotiate `EVENT_IDX`.
     pub event_idx: bool,
     /// Run fio as the ceiling.
@@ -84,6 +87,7 @@ impl Default for Options {
             size: 1 << 30,
             disk_dir: PathBuf::from("/var/tmp"),
             shm_dir: PathBuf::from("/dev/shm"),
+            repeat: 1,
             event_idx: true,
             fio: true,
             label: String::new(),
@@ -169,6 +173,13 @@ pub fn parse(args: &[String]) -> Result<Options> {
             "--size" => opts.size = parse_size(value()?)?,
             "--disk-dir" => opts.disk_dir = PathBuf::from(value()?),
             "--shm-dir" => opts.shm_dir = PathBuf::from(value()?),
+            "--repeat" => {
+                opts.repeat = value()?
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=100).contains(n))
+                    .ok_or_else(|| anyhow!("--repeat needs a count from 1 to 100"))?
+            }
             "--no-event-idx" => opts.event_idx = false,
             "--no-fio" => opts.fio = false,
             "--label" => opts.label = value()?.to_string(),
@@ -260,6 +271,7 @@ mod tests {
             "--size 1000",
             "--bogus",
             "--json",
+            "--repeat 0",
         ] {
             assert!(parse(&args(bad)).is_err(), "{bad}");
         }

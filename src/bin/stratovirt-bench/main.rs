@@ -77,6 +77,7 @@ fn meta(opts: &Options) -> Meta {
         warmup_s: opts.window.warmup.as_secs_f64(),
         measure_s: opts.window.measure.as_secs_f64(),
         size: opts.size,
+        repeat: opts.repeat,
         event_idx: opts.event_idx,
         command: std::iter::once("stratovirt-bench".to_string())
             .chain(std::env::args().skip(1))
@@ -156,6 +157,83 @@ fn progress(c: &Cell) {
     );
 }
 
+fn fio_cell(
+    opts: &Options,
+    path: &std::path::Path,
+    engine: &str,
+    backing: Backing,
+    pattern: workload::Pattern,
+    qd: u16,
+) -> Result<Cell> {
+    let r = fio::run(
+        path,
+        opts.size,
+        backing.direct(),
+        engine,
+        pattern,
+        qd,
+        opts.window,
+    )?;
+    Ok(Cell {
+        source: Source::Fio,
+        engine: engine.to_string(),
+        backing,
+        pattern,
+        qd,
+        iops: r.iops,
+        p50_us: r.p50_us,
+        p99_us: r.p99_us,
+        p999_us: r.p999_us,
+        cpu_us_per_io: r.cpu_us_per_io,
+        driver_cpu_us_per_io: None,
+        other_cpu_us_per_io: None,
+        kicks_per_io: None,
+        irqs_per_io: None,
+        errors: r.errors,
+    })
+}
+
+/// One row (backing, pattern, depth): every engine and the fio ceiling, `opts.repeat`
+/// rounds interleaved (all engines, then all again), keeping each engine's median-IOPS run.
+fn run_row(
+    opts: &Options,
+    fio: bool,
+    path: &std::path::Path,
+    backing: Backing,
+    pattern: workload::Pattern,
+    qd: u16,
+) -> Result<Vec<Cell>> {
+    // Linux AIO on a buffered file is synchronous; the VMM refuses it.
+    let engines: Vec<AioEngine> = opts
+        .engines
+        .iter()
+        .copied()
+        .filter(|&e| backing.direct() || e != AioEngine::Native)
+        .collect();
+    let fio_engines: &[&str] = if fio { &fio::ENGINES } else { &[] };
+    let mut runs: Vec<Vec<Cell>> = vec![Vec::new(); engines.len() + fio_engines.len()];
+    for _ in 0..opts.repeat {
+        for (i, &engine) in engines.iter().enumerate() {
+            let cell = vmm_cell(opts, path, engine, backing, pattern, qd)?;
+            progress(&cell);
+            runs[i].push(cell);
+        }
+        for (i, engine) in fio_engines.iter().enumerate() {
+            let cell = fio_cell(opts, path, engine, backing, pattern, qd)?;
+            progress(&cell);
+            runs[engines.len() + i].push(cell);
+        }
+    }
+    Ok(runs.into_iter().filter_map(median_run).collect())
+}
+
+/// The run with the median IOPS (the lower middle one for an even count).
+fn median_run(mut runs: Vec<Cell>) -> Option<Cell> {
+    runs.sort_by(|a, b| a.iops.total_cmp(&b.iops));
+    let middle = runs.len().checked_sub(1)? / 2;
+    Some(runs.swap_remove(middle))
+}
+
 fn run(opts: &Options) -> Result<()> {
     for &engine in &opts.engines {
         probe(engine).with_context(|| format!("aio={engine}"))?;
@@ -173,47 +251,9 @@ fn run(opts: &Options) -> Result<()> {
         backing::prepare(&path, opts.size, backing)?;
         for &pattern in &opts.patterns {
             for &qd in &opts.depths {
-                for &engine in &opts.engines {
-                    if engine == AioEngine::Native && !backing.direct() {
-                        // Linux AIO on a buffered file is synchronous; the VMM refuses it.
-                        continue;
-                    }
-                    let cell = vmm_cell(opts, &path, engine, backing, pattern, qd)?;
-                    progress(&cell);
-                    report.cells.push(cell);
-                }
-                if fio {
-                    for engine in fio::ENGINES {
-                        let r = fio::run(
-                            &path,
-                            opts.size,
-                            backing.direct(),
-                            engine,
-                            pattern,
-                            qd,
-                            opts.window,
-                        )?;
-                        let cell = Cell {
-                            source: Source::Fio,
-                            engine: engine.to_string(),
-                            backing,
-                            pattern,
-                            qd,
-                            iops: r.iops,
-                            p50_us: r.p50_us,
-                            p99_us: r.p99_us,
-                            p999_us: r.p999_us,
-                            cpu_us_per_io: r.cpu_us_per_io,
-                            driver_cpu_us_per_io: None,
-                            other_cpu_us_per_io: None,
-                            kicks_per_io: None,
-                            irqs_per_io: None,
-                            errors: r.errors,
-                        };
-                        progress(&cell);
-                        report.cells.push(cell);
-                    }
-                }
+                report
+                    .cells
+                    .extend(run_row(opts, fio, &path, backing, pattern, qd)?);
             }
         }
     }

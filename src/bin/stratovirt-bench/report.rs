@@ -78,6 +78,8 @@ pub struct Meta {
     pub measure_s: f64,
     /// File size, bytes.
     pub size: u64,
+    /// Runs per row (the median run of each engine is reported).
+    pub repeat: u32,
     /// Whether `VIRTIO_F_RING_EVENT_IDX` was negotiated.
     pub event_idx: bool,
     /// The command line.
@@ -216,7 +218,7 @@ impl Report {
         let m = &self.meta;
         format!(
             "{} UTC, commit {}, kernel {}, {} CPUs, load {} → {}, {:.1} s warm-up + {:.1} s per \
-             cell, {} MiB files, EVENT_IDX {}{}",
+             cell{}, {} MiB files, EVENT_IDX {}{}",
             m.date,
             m.commit,
             m.kernel,
@@ -225,6 +227,11 @@ impl Report {
             m.load_after,
             m.warmup_s,
             m.measure_s,
+            if m.repeat > 1 {
+                format!(", median of {} interleaved runs", m.repeat)
+            } else {
+                String::new()
+            },
             m.size >> 20,
             if m.event_idx { "on" } else { "off" },
             if m.label.is_empty() {
@@ -324,6 +331,7 @@ mod tests {
                 warmup_s: 0.5,
                 measure_s: 1.0,
                 size: 1 << 30,
+                repeat: 1,
                 event_idx: true,
                 command: String::new(),
             },
