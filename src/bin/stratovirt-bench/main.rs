@@ -280,3 +280,41 @@ fn run(opts: &Options) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(iops: f64) -> Cell {
+        Cell {
+            source: Source::Vmm,
+            engine: "native".into(),
+            backing: Backing::Shm,
+            pattern: workload::Pattern::Read,
+            qd: 32,
+            iops,
+            p50_us: 0.0,
+            p99_us: 0.0,
+            p999_us: 0.0,
+            cpu_us_per_io: 0.0,
+            driver_cpu_us_per_io: None,
+            other_cpu_us_per_io: None,
+            kicks_per_io: None,
+            irqs_per_io: None,
+            errors: 0,
+        }
+    }
+
+    #[test]
+    fn median_run_keeps_the_middle_one() {
+        assert!(median_run(Vec::new()).is_none());
+        let iops = |runs: &[f64]| {
+            median_run(runs.iter().map(|&i| cell(i)).collect())
+                .unwrap()
+                .iops
+        };
+        assert_eq!(iops(&[5.0]), 5.0);
+        assert_eq!(iops(&[9.0, 1.0, 5.0]), 5.0);
+        assert_eq!(iops(&[4.0, 1.0, 3.0, 2.0]), 2.0);
+    }
+}
