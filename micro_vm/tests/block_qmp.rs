@@ -1,0 +1,265 @@
+//! The machine's block slots and its QMP handler on real KVM and real files, without a
+//! guest: slot layout at boot, node and device rules of `blockdev-add`/`device_add`/
+//! `device_del`/`blockdev-del`, and stop/cont/query-cpus on a spinning vCPU.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use machine_manager::config::{BlkDeviceConfig, DriveConfig, VmConfig};
+use machine_manager::qmp::{BlockdevAdd, DeviceAdd, QmpError, QmpHandler, VmRunState};
+use micro_vm::block_devices::{BlockDevices, REPLACEABLE_SLOTS};
+use micro_vm::qmp_handler::MachineQmp;
+use micro_vm::MicroVm;
+use util::aio::AioEngine;
+
+/// A scratch directory, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("micro-vm-blk-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn disk(&self, name: &str, bytes: u64) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(bytes)
+            .unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// An ELF kernel that spins (`jmp $`) at 2 MiB.
+fn spin_kernel(dir: &Scratch) -> PathBuf {
+    const LOAD: u64 = 0x20_0000;
+    let mut elf = vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    elf.extend_from_slice(&2u16.to_le_bytes());
+    elf.extend_from_slice(&0x3eu16.to_le_bytes());
+    elf.extend_from_slice(&1u32.to_le_bytes());
+    elf.extend_from_slice(&LOAD.to_le_bytes());
+    elf.extend_from_slice(&64u64.to_le_bytes());
+    elf.extend_from_slice(&0u64.to_le_bytes());
+    elf.extend_from_slice(&0u32.to_le_bytes());
+    for half in [64u16, 56, 1, 64, 0, 0] {
+        elf.extend_from_slice(&half.to_le_bytes());
+    }
+    elf.extend_from_slice(&1u32.to_le_bytes());
+    elf.extend_from_slice(&5u32.to_le_bytes());
+    for word in [0x1000u64, LOAD, LOAD, 2, 2, 0x1000] {
+        elf.extend_from_slice(&word.to_le_bytes());
+    }
+    elf.resize(0x1000, 0);
+    elf.extend_from_slice(&[0xeb, 0xfe]);
+    let path = dir.0.join("spin.elf");
+    std::fs::write(&path, elf).unwrap();
+    path
+}
+
+fn drive(id: &str, path: &Path, aio: AioEngine) -> DriveConfig {
+    let mut drive = DriveConfig::new(id, path.to_path_buf());
+    drive.aio = aio;
+    drive
+}
+
+fn device(id: &str, drive: &str, iothread: Option<&str>) -> BlkDeviceConfig {
+    BlkDeviceConfig {
+        id: id.into(),
+        drive: drive.into(),
+        serial: None,
+        iothread: iothread.map(str::to_string),
+    }
+}
+
+fn node(name: &str, path: &Path, aio: AioEngine, direct: bool) -> BlockdevAdd {
+    BlockdevAdd {
+        node_name: name.into(),
+        filename: path.to_path_buf(),
+        aio: Some(aio),
+        direct: Some(direct),
+        read_only: false,
+    }
+}
+
+fn plug(id: &str, slot: usize) -> DeviceAdd {
+    DeviceAdd {
+        id: id.into(),
+        drive: id.into(),
+        slot,
+    }
+}
+
+fn generic(result: Result<(), QmpError>) -> String {
+    match result {
+        Err(QmpError::Generic(desc)) => desc,
+        other => panic!("expected a GenericError, got {other:?}"),
+    }
+}
+
+#[test]
+fn four_replaceable_slots_then_user_devices_in_order() {
+    let dir = Scratch::new("layout");
+    let kernel = spin_kernel(&dir);
+    let mut config = VmConfig {
+        kernel: Some(kernel),
+        mem_size: 128 << 20,
+        iothreads: vec!["io0".into()],
+        ..VmConfig::default()
+    };
+    for (i, aio) in [AioEngine::Off, AioEngine::Native, AioEngine::IoUring]
+        .iter()
+        .cycle()
+        .take(6)
+        .enumerate()
+    {
+        let path = dir.disk(&format!("d{i}.img"), 1 << 20);
+        config.drives.push(drive(&format!("d{i}"), &path, *aio));
+        let iothread = (i % 2 == 0).then_some("io0");
+        config
+            .blk_devices
+            .push(device(&format!("b{i}"), &format!("d{i}"), iothread));
+    }
+    let mut vm = MicroVm::new(&config).unwrap();
+    let blocks = BlockDevices::attach(&mut vm, &config).unwrap();
+    assert_eq!(
+        blocks.slots().len(),
+        6,
+        "more devices than slots: one slot each"
+    );
+    assert_eq!(vm.mmio_slots().len(), 6);
+    for (i, slot) in blocks.slots().iter().enumerate() {
+        assert_eq!(slot.mmio.index, i);
+        assert_eq!(slot.mmio, vm.mmio_slots()[i]);
+        let occupant = slot.occupant.as_ref().unwrap();
+        assert_eq!(occupant.device, format!("b{i}"));
+        assert_eq!(occupant.node, format!("d{i}"));
+    }
+
+    // With one drive: it takes slot 0 and three empty slots follow.
+    let path = dir.disk("only.img", 1 << 20);
+    let config = VmConfig {
+        kernel: config.kernel.clone(),
+        mem_size: 128 << 20,
+        drives: vec![drive("only", &path, AioEngine::IoUring)],
+        blk_devices: vec![device("only", "only", None)],
+        ..VmConfig::default()
+    };
+    let mut vm = MicroVm::new(&config).unwrap();
+    let blocks = BlockDevices::attach(&mut vm, &config).unwrap();
+    assert_eq!(blocks.slots().len(), REPLACEABLE_SLOTS);
+    assert!(blocks.slots()[0].occupant.is_some());
+    assert!(blocks.slots()[1..].iter().all(|s| s.occupant.is_none()));
+    assert!(blocks.node_in_use("only"));
+}
+
+#[test]
+fn qmp_block_commands_follow_the_node_and_slot_rules() {
+    let dir = Scratch::new("qmp");
+    let root = dir.disk("root.img", 1 << 20);
+    let config = VmConfig {
+        kernel: Some(spin_kernel(&dir)),
+        mem_size: 128 << 20,
+        drives: vec![drive("root", &root, AioEngine::IoUring)],
+        blk_devices: vec![device("rootdev", "root", None)],
+        ..VmConfig::default()
+    };
+    let mut vm = MicroVm::new(&config).unwrap();
+    let blocks = Arc::new(Mutex::new(BlockDevices::attach(&mut vm, &config).unwrap()));
+    let vm = Arc::new(vm);
+    let mut qmp = MachineQmp::new(&vm, blocks.clone());
+    let a = dir.disk("a.img", 2 << 20);
+    let b = dir.disk("b.img", 2 << 20);
+
+    // blockdev-add opens at once.
+    let missing = dir.0.join("missing.img");
+    let desc = generic(qmp.blockdev_add(node("m", &missing, AioEngine::IoUring, true)));
+    assert!(desc.contains("missing.img"), "{desc}");
+    let desc = generic(qmp.blockdev_add(node("n", &a, AioEngine::Native, false)));
+    assert!(desc.contains("direct"), "{desc}");
+    qmp.blockdev_add(node("a", &a, AioEngine::IoUring, true))
+        .unwrap();
+    generic(qmp.blockdev_add(node("a", &b, AioEngine::Off, true)));
+    qmp.blockdev_add(node("b", &b, AioEngine::Native, true))
+        .unwrap();
+
+    // device_add: the slot must exist and be empty, the node must exist and be free.
+    assert!(matches!(
+        qmp.device_add(plug("zz", 1)),
+        Err(QmpError::DeviceNotFound(_))
+    ));
+    let desc = generic(qmp.device_add(plug("a", 0)));
+    assert!(desc.contains("in use"), "{desc}");
+    generic(qmp.device_add(plug("a", 4)));
+    qmp.device_add(plug("a", 1)).unwrap();
+    generic(qmp.device_add(plug("a", 2))); // the device id exists
+    generic(qmp.device_add(DeviceAdd {
+        id: "other".into(),
+        drive: "a".into(),
+        slot: 2,
+    })); // the node is in use
+    generic(qmp.device_add(plug("b", 1))); // slot 1 is taken now
+    qmp.device_add(plug("b", 3)).unwrap();
+    generic(qmp.blockdev_del("a"));
+
+    // device_del empties the slot; the node stays until blockdev-del and can be plugged again.
+    qmp.device_del("a").unwrap();
+    assert!(matches!(
+        qmp.device_del("a"),
+        Err(QmpError::DeviceNotFound(_))
+    ));
+    assert!(blocks.lock().unwrap().slots()[1].occupant.is_none());
+    qmp.device_add(plug("a", 2)).unwrap();
+    qmp.device_del("a").unwrap();
+    qmp.blockdev_del("a").unwrap();
+    assert!(matches!(
+        qmp.blockdev_del("a"),
+        Err(QmpError::DeviceNotFound(_))
+    ));
+    // A boot-time device can be removed too.
+    qmp.device_del("rootdev").unwrap();
+    qmp.device_add(plug("b", 0)).err().unwrap(); // b is still in slot 3
+    qmp.device_del("b").unwrap();
+    qmp.device_add(plug("b", 0)).unwrap();
+}
+
+#[test]
+fn qmp_stop_cont_and_cpus_on_a_running_vm() {
+    let dir = Scratch::new("lifecycle");
+    let config = VmConfig {
+        kernel: Some(spin_kernel(&dir)),
+        mem_size: 128 << 20,
+        cpus: 2,
+        ..VmConfig::default()
+    };
+    let mut vm = MicroVm::new(&config).unwrap();
+    let blocks = Arc::new(Mutex::new(BlockDevices::attach(&mut vm, &config).unwrap()));
+    let vm = Arc::new(vm);
+    let mut qmp = MachineQmp::new(&vm, blocks);
+    assert_eq!(qmp.query_status(), VmRunState::Paused, "not started yet");
+    vm.start().unwrap();
+    assert_eq!(qmp.query_status(), VmRunState::Running);
+    generic(qmp.cont());
+    qmp.stop().unwrap();
+    assert_eq!(qmp.query_status(), VmRunState::Paused);
+    generic(qmp.stop());
+    qmp.cont().unwrap();
+    let cpus = qmp.query_cpus();
+    assert_eq!(cpus.len(), 2);
+    for (i, cpu) in cpus.iter().enumerate() {
+        assert_eq!(cpu.index, i);
+        let comm = std::fs::read_to_string(format!("/proc/self/task/{}/comm", cpu.thread_id))
+            .unwrap_or_else(|e| panic!("vCPU {i} thread {}: {e}", cpu.thread_id));
+        assert_eq!(comm.trim(), format!("vcpu{i}"));
+    }
+    qmp.quit();
+    assert_eq!(vm.run().unwrap(), micro_vm::VmExit::HostQuit);
+}
