@@ -2,7 +2,8 @@
 //! boots from a copy of the test root image on /dev/vda (`root=/dev/vda rw`, the kernel
 //! mounts it and writes its superblock), runs a write-then-verify fio job (crc32c) on a
 //! scratch disk (/dev/vdb), and sees a small MBR-partitioned disk read-only (/dev/vdc) with
-//! its partition. The fourth replaceable slot (/dev/vdd) is empty: capacity 0.
+//! its partition. The fourth replaceable slot (/dev/vdd) is empty: capacity 0. The native run
+//! also keeps a QMP client connected, which sees the guest's reboot as `SHUTDOWN`.
 //!
 //! Each boot takes minutes on a PVM host (the guest kernel is emulated). They need the test
 //! guest: `scripts/guest/build.sh` (or `STRATOVIRT_GUEST_DIR`).
@@ -14,7 +15,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use blk::{base_cmdline, copy_rootfs, marker, mbr_disk, mount_count, scratch_disk};
+use blk::{base_cmdline, copy_rootfs, marker, mbr_disk, mount_count, scratch_disk, Qmp};
 use common::{guest_dir, run, scratch_dir, stratovirt};
 
 /// A boot to the ext4 root, the block report, a 1 MiB fio verify job, and the reboot.
@@ -30,7 +31,7 @@ fn file_sectors(path: &Path) -> String {
     (std::fs::metadata(path).expect("image size").len() / 512).to_string()
 }
 
-fn boot_with_engine(aio: &str, iothread: bool) {
+fn boot_with_engine(aio: &str, iothread: bool, watch_qmp: bool) {
     let guest = guest_dir();
     let dir = scratch_dir(&format!("guest-blk-{aio}"));
     let root = copy_rootfs(&guest, dir.path());
@@ -74,6 +75,16 @@ fn boot_with_engine(aio: &str, iothread: bool) {
         .arg("-D")
         .arg(&log_path);
 
+    // A QMP client connected through the whole run sees the guest's reboot as SHUTDOWN.
+    let watcher = watch_qmp.then(|| {
+        let socket = dir.join("qmp.sock");
+        cmd.arg("-qmp")
+            .arg(format!("unix:{},server,nowait", socket.display()));
+        std::thread::spawn(move || {
+            let mut qmp = Qmp::connect(&socket, Duration::from_secs(60));
+            qmp.wait_event("SHUTDOWN", BOOT_TIMEOUT)
+        })
+    });
     let outcome = run(cmd, BOOT_TIMEOUT);
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     eprintln!(
@@ -133,6 +144,13 @@ fn boot_with_engine(aio: &str, iothread: bool) {
         "guest scripts failed\n{report}"
     );
     assert_eq!(outcome.status.and_then(|s| s.code()), Some(0), "{report}");
+    if let Some(watcher) = watcher {
+        let event = watcher
+            .join()
+            .expect("the QMP client saw no SHUTDOWN event");
+        assert_eq!(event["data"]["guest"], true, "{event}");
+        assert_eq!(event["data"]["reason"], "guest-shutdown", "{event}");
+    }
 
     // fio's pattern reached the scratch file: its first MiB is no longer all zeros.
     let written = std::fs::read(&scratch).expect("read the scratch disk");
@@ -150,15 +168,15 @@ fn boot_with_engine(aio: &str, iothread: bool) {
 
 #[test]
 fn guest_runs_on_aio_off() {
-    boot_with_engine("off", false);
+    boot_with_engine("off", false, false);
 }
 
 #[test]
 fn guest_runs_on_aio_native() {
-    boot_with_engine("native", false);
+    boot_with_engine("native", false, true);
 }
 
 #[test]
 fn guest_runs_on_aio_io_uring_with_an_iothread() {
-    boot_with_engine("io_uring", true);
+    boot_with_engine("io_uring", true, false);
 }
