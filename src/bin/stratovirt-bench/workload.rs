@@ -289,3 +289,68 @@ pub fn run(
     }
     Ok(measured)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rig::RigConfig;
+    use util::aio::AioEngine;
+
+    /// A real device, real engines and a real file: a short cell of each pattern completes
+    /// requests, counts them and measures the device thread.
+    #[test]
+    fn short_cells_complete_on_every_engine() {
+        let dir = if std::path::Path::new("/dev/shm").is_dir() {
+            std::path::PathBuf::from("/dev/shm")
+        } else {
+            std::env::temp_dir()
+        };
+        let path = dir.join(format!("stratovirt-bench-test-{}.img", std::process::id()));
+        std::fs::write(&path, vec![0x5au8; 4 << 20]).unwrap();
+        let window = Window {
+            warmup: Duration::from_millis(50),
+            measure: Duration::from_millis(200),
+        };
+        for (aio, direct) in [
+            (AioEngine::Off, false),
+            (AioEngine::Native, true),
+            (AioEngine::IoUring, true),
+        ] {
+            for pattern in Pattern::ALL {
+                let config = RigConfig {
+                    aio,
+                    direct,
+                    event_idx: pattern != Pattern::Mixed,
+                };
+                let mut rig = Rig::new(&path, config).unwrap();
+                let mut m = run(&mut rig, pattern, 8, (4 << 20) / BLOCK, window).unwrap();
+                assert!(m.ios > 0, "{aio} {pattern:?}: no I/O");
+                assert_eq!(m.errors, 0, "{aio} {pattern:?}");
+                assert!(m.seconds > 0.15, "{aio} {pattern:?}: window {}", m.seconds);
+                assert!(m.latencies.percentile_us(0.5) > 0.0);
+                assert!(m.device_cpu_ns > 0 && m.interrupts > 0 && m.kicks > 0);
+                assert_eq!(rig.driver.in_flight(), 0, "cell must end idle");
+            }
+        }
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn zero_depth_is_refused() {
+        let path = std::env::temp_dir().join(format!("sv-bench-zero-{}.img", std::process::id()));
+        std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+        let config = RigConfig {
+            aio: AioEngine::Off,
+            direct: false,
+            event_idx: true,
+        };
+        let mut rig = Rig::new(&path, config).unwrap();
+        let window = Window {
+            warmup: Duration::ZERO,
+            measure: Duration::from_millis(10),
+        };
+        assert!(run(&mut rig, Pattern::Read, 0, 256, window).is_err());
+        drop(rig);
+        std::fs::remove_file(&path).unwrap();
+    }
+}
