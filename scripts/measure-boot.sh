@@ -70,9 +70,11 @@ for kernel in "${kernels[@]}"; do
 	wait "$pid" || rc=$?
 	total=$(echo "$(now) - $start" | bc)
 	if [ -z "$init_s" ]; then
-		echo "measure-boot: $kernel did not reach init (exit $rc); console tail:" >&2
+		echo "measure-boot: $kernel did not reach init in $total s (exit $rc); console tail:" >&2
 		tail -n 20 "$console" >&2
-		exit 1
+		rows+=("$(printf '| %s | %d | %d MiB | not reached in %.0f s | | | | exit %d |' \
+			"$kernel" "$smp" "$mem" "$total" "$rc")")
+		continue
 	fi
 	overhead=$(((vmrss - ramrss) / 1024))
 	printf 'measure-boot: %s: init after %.1f s, VmRSS %d MiB, guest RAM touched %d MiB, VMM %d MiB, ended after %.1f s (exit %d)\n' \
@@ -84,7 +86,7 @@ done
 table=$work/table.md
 {
 	echo "<!-- measure-boot:begin -->"
-	echo "Measured $(date -u +%Y-%m-%d) on $(nproc) host CPUs ($(uname -r)), $(basename "$bin") from \`$bin\`,"
+	echo "Measured $(date -u +%Y-%m-%d) on $(nproc) host CPUs ($(uname -r), load average $(cut -d' ' -f1 /proc/loadavg) at the end), binary \`$bin\`,"
 	echo "command line \`console=ttyS0 quiet reboot=k panic=-1 sv.run=info\`:"
 	echo
 	echo "| kernel | vCPUs | RAM | to init marker | VmRSS | guest RAM touched | VMM overhead | whole run (init, report, reboot) |"
