@@ -10,6 +10,38 @@ mod aio_common;
 use aio_common::*;
 use util::aio::{AioEngine, AioOpcode};
 
+/// Lowers `RLIMIT_FSIZE` until dropped. The limit applies to every file the process writes,
+/// the test harness's own output too when it goes to a file, so it must not outlive the test
+/// (nor a failing assertion's message).
+struct FileSizeLimit {
+    saved: libc::rlimit,
+}
+
+impl FileSizeLimit {
+    fn set(bytes: u64) -> FileSizeLimit {
+        let mut saved = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `saved` is a valid, writable rlimit.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut saved) }, 0);
+        let limit = libc::rlimit {
+            rlim_cur: bytes,
+            rlim_max: saved.rlim_max,
+        };
+        // SAFETY: a valid rlimit value; lowering the soft limit only affects later writes.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &limit) }, 0);
+        FileSizeLimit { saved }
+    }
+}
+
+impl Drop for FileSizeLimit {
+    fn drop(&mut self) {
+        // SAFETY: restores the limit read in `set`, which the process held before.
+        unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &self.saved) };
+    }
+}
+
 #[test]
 fn short_write_is_finished_or_reported_as_error() {
     const SIZE: usize = 2 * ALIGN;
@@ -24,12 +56,7 @@ fn short_write_is_finished_or_reported_as_error() {
         .iter()
         .map(|p| create_file(p, &[3u8; SIZE], Mode::Buffered))
         .collect();
-    let limit = libc::rlimit {
-        rlim_cur: SIZE as u64 + ROOM,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: a valid rlimit value; lowering the soft limit only affects later writes.
-    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &limit) }, 0);
+    let _limit = FileSizeLimit::set(SIZE as u64 + ROOM);
     for ((engine, path), file) in AioEngine::ALL.iter().zip(&paths).zip(&files) {
         let mut ctx = open(*engine, file, 4);
         let mut buf = AlignedBuf::new(ALIGN);
