@@ -19,7 +19,7 @@ use blk::{base_cmdline, copy_rootfs, marker, mbr_disk, mount_count, scratch_disk
 use common::{guest_dir, run, scratch_dir, stratovirt};
 
 /// A boot to the ext4 root, the block report, a 1 MiB fio verify job, and the reboot.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+const BOOT_TIMEOUT: Duration = Duration::from_secs(25 * 60);
 /// The scratch disk for fio.
 const SCRATCH_BYTES: u64 = 8 << 20;
 /// The read-only disk: 4096 sectors, one partition of 2048 sectors from sector 2048.

@@ -21,9 +21,9 @@ use common::{guest_dir, scratch_dir, stratovirt};
 use serde_json::json;
 
 /// Boot to the ext4 root and the guest script's first prompt.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+const BOOT_TIMEOUT: Duration = Duration::from_secs(25 * 60);
 /// One hot-plug round in the guest: notice, fio verify of 1 MiB, removal.
-const ROUND_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+const ROUND_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 const DISK_BYTES: u64 = 8 << 20;
 
 /// The guest's side: wait for vdb to grow, fio on it, wait for it to shrink, twice.
