@@ -24,7 +24,10 @@ impl FileSizeLimit {
             rlim_max: 0,
         };
         // SAFETY: `saved` is a valid, writable rlimit.
-        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut saved) }, 0);
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut saved) },
+            0
+        );
         let limit = libc::rlimit {
             rlim_cur: bytes,
             rlim_max: saved.rlim_max,
