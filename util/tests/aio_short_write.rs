@@ -24,10 +24,8 @@ impl FileSizeLimit {
             rlim_max: 0,
         };
         // SAFETY: `saved` is a valid, writable rlimit.
-        assert_eq!(
-            unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut saved) },
-            0
-        );
+        let got = unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut saved) };
+        assert_eq!(got, 0);
         let limit = libc::rlimit {
             rlim_cur: bytes,
             rlim_max: saved.rlim_max,

@@ -20,9 +20,12 @@
 //!   e.g. tmpfs) it punches a hole and then allocates the range again, which leaves the
 //!   range zeroed and allocated, as `ZERO_RANGE` would.
 
-use std::os::unix::io::RawFd;
+use std::collections::VecDeque;
+use std::os::unix::io::{AsRawFd, RawFd};
 
-use super::{AioCompletion, AioOpcode, AioRequest, Iovec};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::{AioCompletion, AioEngine, AioError, AioOpcode, AioRequest, Iovec};
 
 /// How often one request is resubmitted after `-EINTR`/`-EAGAIN` before the error is reported.
 pub(crate) const MAX_RETRIES: u32 = 16;
@@ -160,6 +163,138 @@ impl Slab {
     /// How many requests the slab holds.
     pub(crate) fn len(&self) -> usize {
         self.live
+    }
+}
+
+/// What an asynchronous engine owns between `submit` and `reap`: the requests (slab), the keys
+/// waiting for room in the kernel (FIFO, in submission order), the completions that never
+/// reached the kernel, and the eventfd that announces completions of both kinds.
+#[derive(Debug)]
+pub(crate) struct Queue {
+    engine: AioEngine,
+    /// Every request not yet handed back.
+    pub(crate) slab: Slab,
+    /// Keys of requests waiting to be given to the kernel, oldest first.
+    pub(crate) pending: VecDeque<usize>,
+    /// Completions produced without the kernel, waiting for `reap`.
+    ready: Vec<AioCompletion>,
+    efd: EventFd,
+}
+
+impl Queue {
+    /// An empty queue for `engine` sized for `depth` requests in flight, with a fresh eventfd.
+    pub(crate) fn new(engine: AioEngine, depth: usize) -> Result<Self, AioError> {
+        let efd = EventFd::new(EFD_NONBLOCK).map_err(|source| AioError::Syscall {
+            engine,
+            call: "eventfd",
+            source,
+        })?;
+        Ok(Queue {
+            engine,
+            slab: Slab::default(),
+            pending: VecDeque::with_capacity(depth),
+            ready: Vec::with_capacity(depth),
+            efd,
+        })
+    }
+
+    /// The eventfd completions are announced on.
+    pub(crate) fn eventfd(&self) -> RawFd {
+        self.efd.as_raw_fd()
+    }
+
+    fn signal(&self) -> Result<(), AioError> {
+        self.efd.write(1).map_err(|source| AioError::Syscall {
+            engine: self.engine,
+            call: "eventfd write",
+            source,
+        })
+    }
+
+    /// Takes the whole `batch`: requests that need no system call complete at once (see
+    /// [`immediate`]), the others join `pending` in order.
+    pub(crate) fn accept(
+        &mut self,
+        batch: &mut Vec<AioRequest>,
+        supports: impl Fn(AioOpcode) -> bool,
+    ) -> Result<(), AioError> {
+        let mut signal = false;
+        for req in batch.drain(..) {
+            if let Some(result) = immediate(&req, supports(req.opcode)) {
+                self.ready.push(AioCompletion {
+                    tag: req.tag,
+                    result,
+                });
+                signal = true;
+                continue;
+            }
+            let key = self.slab.insert(req);
+            self.pending.push_back(key);
+        }
+        if signal {
+            self.signal()?;
+        }
+        Ok(())
+    }
+
+    /// Completes the first pending request with `-errno` without the kernel.
+    pub(crate) fn fail_front(&mut self, errno: i32) -> Result<(), AioError> {
+        if let Some(slot) = self
+            .pending
+            .pop_front()
+            .and_then(|key| self.slab.remove(key))
+        {
+            self.ready.push(slot.completion(-i64::from(errno)));
+            self.signal()?;
+        }
+        Ok(())
+    }
+
+    /// Moves the request under `key` forward by the kernel's result `res`: its completion goes
+    /// to `out`, or it joins `pending` again for its next round.
+    pub(crate) fn finish(&mut self, key: usize, res: i64, fd: RawFd, out: &mut Vec<AioCompletion>) {
+        let Some(slot) = self.slab.get_mut(key) else {
+            log::warn!(
+                "aio={}: completion for unknown request key {key}",
+                self.engine
+            );
+            return;
+        };
+        match advance(slot, res, fd) {
+            Outcome::Complete(done) => {
+                self.slab.remove(key);
+                out.push(done);
+            }
+            Outcome::Again => self.pending.push_back(key),
+        }
+    }
+
+    /// Moves the completions produced without the kernel to `out`.
+    pub(crate) fn take_ready(&mut self, out: &mut Vec<AioCompletion>) {
+        out.append(&mut self.ready);
+    }
+
+    /// Resets the eventfd before completions are collected.
+    pub(crate) fn clear_eventfd(&self) -> Result<(), AioError> {
+        clear_eventfd(&self.efd, self.engine)
+    }
+
+    /// Requests accepted and not yet handed back.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.slab.len() + self.ready.len()
+    }
+}
+
+/// Reads (and so resets) a non-blocking eventfd; an eventfd that was not signalled is fine.
+pub(crate) fn clear_eventfd(efd: &EventFd, engine: AioEngine) -> Result<(), AioError> {
+    match efd.read() {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+        Err(source) => Err(AioError::Syscall {
+            engine,
+            call: "eventfd read",
+            source,
+        }),
     }
 }
 

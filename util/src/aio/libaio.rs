@@ -23,14 +23,10 @@
 //!   requests complete with `-EOPNOTSUPP`.
 //! - Dropping the context first waits for every request in the kernel, then `io_destroy`s it.
 
-use std::collections::VecDeque;
-use std::os::unix::io::{AsRawFd, RawFd};
-
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use std::os::unix::io::RawFd;
 
 use super::abi::{self, aio_context_t, io_event, iocb};
-use super::inflight::{advance, immediate, Outcome, Slab};
-use super::sync::clear_eventfd;
+use super::inflight::Queue;
 use super::{AioCompletion, AioContext, AioEngine, AioError, AioOpcode, AioRequest};
 
 const ENGINE: AioEngine = AioEngine::Native;
@@ -52,15 +48,17 @@ unsafe impl Send for IocbPtrs {}
 pub struct NativeContext {
     fd: RawFd,
     ctx: aio_context_t,
-    efd: EventFd,
     depth: usize,
-    slab: Slab,
-    pending: VecDeque<usize>,
+    queue: Queue,
     in_kernel: usize,
-    ready: Vec<AioCompletion>,
     iocbs: Vec<iocb>,
     ptrs: IocbPtrs,
     events: Vec<io_event>,
+}
+
+/// Whether Linux AIO has a command for `opcode` (it has none for discard or write-zeroes).
+fn carries(opcode: AioOpcode) -> bool {
+    !matches!(opcode, AioOpcode::Discard | AioOpcode::WriteZeroes)
 }
 
 fn syscall_error(call: &'static str, source: std::io::Error) -> AioError {
@@ -76,18 +74,15 @@ impl NativeContext {
     /// the engine's lifetime.
     pub fn new(fd: RawFd, depth: u32) -> Result<Self, AioError> {
         let depth = depth.max(1);
-        let efd = EventFd::new(EFD_NONBLOCK).map_err(|e| syscall_error("eventfd", e))?;
+        let queue = Queue::new(ENGINE, depth as usize)?;
         let ctx = abi::io_setup(depth).map_err(|e| syscall_error("io_setup", e))?;
         let depth = depth as usize;
         Ok(NativeContext {
             fd,
             ctx,
-            efd,
             depth,
-            slab: Slab::default(),
-            pending: VecDeque::with_capacity(depth),
+            queue,
             in_kernel: 0,
-            ready: Vec::with_capacity(depth),
             iocbs: Vec::with_capacity(depth),
             ptrs: IocbPtrs(Vec::with_capacity(depth)),
             events: vec![io_event::default(); depth],
@@ -100,10 +95,10 @@ impl NativeContext {
             aio_data: key as u64,
             aio_fildes: self.fd as u32,
             aio_flags: abi::IOCB_FLAG_RESFD,
-            aio_resfd: self.efd.as_raw_fd() as u32,
+            aio_resfd: self.queue.eventfd() as u32,
             ..iocb::default()
         };
-        let Some(slot) = self.slab.get(key) else {
+        let Some(slot) = self.queue.slab.get(key) else {
             cb.aio_lio_opcode = REJECTED_OPCODE;
             return cb;
         };
@@ -138,29 +133,13 @@ impl NativeContext {
         cb
     }
 
-    /// Completes the first pending request with `-errno` without the kernel.
-    fn fail_front(&mut self, errno: i32) -> Result<(), AioError> {
-        if let Some(key) = self.pending.pop_front() {
-            if let Some(slot) = self.slab.remove(key) {
-                self.ready.push(AioCompletion {
-                    tag: slot.req.tag,
-                    result: -i64::from(errno),
-                });
-                self.efd
-                    .write(1)
-                    .map_err(|e| syscall_error("eventfd write", e))?;
-            }
-        }
-        Ok(())
-    }
-
     /// Submits as much of `pending` as the context has room for, one `io_submit` per round.
     fn flush_pending(&mut self) -> Result<(), AioError> {
-        while !self.pending.is_empty() && self.in_kernel < self.depth {
-            let n = self.pending.len().min(self.depth - self.in_kernel);
+        while !self.queue.pending.is_empty() && self.in_kernel < self.depth {
+            let n = self.queue.pending.len().min(self.depth - self.in_kernel);
             self.iocbs.clear();
             for i in 0..n {
-                let cb = self.iocb_for(self.pending[i]);
+                let cb = self.iocb_for(self.queue.pending[i]);
                 self.iocbs.push(cb);
             }
             self.ptrs.0.clear();
@@ -172,15 +151,15 @@ impl NativeContext {
             // completion is reaped, and the caller of `submit` keeps the memory valid.
             match unsafe { abi::io_submit(self.ctx, &self.ptrs.0) } {
                 Ok(0) if self.in_kernel > 0 => break,
-                Ok(0) => self.fail_front(libc::EAGAIN)?,
+                Ok(0) => self.queue.fail_front(libc::EAGAIN)?,
                 Ok(k) => {
-                    self.pending.drain(..k);
+                    self.queue.pending.drain(..k);
                     self.in_kernel += k;
                 }
                 Err(e) => match e.raw_os_error().unwrap_or(libc::EIO) {
                     libc::EINTR => continue,
                     libc::EAGAIN | libc::EBUSY if self.in_kernel > 0 => break,
-                    errno => self.fail_front(errno)?,
+                    errno => self.queue.fail_front(errno)?,
                 },
             }
         }
@@ -205,18 +184,7 @@ impl NativeContext {
         for i in 0..n {
             let ev = self.events[i];
             self.in_kernel = self.in_kernel.saturating_sub(1);
-            let key = ev.data as usize;
-            let Some(slot) = self.slab.get_mut(key) else {
-                log::warn!("aio=native: completion for unknown request key {key}");
-                continue;
-            };
-            match advance(slot, ev.res, self.fd) {
-                Outcome::Complete(done) => {
-                    self.slab.remove(key);
-                    out.push(done);
-                }
-                Outcome::Again => self.pending.push_back(key),
-            }
+            self.queue.finish(ev.data as usize, ev.res, self.fd, out);
         }
         Ok(n)
     }
@@ -228,39 +196,22 @@ impl AioContext for NativeContext {
     }
 
     fn supports(&self, opcode: AioOpcode) -> bool {
-        !matches!(opcode, AioOpcode::Discard | AioOpcode::WriteZeroes)
+        carries(opcode)
     }
 
     unsafe fn submit(&mut self, batch: &mut Vec<AioRequest>) -> Result<(), AioError> {
-        let mut signal = false;
-        for req in batch.drain(..) {
-            if let Some(result) = immediate(&req, self.supports(req.opcode)) {
-                self.ready.push(AioCompletion {
-                    tag: req.tag,
-                    result,
-                });
-                signal = true;
-                continue;
-            }
-            let key = self.slab.insert(req);
-            self.pending.push_back(key);
-        }
-        if signal {
-            self.efd
-                .write(1)
-                .map_err(|e| syscall_error("eventfd write", e))?;
-        }
+        self.queue.accept(batch, carries)?;
         self.flush_pending()
     }
 
     fn eventfd(&self) -> RawFd {
-        self.efd.as_raw_fd()
+        self.queue.eventfd()
     }
 
     fn reap(&mut self, out: &mut Vec<AioCompletion>) -> Result<usize, AioError> {
-        clear_eventfd(&self.efd, ENGINE)?;
+        self.queue.clear_eventfd()?;
         let before = out.len();
-        out.append(&mut self.ready);
+        self.queue.take_ready(out);
         while self.in_kernel > 0 {
             if self.collect(0, out)? < self.depth {
                 break;
@@ -271,19 +222,19 @@ impl AioContext for NativeContext {
         if let Err(e) = self.flush_pending() {
             log::error!("{e}");
         }
-        out.append(&mut self.ready);
+        self.queue.take_ready(out);
         Ok(out.len() - before)
     }
 
     fn in_flight(&self) -> usize {
-        self.slab.len() + self.ready.len()
+        self.queue.in_flight()
     }
 
     fn drain(&mut self, out: &mut Vec<AioCompletion>) -> Result<(), AioError> {
         loop {
             self.flush_pending()?;
-            out.append(&mut self.ready);
-            if self.in_kernel == 0 && self.pending.is_empty() {
+            self.queue.take_ready(out);
+            if self.in_kernel == 0 && self.queue.pending.is_empty() {
                 return Ok(());
             }
             self.collect(1, out)?;

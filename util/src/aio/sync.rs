@@ -13,7 +13,7 @@ use std::os::unix::io::{AsRawFd, RawFd};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::inflight::{advance, immediate, Outcome, Slot};
+use super::inflight::{advance, clear_eventfd, immediate, Outcome, Slot};
 use super::{AioCompletion, AioContext, AioEngine, AioError, AioOpcode, AioRequest, Iovec};
 
 /// The synchronous engine bound to one borrowed file descriptor.
@@ -134,19 +134,6 @@ impl AioContext for SyncContext {
 
     fn drain(&mut self, out: &mut Vec<AioCompletion>) -> Result<(), AioError> {
         self.reap(out).map(|_| ())
-    }
-}
-
-/// Reads (and so resets) a non-blocking eventfd; an eventfd that was not signalled is fine.
-pub(crate) fn clear_eventfd(efd: &EventFd, engine: AioEngine) -> Result<(), AioError> {
-    match efd.read() {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-        Err(source) => Err(AioError::Syscall {
-            engine,
-            call: "eventfd read",
-            source,
-        }),
     }
 }
 

@@ -23,17 +23,13 @@
 //!   (only if `io_uring_enter` itself fails while waiting is the ring closed with requests
 //!   still in it; the kernel then cancels them, and the error is logged).
 
-use std::collections::VecDeque;
 use std::io;
 use std::os::unix::io::{AsRawFd, RawFd};
 
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-
-use super::inflight::{advance, immediate, Outcome, Slab};
-use super::sync::clear_eventfd;
+use super::inflight::Queue;
 use super::{AioCompletion, AioContext, AioEngine, AioError, AioOpcode, AioRequest, Iovec};
 use crate::io_uring::sys::{IORING_FSYNC_DATASYNC, IORING_SETUP_SUBMIT_ALL};
-use crate::io_uring::{io_uring_cqe, io_uring_sqe, IoUring, IoringOp, UringError};
+use crate::io_uring::{io_uring_sqe, IoUring, IoringOp, UringError};
 
 const ENGINE: AioEngine = AioEngine::IoUring;
 
@@ -52,6 +48,14 @@ fn uring_error(call: &'static str, e: &UringError) -> AioError {
         engine: ENGINE,
         call,
         source: errno_of(e),
+    }
+}
+
+/// Whether the ring can carry `opcode`; discard and write-zeroes need `IORING_OP_FALLOCATE`.
+fn carries(opcode: AioOpcode, fallocate: bool) -> bool {
+    match opcode {
+        AioOpcode::Read | AioOpcode::Write | AioOpcode::Flush => true,
+        AioOpcode::Discard | AioOpcode::WriteZeroes => fallocate,
     }
 }
 
@@ -79,13 +83,10 @@ pub(crate) fn probe() -> io::Result<()> {
 pub struct UringContext {
     fd: RawFd,
     ring: IoUring,
-    efd: EventFd,
     depth: usize,
     fallocate: bool,
-    slab: Slab,
-    pending: VecDeque<usize>,
+    queue: Queue,
     in_ring: usize,
-    ready: Vec<AioCompletion>,
     fixed: Vec<Iovec>,
 }
 
@@ -96,7 +97,7 @@ impl std::fmt::Debug for UringContext {
             .field("ring_fd", &self.ring.as_raw_fd())
             .field("depth", &self.depth)
             .field("in_ring", &self.in_ring)
-            .field("pending", &self.pending.len())
+            .field("pending", &self.queue.pending.len())
             .finish()
     }
 }
@@ -106,26 +107,19 @@ impl UringContext {
     /// engine's lifetime, and registers the engine's eventfd with it.
     pub fn new(fd: RawFd, depth: u32) -> Result<Self, AioError> {
         let depth = depth.clamp(1, MAX_ENTRIES);
-        let efd = EventFd::new(EFD_NONBLOCK).map_err(|source| AioError::Syscall {
-            engine: ENGINE,
-            call: "eventfd",
-            source,
-        })?;
+        let queue = Queue::new(ENGINE, depth as usize)?;
         let ring = new_ring(depth).map_err(|e| uring_error("io_uring_setup", &e))?;
-        ring.register_eventfd(efd.as_raw_fd())
+        ring.register_eventfd(queue.eventfd())
             .map_err(|e| uring_error("io_uring_register(eventfd)", &e))?;
         let fallocate = ring.probe_opcode(IoringOp::Fallocate);
         let depth = depth as usize;
         Ok(UringContext {
             fd,
             ring,
-            efd,
             depth,
             fallocate,
-            slab: Slab::default(),
-            pending: VecDeque::with_capacity(depth),
+            queue,
             in_ring: 0,
-            ready: Vec::with_capacity(depth),
             fixed: Vec::new(),
         })
     }
@@ -146,7 +140,7 @@ impl UringContext {
     /// The SQE for the next round of the request under `key`.
     fn sqe_for(&self, key: usize) -> io_uring_sqe {
         let ud = key as u64;
-        let Some(slot) = self.slab.get(key) else {
+        let Some(slot) = self.queue.slab.get(key) else {
             return io_uring_sqe::nop(ud);
         };
         let off = slot.offset();
@@ -193,7 +187,7 @@ impl UringContext {
     /// Pushes as much of `pending` as the ring has room for, then enters the kernel once.
     fn flush_pending(&mut self) -> Result<(), AioError> {
         while self.in_ring < self.depth {
-            let Some(&key) = self.pending.front() else {
+            let Some(&key) = self.queue.pending.front() else {
                 break;
             };
             let sqe = self.sqe_for(key);
@@ -203,7 +197,7 @@ impl UringContext {
             if unsafe { self.ring.push(&sqe) }.is_err() {
                 break;
             }
-            self.pending.pop_front();
+            self.queue.pending.pop_front();
             self.in_ring += 1;
         }
         if self.unsubmitted() == 0 {
@@ -221,28 +215,13 @@ impl UringContext {
         }
     }
 
-    /// Moves one CQE's request forward.
-    fn complete(&mut self, cqe: io_uring_cqe, out: &mut Vec<AioCompletion>) {
-        self.in_ring = self.in_ring.saturating_sub(1);
-        let key = cqe.user_data as usize;
-        let Some(slot) = self.slab.get_mut(key) else {
-            log::warn!("aio=io_uring: completion for unknown request key {key}");
-            return;
-        };
-        match advance(slot, i64::from(cqe.res), self.fd) {
-            Outcome::Complete(done) => {
-                self.slab.remove(key);
-                out.push(done);
-            }
-            Outcome::Again => self.pending.push_back(key),
-        }
-    }
-
     /// Handles every CQE already in the ring; returns how many there were.
     fn collect(&mut self, out: &mut Vec<AioCompletion>) -> usize {
         let mut n = 0;
         while let Some(cqe) = self.ring.pop_completion() {
-            self.complete(cqe, out);
+            self.in_ring = self.in_ring.saturating_sub(1);
+            self.queue
+                .finish(cqe.user_data as usize, i64::from(cqe.res), self.fd, out);
             n += 1;
         }
         n
@@ -255,44 +234,23 @@ impl AioContext for UringContext {
     }
 
     fn supports(&self, opcode: AioOpcode) -> bool {
-        match opcode {
-            AioOpcode::Read | AioOpcode::Write | AioOpcode::Flush => true,
-            AioOpcode::Discard | AioOpcode::WriteZeroes => self.fallocate,
-        }
+        carries(opcode, self.fallocate)
     }
 
     unsafe fn submit(&mut self, batch: &mut Vec<AioRequest>) -> Result<(), AioError> {
-        let mut signal = false;
-        for req in batch.drain(..) {
-            if let Some(result) = immediate(&req, self.supports(req.opcode)) {
-                self.ready.push(AioCompletion {
-                    tag: req.tag,
-                    result,
-                });
-                signal = true;
-                continue;
-            }
-            let key = self.slab.insert(req);
-            self.pending.push_back(key);
-        }
-        if signal {
-            self.efd.write(1).map_err(|source| AioError::Syscall {
-                engine: ENGINE,
-                call: "eventfd write",
-                source,
-            })?;
-        }
+        let fallocate = self.fallocate;
+        self.queue.accept(batch, |op| carries(op, fallocate))?;
         self.flush_pending()
     }
 
     fn eventfd(&self) -> RawFd {
-        self.efd.as_raw_fd()
+        self.queue.eventfd()
     }
 
     fn reap(&mut self, out: &mut Vec<AioCompletion>) -> Result<usize, AioError> {
-        clear_eventfd(&self.efd, ENGINE)?;
+        self.queue.clear_eventfd()?;
         let before = out.len();
-        out.append(&mut self.ready);
+        self.queue.take_ready(out);
         self.collect(out);
         // The completions in `out` must reach the caller even if resubmission fails; the
         // queued requests stay queued and are offered again by the next call.
@@ -303,17 +261,17 @@ impl AioContext for UringContext {
     }
 
     fn in_flight(&self) -> usize {
-        self.slab.len() + self.ready.len()
+        self.queue.in_flight()
     }
 
     fn drain(&mut self, out: &mut Vec<AioCompletion>) -> Result<(), AioError> {
         loop {
             self.flush_pending()?;
-            out.append(&mut self.ready);
+            self.queue.take_ready(out);
             if self.collect(out) > 0 {
                 continue;
             }
-            if self.in_ring == 0 && self.pending.is_empty() {
+            if self.in_ring == 0 && self.queue.pending.is_empty() {
                 return Ok(());
             }
             match self.ring.submit_and_wait(1) {
