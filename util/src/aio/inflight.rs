@@ -1,6 +1,8 @@
 //! What every engine keeps for a request it owns, and how a kernel result moves it forward.
 //!
 //! Invariants:
+//! - [`Queue`] is what the asynchronous engines own between `submit` and `reap`; the engines
+//!   add only how requests reach their kernel interface.
 //! - A request lives in a [`Slab`] entry from submission until its completion is handed out;
 //!   the kernel only ever sees the entry's key (`user_data`/`aio_data`), never a pointer to it.
 //! - The iovec array the kernel reads is a `Vec`'s heap buffer inside the entry. Moving the
