@@ -3,7 +3,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
-packages=(gcc e2fsprogs)
+packages=(gcc e2fsprogs strace procps)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -12,5 +12,5 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-python3 -c 'import qemu.qmp' 2>/dev/null || python3 -m pip install -q qemu.qmp
+python3 -c 'import qemu.qmp' 2>/dev/null || python3 -m pip install -q 'qemu.qmp==0.0.6'
 echo "host packages ready"
