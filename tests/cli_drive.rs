@@ -31,7 +31,10 @@ fn a_missing_image_names_the_drive_and_the_path() {
 fn a_directory_cannot_be_a_drive() {
     let dir = scratch_dir("cli-dir");
     let drive = format!("id=disk1,file={},aio=off,direct=off", dir.path().display());
-    refused(&["-drive", &drive], &["disk1", dir.path().to_str().unwrap()]);
+    refused(
+        &["-drive", &drive],
+        &["disk1", dir.path().to_str().unwrap()],
+    );
 }
 
 #[test]

@@ -86,8 +86,10 @@ impl GuestMemory {
         }
         let mut regions = Vec::with_capacity(sorted.len());
         for (guest_base, size) in sorted {
-            let len = usize::try_from(size)
-                .map_err(|_| AddressSpaceError::BadLayout { base: guest_base, size })?;
+            let len = usize::try_from(size).map_err(|_| AddressSpaceError::BadLayout {
+                base: guest_base,
+                size,
+            })?;
             // SAFETY: an anonymous private mapping with no address hint touches no existing
             // memory; the result is checked below.
             let host = unsafe {
@@ -234,7 +236,10 @@ mod tests {
     #[test]
     fn accesses_outside_ram_fail() {
         let mem = GuestMemory::new(&[(0, 0x1000), (0x2000, 0x1000)]).unwrap();
-        assert!(mem.read_obj::<u64>(0xffc).is_err(), "crosses the end of a region");
+        assert!(
+            mem.read_obj::<u64>(0xffc).is_err(),
+            "crosses the end of a region"
+        );
         assert!(mem.read_obj::<u8>(0x1800).is_err(), "in the hole");
         assert!(mem.write(&[0; 2], u64::MAX).is_err(), "overflowing range");
         assert!(mem.host_address(0x2000, 0x1001).is_err());

@@ -64,7 +64,11 @@ fn random_io(aio: AioEngine, direct: bool, features: u64, seed: u64) {
         ..DriverConfig::new(DRIVER_BASE, 128)
     };
     let mut rig = Rig::new(Some(backend), config);
-    assert_eq!(rig.driver.features() & !features, 0, "only the features asked for");
+    assert_eq!(
+        rig.driver.features() & !features,
+        0,
+        "only the features asked for"
+    );
     assert_eq!(rig.driver.capacity(), disk_sectors);
     let serial = b"virtio-test-serial-0";
     for round in 0..160 {

@@ -115,7 +115,11 @@ impl EventLoop {
             });
         }
         self.epoll
-            .ctl(ControlOperation::Add, fd, EpollEvent::new(events, fd as u64))
+            .ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(events, fd as u64),
+            )
             .map_err(|source| EventLoopError::Control {
                 name: name.to_string(),
                 fd,
@@ -251,10 +255,20 @@ mod tests {
         let fd = EventFd::new(EFD_NONBLOCK).unwrap();
         let raw = fd.as_raw_fd();
         event_loop
-            .add("once", raw, EventSet::IN, Box::new(|_| HandlerAction::Remove))
+            .add(
+                "once",
+                raw,
+                EventSet::IN,
+                Box::new(|_| HandlerAction::Remove),
+            )
             .unwrap();
         let err = event_loop
-            .add("again", raw, EventSet::IN, Box::new(|_| HandlerAction::Keep))
+            .add(
+                "again",
+                raw,
+                EventSet::IN,
+                Box::new(|_| HandlerAction::Keep),
+            )
             .unwrap_err();
         assert!(matches!(err, EventLoopError::Duplicate { .. }));
         fd.write(1).unwrap();
