@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the StratoVirt test guest from Debian 12 packages and caches it in
 #   "${STRATOVIRT_CACHE:-$HOME/.cache/stratovirt}/guest"
-# (vmlinux, bzImage, initramfs.cpio.gz, rootfs.ext4, MANIFEST).
+# (vmlinux, bzImage, initramfs.cpio.gz, rootfs.ext4, MANIFEST, and for the stock-kernel
+# test vmlinux-stock and initramfs-pause.cpio).
 #
 # Re-running is a no-op while the cache is complete and its key (a hash of
 # every file under scripts/guest/: this script, the Kconfig fragment, the
@@ -20,7 +21,7 @@ out=$cache_root/guest
 work=$cache_root/guest-build
 
 # Bump when a recipe below changes in a way the hashed inputs do not show.
-kernel_recipe="kernel-v1: allnoconfig + KCONFIG_ALLCONFIG fragment, olddefconfig, make bzImage"
+kernel_recipe="kernel-v2: allnoconfig + KCONFIG_ALLCONFIG fragment, olddefconfig, make bzImage; stock rebuild"
 fio_recipe="fio-v1: apt-get source fio; configure --build-static --disable-native"
 
 # CPU features the PVM instruction emulator cannot execute at CPL0 (HOST.md);
@@ -55,7 +56,8 @@ input_key() {
 
 cache_complete() {
 	local f
-	for f in vmlinux bzImage initramfs.cpio.gz initramfs.cpio rootfs.ext4 cmdline MANIFEST; do
+	for f in vmlinux bzImage vmlinux-stock initramfs.cpio.gz initramfs.cpio initramfs-pause.cpio \
+		rootfs.ext4 cmdline MANIFEST; do
 		[ -s "$out/$f" ] || return 1
 	done
 	grep -qx "key: $1" "$out/MANIFEST"
@@ -159,6 +161,19 @@ if [ ! -f "$kdir/done" ]; then
 	cp "$src/vmlinux" "$src/arch/x86/boot/bzImage" "$src/.config" "$kdir/"
 	cp "$src/usr/gen_init_cpio" "$kdir/"
 	make -C "$src" -s kernelrelease > "$kdir/kernelrelease"
+	# The stock kernel: the same tree without the patches that make guest system calls
+	# work (0002, 0003), keeping only the boot patch 0001. Rebuilding it is incremental.
+	for p in $(ls "$here"/patches/*.patch | sort -r); do
+		case ${p##*/} in 0001-*) continue ;; esac
+		log "kernel (stock): reverting ${p##*/}"
+		patch -d "$src" -p1 -s -R < "$p" || die "reverting ${p##*/} failed"
+	done
+	log "kernel (stock): make -j$jobs bzImage (incremental)"
+	if ! make -C "$src" -j"$jobs" bzImage > "$kdir/build-stock.log" 2>&1; then
+		tail -n 30 "$kdir/build-stock.log" >&2
+		die "stock kernel build failed (see $kdir/build-stock.log)"
+	fi
+	cp "$src/vmlinux" "$kdir/vmlinux-stock"
 	rm -rf "$src"
 	touch "$kdir/done"
 else
@@ -249,7 +264,7 @@ fi
 new=$out.new
 rm -rf "$new"
 mkdir -p "$new"
-cp "$kdir/vmlinux" "$kdir/bzImage" "$new/"
+cp "$kdir/vmlinux" "$kdir/bzImage" "$kdir/vmlinux-stock" "$new/"
 cp "$kdir/.config" "$new/kernel.config"
 
 busybox=/bin/busybox
@@ -279,6 +294,23 @@ list=$work/initramfs.list
 "$kdir/gen_init_cpio" -t 0 "$list" > "$work/initramfs.cpio" || die "gen_init_cpio failed"
 gzip -9 -n < "$work/initramfs.cpio" > "$new/initramfs.cpio.gz"
 mv "$work/initramfs.cpio" "$new/initramfs.cpio"
+
+# initramfs-pause.cpio: /init is pause-init.c, a static program that never makes a
+# system call; uncompressed, a few kilobytes, so the emulated kernel unpacks it at once.
+log "initramfs: writing initramfs-pause.cpio"
+gcc -static -nostdlib -ffreestanding -fno-stack-protector -fno-asynchronous-unwind-tables \
+	-O2 -Wl,--build-id=none -o "$work/pause-init" "$here/pause-init.c" || die "pause-init build failed"
+if objdump -d "$work/pause-init" | grep -Eq '\s(syscall|sysenter|int)\s'; then
+	die "pause-init contains a system call instruction"
+fi
+is_static "$work/pause-init" || die "pause-init is not statically linked"
+{
+	echo "dir /dev 0755 0 0"
+	echo "nod /dev/console 0600 0 0 c 5 1"
+	echo "file /init $work/pause-init 0755 0 0"
+} > "$work/initramfs-pause.list"
+"$kdir/gen_init_cpio" -t 0 "$work/initramfs-pause.list" > "$new/initramfs-pause.cpio" ||
+	die "gen_init_cpio failed (pause)"
 
 # rootfs: the same busybox and scripts plus the static fio, /sv/init as init.
 log "rootfs: writing rootfs.ext4 (64 MiB)"
@@ -317,12 +349,14 @@ echo "console=ttyS0 quiet reboot=k panic=-1 clearcpuid=$clear_cpuid" > "$new/cmd
 	echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 	echo "kernel: $(cat "$kdir/kernelrelease") from linux-source-6.1 $(pkg_version linux-source-6.1)"
 	echo "kernel-patches: $(cd "$here/patches" && ls *.patch | tr '\n' ' ')"
+	echo "vmlinux-stock: the same kernel with only 0001-* applied"
 	echo "busybox-static: $(pkg_version busybox-static)"
 	echo "fio: $(cat "$fdir/version") (static, /usr/bin/fio in rootfs.ext4)"
 	echo "e2fsprogs: $(pkg_version e2fsprogs)"
 	echo "gcc: $(gcc -dumpfullversion)"
 	echo "files:"
-	(cd "$new" && for f in vmlinux bzImage initramfs.cpio.gz initramfs.cpio rootfs.ext4 cmdline kernel.config; do
+	(cd "$new" && for f in vmlinux bzImage vmlinux-stock initramfs.cpio.gz initramfs.cpio \
+		initramfs-pause.cpio rootfs.ext4 cmdline kernel.config; do
 		printf '  %s %s %s\n' "$f" "$(stat -c %s "$f")" "$(sha256sum "$f" | cut -c1-64)"
 	done)
 } > "$new/MANIFEST"
