@@ -6,6 +6,7 @@
 //!   loop thread: epoll_wait ──► look up fd ──► call handler(events) ──► repeat
 //!                     ▲
 //!   any thread: loop.stop() writes the loop's own "stop" eventfd
+//!   any thread: loop.call(f) queues f, writes the "call" eventfd, waits for f's result
 //! ```
 //!
 //! Invariants:
@@ -14,10 +15,15 @@
 //!   handlers (its own included) without deadlocking.
 //! - Removing a handler from another thread while it runs is safe: the running call finishes,
 //!   later events for that fd are ignored.
+//! - [`EventLoop::call`] runs a closure on the thread inside [`EventLoop::run`], or at once on
+//!   the caller's thread when that is the loop's thread or no thread runs the loop. Calls
+//!   queued when `run` returns are run by that thread on its way out, so a caller never waits
+//!   for a loop that has stopped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::unix::io::{AsRawFd, RawFd};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::{self, ThreadId};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -62,6 +68,19 @@ pub enum EventLoopError {
     /// `epoll_wait` failed.
     #[error("epoll_wait failed")]
     Wait(#[source] std::io::Error),
+    /// A closure given to [`EventLoop::call`] ended without a result (it panicked).
+    #[error("a call on the event-loop thread did not return")]
+    CallLost,
+}
+
+/// A closure waiting to run on the loop's thread.
+type Call = Box<dyn FnOnce() + Send>;
+
+/// Who runs the loop, and the calls waiting for that thread.
+#[derive(Default)]
+struct Calls {
+    runner: Option<ThreadId>,
+    queue: VecDeque<Call>,
 }
 
 struct Registration {
@@ -73,6 +92,8 @@ struct Registration {
 pub struct EventLoop {
     epoll: Epoll,
     stop_event: EventFd,
+    call_event: EventFd,
+    calls: Mutex<Calls>,
     handlers: Mutex<HashMap<RawFd, Registration>>,
 }
 
@@ -81,20 +102,25 @@ impl EventLoop {
     pub fn new() -> Result<Arc<Self>, EventLoopError> {
         let epoll = Epoll::new().map_err(EventLoopError::Create)?;
         let stop_event = EventFd::new(EFD_NONBLOCK).map_err(EventLoopError::Create)?;
-        epoll
-            .ctl(
-                ControlOperation::Add,
-                stop_event.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, stop_event.as_raw_fd() as u64),
-            )
-            .map_err(|source| EventLoopError::Control {
-                name: "stop".into(),
-                fd: stop_event.as_raw_fd(),
-                source,
-            })?;
+        let call_event = EventFd::new(EFD_NONBLOCK).map_err(EventLoopError::Create)?;
+        for (name, fd) in [("stop", &stop_event), ("call", &call_event)] {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    fd.as_raw_fd(),
+                    EpollEvent::new(EventSet::IN, fd.as_raw_fd() as u64),
+                )
+                .map_err(|source| EventLoopError::Control {
+                    name: name.into(),
+                    fd: fd.as_raw_fd(),
+                    source,
+                })?;
+        }
         Ok(Arc::new(EventLoop {
             epoll,
             stop_event,
+            call_event,
+            calls: Mutex::new(Calls::default()),
             handlers: Mutex::new(HashMap::new()),
         }))
     }
@@ -169,10 +195,64 @@ impl EventLoop {
         let _ = self.stop_event.write(1);
     }
 
+    /// Runs `f` on the loop's thread and returns its result; the caller waits. Runs `f` at
+    /// once when called on the loop's thread (from a handler) or when no thread is inside
+    /// [`EventLoop::run`]. The caller must not hold a lock that the loop's handlers take.
+    pub fn call<R, F>(&self, f: F) -> Result<R, EventLoopError>
+    where
+        R: Send + 'static,
+        F: FnOnce() -> R + Send + 'static,
+    {
+        let (done, result) = mpsc::sync_channel(1);
+        let run_here = {
+            let mut calls = self.lock_calls();
+            match calls.runner {
+                Some(runner) if runner != thread::current().id() => {
+                    calls.queue.push_back(Box::new(move || {
+                        // The caller waits on `result`, so the receiver is alive.
+                        let _ = done.send(f());
+                    }));
+                    None
+                }
+                _ => Some(f),
+            }
+        };
+        // Run here without the lock held: `f` may call again.
+        if let Some(f) = run_here {
+            return Ok(f());
+        }
+        // A full counter still wakes the loop, which then runs every queued call.
+        let _ = self.call_event.write(1);
+        result.recv().map_err(|_| EventLoopError::CallLost)
+    }
+
     /// Runs handlers until [`EventLoop::stop`] is called.
     pub fn run(&self) -> Result<(), EventLoopError> {
-        while self.run_once(-1)? {}
-        Ok(())
+        self.lock_calls().runner = Some(thread::current().id());
+        let result = (|| {
+            while self.run_once(-1)? {}
+            Ok(())
+        })();
+        let left = {
+            let mut calls = self.lock_calls();
+            calls.runner = None;
+            std::mem::take(&mut calls.queue)
+        };
+        for call in left {
+            call();
+        }
+        result
+    }
+
+    /// Runs the calls queued by [`EventLoop::call`].
+    fn run_calls(&self) {
+        let _ = self.call_event.read();
+        loop {
+            let Some(call) = self.lock_calls().queue.pop_front() else {
+                return;
+            };
+            call();
+        }
     }
 
     /// Waits up to `timeout_ms` (-1: forever) and runs the handlers of the ready fds.
@@ -192,6 +272,10 @@ impl EventLoop {
             if fd == self.stop_event.as_raw_fd() {
                 let _ = self.stop_event.read();
                 keep_running = false;
+                continue;
+            }
+            if fd == self.call_event.as_raw_fd() {
+                self.run_calls();
                 continue;
             }
             let handler = match self.lock_handlers().get(&fd) {
@@ -217,6 +301,10 @@ impl EventLoop {
 
     fn lock_handlers(&self) -> std::sync::MutexGuard<'_, HashMap<RawFd, Registration>> {
         self.handlers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_calls(&self) -> std::sync::MutexGuard<'_, Calls> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -282,6 +370,79 @@ mod tests {
         let runner = event_loop.clone();
         let thread = std::thread::spawn(move || runner.run());
         event_loop.stop();
+        thread.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn call_runs_at_once_when_no_thread_runs_the_loop() {
+        let event_loop = EventLoop::new().unwrap();
+        let ran_on = event_loop.call(|| std::thread::current().id()).unwrap();
+        assert_eq!(ran_on, std::thread::current().id());
+    }
+
+    #[test]
+    fn call_runs_on_the_loop_thread_and_nested_calls_run_in_place() {
+        let event_loop = EventLoop::new().unwrap();
+        let runner = event_loop.clone();
+        let thread = std::thread::spawn(move || {
+            runner.run().unwrap();
+            std::thread::current().id()
+        });
+        // Until `run` has started, a call may run here; wait until one runs there.
+        let inner = event_loop.clone();
+        let (outer_id, nested_id) = loop {
+            let inner = inner.clone();
+            let ids = event_loop
+                .call(move || {
+                    let here = std::thread::current().id();
+                    (
+                        here,
+                        inner.call(move || std::thread::current().id()).unwrap(),
+                    )
+                })
+                .unwrap();
+            if ids.0 != std::thread::current().id() {
+                break ids;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        assert_eq!(outer_id, nested_id);
+        event_loop.stop();
+        assert_eq!(thread.join().unwrap(), outer_id);
+    }
+
+    #[test]
+    fn calls_queued_behind_a_busy_handler_run_even_when_the_loop_stops() {
+        let event_loop = EventLoop::new().unwrap();
+        let busy = EventFd::new(EFD_NONBLOCK).unwrap();
+        let (entered_tx, entered) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let release_rx = Mutex::new(release_rx);
+        event_loop
+            .add(
+                "busy",
+                busy.as_raw_fd(),
+                EventSet::IN,
+                Box::new(move |_| {
+                    entered_tx.send(()).unwrap();
+                    release_rx.lock().unwrap().recv().unwrap();
+                    HandlerAction::Remove
+                }),
+            )
+            .unwrap();
+        let runner = event_loop.clone();
+        let thread = std::thread::spawn(move || runner.run());
+        busy.write(1).unwrap();
+        entered.recv().unwrap();
+        let caller_loop = event_loop.clone();
+        let caller = std::thread::spawn(move || caller_loop.call(|| 42).unwrap());
+        // The call is queued while the handler holds the loop; then the loop is stopped.
+        while !caller.is_finished() && event_loop.lock_calls().queue.is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        event_loop.stop();
+        release.send(()).unwrap();
+        assert_eq!(caller.join().unwrap(), 42);
         thread.join().unwrap().unwrap();
     }
 }
