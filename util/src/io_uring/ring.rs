@@ -28,10 +28,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use super::sys::{
     io_uring_cqe, io_uring_params, io_uring_probe, io_uring_probe_op, io_uring_sqe, IoringOp,
     IORING_ENTER_GETEVENTS, IORING_ENTER_SQ_WAKEUP, IORING_FEAT_SINGLE_MMAP, IORING_OFF_CQ_RING,
-    IORING_OFF_SQES, IORING_OFF_SQ_RING, IORING_REGISTER_BUFFERS, IORING_REGISTER_EVENTFD,
-    IORING_REGISTER_FILES, IORING_REGISTER_PROBE, IORING_SETUP_CQE32, IORING_SETUP_DEFER_TASKRUN,
-    IORING_SETUP_SQE128, IORING_SETUP_SQPOLL, IORING_SQ_CQ_OVERFLOW, IORING_SQ_NEED_WAKEUP,
-    IO_URING_OP_SUPPORTED,
+    IORING_OFF_SQES, IORING_OFF_SQ_RING, IORING_REGISTER_BUFFERS, IORING_REGISTER_ENABLE_RINGS,
+    IORING_REGISTER_EVENTFD, IORING_REGISTER_FILES, IORING_REGISTER_PROBE, IORING_SETUP_CQE32,
+    IORING_SETUP_DEFER_TASKRUN, IORING_SETUP_SQE128, IORING_SETUP_SQPOLL, IORING_SQ_CQ_OVERFLOW,
+    IORING_SQ_NEED_WAKEUP, IORING_SQ_TASKRUN, IO_URING_OP_SUPPORTED,
 };
 use super::syscall::{io_uring_enter, io_uring_register, io_uring_setup};
 
@@ -372,19 +372,24 @@ impl IoUring {
     /// enters the kernel once, since completions are only posted from inside it.
     pub fn pop_completion(&mut self) -> Option<io_uring_cqe> {
         if self.cq_ready() == 0 {
-            if !self.cq_overflow_pending() && self.params.flags & IORING_SETUP_DEFER_TASKRUN == 0 {
+            if !self.cq_overflow_pending() && !self.defers_completions() {
                 return None;
             }
-            if let Err(e) = self.flush_overflow() {
+            if let Err(e) = self.flush_completions() {
                 log::warn!(
                     "io_uring fd {}: flushing completions: {e}",
                     self.fd.as_raw_fd()
                 );
                 return None;
             }
-            if self.cq_ready() == 0 {
-                return None;
-            }
+        }
+        self.pop_ready()
+    }
+
+    /// Takes the oldest completion already in the CQ ring, without a system call.
+    pub fn pop_ready(&mut self) -> Option<io_uring_cqe> {
+        if self.cq_ready() == 0 {
+            return None;
         }
         let head = self.word(self.cq_head).load(Ordering::Relaxed);
         let index = (head & self.cq_mask) as usize;
@@ -402,9 +407,21 @@ impl IoUring {
         Some(cqe)
     }
 
-    /// `io_uring_enter(GETEVENTS, min_complete 0)`: moves overflowed completions (and
-    /// deferred task work) into the CQ ring without blocking.
-    fn flush_overflow(&mut self) -> Result<(), UringError> {
+    /// Whether the kernel flagged task work still waiting to run (`IORING_SQ_TASKRUN`, set
+    /// only on rings created with `IORING_SETUP_TASKRUN_FLAG`).
+    pub fn taskrun_pending(&self) -> bool {
+        self.word(self.sq_flags).load(Ordering::Acquire) & IORING_SQ_TASKRUN != 0
+    }
+
+    /// Whether completions wait as task work until the ring's thread enters the kernel
+    /// (`IORING_SETUP_DEFER_TASKRUN`).
+    pub fn defers_completions(&self) -> bool {
+        self.params.flags & IORING_SETUP_DEFER_TASKRUN != 0
+    }
+
+    /// `io_uring_enter(GETEVENTS, min_complete 0)`: posts deferred completions and moves
+    /// overflowed ones into the CQ ring, without blocking.
+    pub fn flush_completions(&mut self) -> Result<(), UringError> {
         loop {
             match io_uring_enter(self.fd.as_raw_fd(), 0, 0, IORING_ENTER_GETEVENTS) {
                 Ok(_) => return Ok(()),
@@ -461,6 +478,13 @@ impl IoUring {
     pub fn register_files(&self, fds: &[RawFd]) -> Result<(), UringError> {
         // SAFETY: `fds` is read during the call; the kernel takes its own file references.
         unsafe { self.register(IORING_REGISTER_FILES, fds.as_ptr().cast(), fds.len()) }.map(drop)
+    }
+
+    /// Enables a ring set up with `IORING_SETUP_R_DISABLED`; with
+    /// `IORING_SETUP_SINGLE_ISSUER` the calling thread becomes the only one that may submit.
+    pub fn enable(&self) -> Result<(), UringError> {
+        // SAFETY: the opcode takes no argument.
+        unsafe { self.register(IORING_REGISTER_ENABLE_RINGS, std::ptr::null(), 0) }.map(drop)
     }
 
     /// Asks the kernel which opcodes it supports (`IORING_REGISTER_PROBE`).
