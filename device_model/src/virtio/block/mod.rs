@@ -4,6 +4,10 @@
 //! - [`request`]: parsing a request from a descriptor chain (checks only, no I/O).
 //! - `state.rs`: the queue and completion handlers that run on the device's event loop.
 //!
+//! Threads: the engine is used only on the device's event-loop thread (an io_uring ring may
+//! accept system calls from one thread only), so activation, reset and hot-replace, asked for
+//! on a vCPU or the QMP thread, run there through [`EventLoop::call`].
+//!
 //! Hot-replace: [`BlockSlot::replace_backend`] (any thread) drains the old backend's in-flight
 //! requests and answers them, syncs it, installs the new one (or none: an empty slot is a
 //! device of capacity 0), bumps the configuration generation and raises a configuration-change
@@ -22,7 +26,7 @@ use util::event_loop::EventLoop;
 
 pub use backend::{BlockBackend, BlockBackendConfig, ENGINE_DEPTH};
 use request::SECTOR_SIZE;
-use state::{lock, BlockState, MAX_RANGE_SECTORS};
+use state::{lock, on_loop, BlockState, MAX_RANGE_SECTORS};
 
 use super::queue::{QueueError, SplitQueue};
 use super::{
@@ -139,7 +143,7 @@ impl BlockSlot {
     /// lost), the capacity in the configuration space changes and the driver gets a
     /// configuration-change interrupt.
     pub fn replace_backend(&self, backend: Option<BlockBackend>) -> Result<(), VirtioError> {
-        lock(&self.state).replace_backend(backend)
+        on_loop(&self.state, move |state| state.replace_backend(backend))?
     }
 
     /// The device's id.
@@ -235,20 +239,19 @@ impl VirtioDevice for Block {
         let event_idx = activation.features & feature(VIRTIO_F_RING_EVENT_IDX) != 0;
         let queue = SplitQueue::new(&config, &activation.mem, event_idx)
             .map_err(|source| VirtioError::Queue { index, source })?;
-        let mut state = lock(&self.state);
-        if state.is_active() {
-            state.deactivate();
-        }
-        state.activate(
-            queue,
-            activation.mem,
-            activation.interrupt,
-            notify,
-            activation.features,
-        )
+        let (mem, interrupt, features) =
+            (activation.mem, activation.interrupt, activation.features);
+        on_loop(&self.state, move |state| {
+            if state.is_active() {
+                state.deactivate();
+            }
+            state.activate(queue, mem, interrupt, notify, features)
+        })?
     }
 
     fn reset(&mut self) {
-        lock(&self.state).deactivate();
+        if let Err(e) = on_loop(&self.state, BlockState::deactivate) {
+            log::error!("virtio-blk: reset: {e}");
+        }
     }
 }

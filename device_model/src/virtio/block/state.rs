@@ -73,6 +73,20 @@ pub(super) struct BlockState {
     this: Weak<Mutex<BlockState>>,
 }
 
+/// Runs `f` on the state's event-loop thread, the one thread that uses its engine, and
+/// waits for its result (at once when already there or when no thread runs the loop).
+pub(super) fn on_loop<R, F>(state: &Arc<Mutex<BlockState>>, f: F) -> Result<R, VirtioError>
+where
+    R: Send + 'static,
+    F: FnOnce(&mut BlockState) -> R + Send + 'static,
+{
+    let event_loop = lock(state).event_loop.clone();
+    let state = state.clone();
+    event_loop
+        .call(move || f(&mut lock(&state)))
+        .map_err(VirtioError::EventLoop)
+}
+
 pub(super) fn lock(state: &Mutex<BlockState>) -> MutexGuard<'_, BlockState> {
     state.lock().unwrap_or_else(|e| e.into_inner())
 }
