@@ -3,15 +3,26 @@
 //! ```text
 //!   submit(batch) ─► slab (key per request) ─► pending ─► SQEs (user_data = key)
 //!                                                            │ one io_uring_enter per batch
-//!   reap(out) ◄─ advance() ◄─ CQ ring, read without a system call ◄─ eventfd (registered)
+//!   reap(out) ◄─ advance() ◄─ CQ ring ◄─ eventfd (registered)
+//!   (with deferred task work, one io_uring_enter(GETEVENTS) per reap posts the completions)
 //! ```
 //!
 //! Invariants:
 //! - At most `depth` requests are in the ring (pushed and not yet reaped). The CQ ring has
 //!   at least twice as many entries as the SQ ring, so completions never overflow; the rest
 //!   waits in `pending`, in order, and is pushed from `reap` once completions make room.
-//! - The ring is created with `IORING_SETUP_SUBMIT_ALL` where the kernel knows it, so one
-//!   failing SQE does not stop the batch: its error comes back as its CQE. SQEs the kernel
+//! - The ring is set up with the first flag set of [`SETUP_FLAGS`] the kernel accepts. With
+//!   `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN` a completion finished by an io-wq
+//!   worker (every request on tmpfs, which cannot refuse to block) is queued as task work and
+//!   posted when the ring's thread next enters the kernel: one eventfd wake-up per burst of
+//!   completions instead of a cross-thread wake-up per completion.
+//! - Such a ring takes system calls from one thread only. It starts disabled and is bound to
+//!   the first thread that submits; an idle ring that is used from another thread later is
+//!   set up again (same eventfd and buffers) for that thread. A busy ring cannot move: calls
+//!   from another thread while requests are in it fail with `EEXIST`. Callers therefore use
+//!   one engine from one thread at a time (the device's event-loop thread in the VMM).
+//! - With `IORING_SETUP_SUBMIT_ALL` (when the kernel knows it) one failing SQE does not stop
+//!   the batch: its error comes back as its CQE. SQEs the kernel
 //!   did not consume (`EAGAIN`/`EBUSY` from `io_uring_enter`) stay in the SQ ring and are
 //!   submitted again by the next `submit` or `reap`.
 //! - Discard and write-zeroes are `IORING_OP_FALLOCATE` (punch hole / zero range, keeping the
@@ -20,21 +31,29 @@
 //!   registered region becomes `READ_FIXED`/`WRITE_FIXED` (regions are registered in pieces of
 //!   at most 1 GiB, the kernel's limit per buffer).
 //! - Dropping the context waits for every request in the ring before the ring is unmapped
-//!   (only if `io_uring_enter` itself fails while waiting is the ring closed with requests
-//!   still in it; the kernel then cancels them, and the error is logged).
+//!   (only if `io_uring_enter` itself fails while waiting, or a busy single-issuer ring is
+//!   dropped on another thread, is the ring closed with requests still in it; the kernel then
+//!   finishes or cancels them, and the error is logged).
 
 use std::io;
 use std::os::unix::io::{AsRawFd, RawFd};
+use std::thread::{self, ThreadId};
 
 use super::inflight::Queue;
 use super::{AioCompletion, AioContext, AioEngine, AioError, AioOpcode, AioRequest, Iovec};
-use crate::io_uring::sys::{IORING_FSYNC_DATASYNC, IORING_SETUP_SUBMIT_ALL};
+use crate::io_uring::sys::{
+    IORING_FSYNC_DATASYNC, IORING_SETUP_DEFER_TASKRUN, IORING_SETUP_R_DISABLED,
+    IORING_SETUP_SINGLE_ISSUER, IORING_SETUP_SUBMIT_ALL, IORING_SETUP_TASKRUN_FLAG,
+};
 use crate::io_uring::{io_uring_sqe, IoUring, IoringOp, UringError};
 
 const ENGINE: AioEngine = AioEngine::IoUring;
 
 /// The kernel's limit on one registered buffer.
 const MAX_FIXED_BUFFER: u64 = 1 << 30;
+
+/// Bound on the system calls one reap makes to post deferred completions.
+const MAX_POST_ROUNDS: usize = 64;
 
 /// Largest ring the kernel accepts without clamping.
 const MAX_ENTRIES: u32 = 32768;
@@ -59,12 +78,28 @@ fn carries(opcode: AioOpcode, fallocate: bool) -> bool {
     }
 }
 
-/// Creates a ring of `entries`, with `IORING_SETUP_SUBMIT_ALL` when the kernel knows it.
+/// Setup flags, best first; a kernel that does not know one answers `EINVAL` and the next is
+/// tried (deferred task work needs Linux 6.1, `SUBMIT_ALL` 5.18).
+const SETUP_FLAGS: [u32; 3] = [
+    IORING_SETUP_SUBMIT_ALL
+        | IORING_SETUP_R_DISABLED
+        | IORING_SETUP_SINGLE_ISSUER
+        | IORING_SETUP_DEFER_TASKRUN
+        | IORING_SETUP_TASKRUN_FLAG,
+    IORING_SETUP_SUBMIT_ALL,
+    0,
+];
+
+/// Creates a ring of `entries` with the first of [`SETUP_FLAGS`] the kernel accepts.
 fn new_ring(entries: u32) -> Result<IoUring, UringError> {
-    IoUring::new(entries, IORING_SETUP_SUBMIT_ALL).or_else(|e| match e.raw_os_error() {
-        Some(libc::EINVAL) => IoUring::new(entries, 0),
-        _ => Err(e),
-    })
+    let (&last, better) = SETUP_FLAGS.split_last().unwrap_or((&0, &[]));
+    for &flags in better {
+        match IoUring::new(entries, flags) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => continue,
+            result => return result,
+        }
+    }
+    IoUring::new(entries, last)
 }
 
 /// Checks that the kernel lets us create a ring that can read, write and flush.
@@ -88,6 +123,8 @@ pub struct UringContext {
     queue: Queue,
     in_ring: usize,
     fixed: Vec<Iovec>,
+    /// The thread a single-issuer ring is bound to (`None`: not bound yet, or not single-issuer).
+    owner: Option<ThreadId>,
 }
 
 impl std::fmt::Debug for UringContext {
@@ -98,6 +135,7 @@ impl std::fmt::Debug for UringContext {
             .field("depth", &self.depth)
             .field("in_ring", &self.in_ring)
             .field("pending", &self.queue.pending.len())
+            .field("owner", &self.owner)
             .finish()
     }
 }
@@ -108,20 +146,52 @@ impl UringContext {
     pub fn new(fd: RawFd, depth: u32) -> Result<Self, AioError> {
         let depth = depth.clamp(1, MAX_ENTRIES);
         let queue = Queue::new(ENGINE, depth as usize)?;
-        let ring = new_ring(depth).map_err(|e| uring_error("io_uring_setup", &e))?;
-        ring.register_eventfd(queue.eventfd())
-            .map_err(|e| uring_error("io_uring_register(eventfd)", &e))?;
+        let ring = set_up_ring(depth, queue.eventfd(), &[])?;
         let fallocate = ring.probe_opcode(IoringOp::Fallocate);
-        let depth = depth as usize;
         Ok(UringContext {
             fd,
             ring,
-            depth,
+            depth: depth as usize,
             fallocate,
             queue,
             in_ring: 0,
             fixed: Vec::new(),
+            owner: None,
         })
+    }
+
+    fn single_issuer(&self) -> bool {
+        self.ring.params().flags & IORING_SETUP_SINGLE_ISSUER != 0
+    }
+
+    /// Binds a single-issuer ring to the calling thread before a system call on it: enables
+    /// a ring not bound yet, sets up an idle ring bound elsewhere again; a ring with requests
+    /// in it stays with its thread (`EEXIST`).
+    fn bind_to_current_thread(&mut self) -> Result<(), AioError> {
+        if !self.single_issuer() {
+            return Ok(());
+        }
+        let me = thread::current().id();
+        match self.owner {
+            Some(owner) if owner == me => return Ok(()),
+            Some(_) if self.in_ring > 0 => {
+                return Err(AioError::Syscall {
+                    engine: ENGINE,
+                    call: "io_uring_enter (requests in flight on another thread's ring)",
+                    source: io::Error::from_raw_os_error(libc::EEXIST),
+                })
+            }
+            Some(_) => {
+                self.ring = set_up_ring(self.depth as u32, self.queue.eventfd(), &self.fixed)?;
+                log::debug!("aio=io_uring: idle ring set up again for {me:?}");
+            }
+            None => {}
+        }
+        self.ring
+            .enable()
+            .map_err(|e| uring_error("io_uring_register(ENABLE_RINGS)", &e))?;
+        self.owner = Some(me);
+        Ok(())
     }
 
     /// The registered buffer holding all of `iov`, if any.
@@ -186,6 +256,10 @@ impl UringContext {
 
     /// Pushes as much of `pending` as the ring has room for, then enters the kernel once.
     fn flush_pending(&mut self) -> Result<(), AioError> {
+        if self.queue.pending.is_empty() && self.unsubmitted() == 0 {
+            return Ok(());
+        }
+        self.bind_to_current_thread()?;
         while self.in_ring < self.depth {
             let Some(&key) = self.queue.pending.front() else {
                 break;
@@ -215,16 +289,39 @@ impl UringContext {
         }
     }
 
-    /// Handles every CQE already in the ring; returns how many there were.
+    /// Posts deferred completions, then handles every CQE in the ring; returns how many.
     fn collect(&mut self, out: &mut Vec<AioCompletion>) -> usize {
+        // Deferred task work is run even with no request in the ring: the kernel also defers
+        // the release of a request an io-wq worker still held, and while that item waits
+        // in the list, the next completion added behind it does not signal the eventfd.
+        let enabled = self.owner.is_some();
+        if (self.ring.defers_completions() && enabled) || self.ring.cq_overflow_pending() {
+            self.post_completions();
+        }
         let mut n = 0;
-        while let Some(cqe) = self.ring.pop_completion() {
+        while let Some(cqe) = self.ring.pop_ready() {
             self.in_ring = self.in_ring.saturating_sub(1);
             self.queue
                 .finish(cqe.user_data as usize, i64::from(cqe.res), self.fd, out);
             n += 1;
         }
         n
+    }
+
+    /// Enters the kernel until no deferred task work is left. The kernel runs a bounded
+    /// number of items per call and announces new work on the eventfd only when its list was
+    /// empty, so work left behind (`IORING_SQ_TASKRUN` still set) must be run now or it
+    /// would wait for a wake-up that never comes.
+    fn post_completions(&mut self) {
+        for _ in 0..MAX_POST_ROUNDS {
+            if let Err(e) = self.ring.flush_completions() {
+                log::warn!("aio=io_uring: posting completions: {e}");
+                return;
+            }
+            if !self.ring.taskrun_pending() {
+                return;
+            }
+        }
     }
 }
 
@@ -249,6 +346,9 @@ impl AioContext for UringContext {
 
     fn reap(&mut self, out: &mut Vec<AioCompletion>) -> Result<usize, AioError> {
         self.queue.clear_eventfd()?;
+        if self.owner.is_some() {
+            self.bind_to_current_thread()?;
+        }
         let before = out.len();
         self.queue.take_ready(out);
         self.collect(out);
@@ -265,6 +365,9 @@ impl AioContext for UringContext {
     }
 
     fn drain(&mut self, out: &mut Vec<AioCompletion>) -> Result<(), AioError> {
+        if self.in_ring > 0 {
+            self.bind_to_current_thread()?;
+        }
         loop {
             self.flush_pending()?;
             self.queue.take_ready(out);
@@ -300,21 +403,43 @@ impl AioContext for UringContext {
         if pieces.is_empty() || pieces.len() > usize::from(u16::MAX) {
             return Ok(false);
         }
-        let iovecs: Vec<libc::iovec> = pieces
-            .iter()
-            .map(|p| libc::iovec {
-                iov_base: p.base as *mut libc::c_void,
-                iov_len: p.len as usize,
-            })
-            .collect();
-        // SAFETY: the kernel pins the pages of every region during the call and keeps them
-        // until the ring is dropped, so fixed-buffer I/O never touches memory that was
-        // returned to the system; a caller that unmaps a region only loses coherence.
-        unsafe { self.ring.register_buffers(&iovecs) }
-            .map_err(|e| uring_error("io_uring_register(buffers)", &e))?;
+        if pieces == self.fixed {
+            return Ok(true);
+        }
+        if self.owner.is_some() {
+            // An enabled single-issuer ring takes registrations from its thread only.
+            self.bind_to_current_thread()?;
+        }
+        register_buffers(&self.ring, &pieces)?;
         self.fixed = pieces;
         Ok(true)
     }
+}
+
+/// A ring for `depth` requests signalling `eventfd`, with `fixed` registered as buffers.
+fn set_up_ring(depth: u32, eventfd: RawFd, fixed: &[Iovec]) -> Result<IoUring, AioError> {
+    let ring = new_ring(depth).map_err(|e| uring_error("io_uring_setup", &e))?;
+    ring.register_eventfd(eventfd)
+        .map_err(|e| uring_error("io_uring_register(eventfd)", &e))?;
+    if !fixed.is_empty() {
+        register_buffers(&ring, fixed)?;
+    }
+    Ok(ring)
+}
+
+fn register_buffers(ring: &IoUring, pieces: &[Iovec]) -> Result<(), AioError> {
+    let iovecs: Vec<libc::iovec> = pieces
+        .iter()
+        .map(|p| libc::iovec {
+            iov_base: p.base as *mut libc::c_void,
+            iov_len: p.len as usize,
+        })
+        .collect();
+    // SAFETY: the kernel pins the pages of every region during the call and keeps them
+    // until the ring is dropped, so fixed-buffer I/O never touches memory that was
+    // returned to the system; a caller that unmaps a region only loses coherence.
+    unsafe { ring.register_buffers(&iovecs) }
+        .map_err(|e| uring_error("io_uring_register(buffers)", &e))
 }
 
 impl Drop for UringContext {
