@@ -8,7 +8,7 @@ mod aio_common;
 use std::thread;
 
 use aio_common::*;
-use util::aio::{AioContext, AioEngine, AioError, AioOpcode};
+use util::aio::{AioContext, AioEngine, AioError, AioOpcode, AioRequest};
 use util::io_uring::sys::{IORING_SETUP_DEFER_TASKRUN, IORING_SETUP_SINGLE_ISSUER};
 use util::io_uring::IoUring;
 
@@ -19,36 +19,24 @@ fn single_issuer_rings() -> bool {
     IoUring::new(4, IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN).is_ok()
 }
 
+/// One 4 KiB `opcode` request per block of the file, each on its own block of `buf`.
+fn every_block(opcode: AioOpcode, buf: &AlignedBuf) -> Vec<AioRequest> {
+    (0..DEPTH)
+        .map(|i| {
+            let at = i * ALIGN;
+            rw(opcode, at as u64, vec![buf.iovec(at, ALIGN)], i as u64)
+        })
+        .collect()
+}
+
 /// Writes `fill` into every block with one batch, then reads them back and checks them.
 fn write_and_check(ctx: &mut dyn AioContext, buf: &mut AlignedBuf, fill: u8) {
     buf.as_mut_slice().fill(fill);
-    let writes = (0..DEPTH)
-        .map(|i| {
-            rw(
-                AioOpcode::Write,
-                (i * ALIGN) as u64,
-                vec![buf.iovec(i * ALIGN, ALIGN)],
-                i as u64,
-            )
-        })
-        .collect();
-    assert!(run_batch(ctx, writes)
-        .iter()
-        .all(|c| c.result == ALIGN as i64));
+    let done = run_batch(ctx, every_block(AioOpcode::Write, buf));
+    assert!(done.iter().all(|c| c.result == ALIGN as i64));
     buf.as_mut_slice().fill(0);
-    let reads = (0..DEPTH)
-        .map(|i| {
-            rw(
-                AioOpcode::Read,
-                (i * ALIGN) as u64,
-                vec![buf.iovec(i * ALIGN, ALIGN)],
-                i as u64,
-            )
-        })
-        .collect();
-    assert!(run_batch(ctx, reads)
-        .iter()
-        .all(|c| c.result == ALIGN as i64));
+    let done = run_batch(ctx, every_block(AioOpcode::Read, buf));
+    assert!(done.iter().all(|c| c.result == ALIGN as i64));
     assert!(buf.as_slice().iter().all(|&b| b == fill), "fill {fill:#x}");
 }
 
@@ -85,16 +73,7 @@ fn a_busy_ring_stays_with_its_thread_and_loses_nothing() {
     let mut ctx = open(AioEngine::IoUring, &file, DEPTH as u32);
     let mut buf = AlignedBuf::new(DEPTH * ALIGN);
     buf.as_mut_slice().fill(0x77);
-    let mut batch = (0..DEPTH)
-        .map(|i| {
-            rw(
-                AioOpcode::Write,
-                (i * ALIGN) as u64,
-                vec![buf.iovec(i * ALIGN, ALIGN)],
-                i as u64,
-            )
-        })
-        .collect();
+    let mut batch = every_block(AioOpcode::Write, &buf);
     // SAFETY: `buf` outlives every request: they are all drained below.
     unsafe { ctx.submit(&mut batch) }.expect("submit");
     wait_eventfd(ctx.as_ref());
