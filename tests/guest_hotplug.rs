@@ -16,7 +16,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use blk::{base_cmdline, copy_rootfs, scratch_disk, LiveVm, Qmp};
+use blk::{base_cmdline, copy_rootfs, scratch_disk, spawn_with_qmp, LiveVm, Qmp};
 use common::{guest_dir, scratch_dir, stratovirt};
 use serde_json::json;
 
@@ -144,7 +144,6 @@ fn disks_are_hot_replaced_over_qmp_while_the_guest_runs() {
     let uring_disk = scratch_disk(&dir.join("uring.img"), DISK_BYTES);
     let native_disk = scratch_disk(&dir.join("native.img"), DISK_BYTES);
     let spare_disk = scratch_disk(&dir.join("spare.img"), DISK_BYTES);
-    let socket = dir.join("qmp.sock");
     let cmdline = format!(
         "{} root=/dev/vda rw sv.dev=/dev/vdb sv.size=1M sv.engine=libaio sv.cmd={}",
         base_cmdline(&guest),
@@ -153,15 +152,10 @@ fn disks_are_hot_replaced_over_qmp_while_the_guest_runs() {
     let mut cmd = stratovirt();
     cmd.arg("-kernel")
         .arg(guest.join("vmlinux"))
-        .args(["-append", &cmdline, "-m", "256", "-serial", "stdio"])
+        .args(["-append", &cmdline])
         .arg("-drive")
-        .arg(format!("id=root,file={},aio=io_uring", root.display()))
-        .arg("-qmp")
-        .arg(format!("unix:{},server,nowait", socket.display()))
-        .arg("-D")
-        .arg(dir.join("vmm.log"));
-    let mut vm = LiveVm::spawn(cmd);
-    let mut qmp = Qmp::connect(&socket, Duration::from_secs(30));
+        .arg(format!("id=root,file={},aio=io_uring", root.display()));
+    let (mut vm, mut qmp) = spawn_with_qmp(cmd, dir.path());
 
     // Lifecycle while the guest boots.
     let cpus = qmp.ok("query-cpus", None);

@@ -13,7 +13,7 @@ mod common;
 
 use std::time::Duration;
 
-use blk::{base_cmdline, scratch_disk, LiveVm, Qmp};
+use blk::{base_cmdline, scratch_disk, spawn_with_qmp, LiveVm};
 use common::{guest_dir, scratch_dir, stratovirt};
 use serde_json::json;
 
@@ -53,7 +53,6 @@ fn stock_kernel_keeps_running_a_pause_init_and_quits_over_qmp() {
     }
     let dir = scratch_dir("guest-stock");
     let disk = scratch_disk(&dir.join("plugged.img"), DISK_BYTES);
-    let socket = dir.join("qmp.sock");
     // loglevel=7 after `quiet`: the kernel's "Run /init" line is at info level.
     let cmdline = format!("{} loglevel=7", base_cmdline(&guest));
     let mut cmd = stratovirt();
@@ -61,13 +60,8 @@ fn stock_kernel_keeps_running_a_pause_init_and_quits_over_qmp() {
         .arg(&kernel)
         .arg("-initrd")
         .arg(&initrd)
-        .args(["-append", &cmdline, "-m", "256", "-serial", "stdio"])
-        .arg("-qmp")
-        .arg(format!("unix:{},server,nowait", socket.display()))
-        .arg("-D")
-        .arg(dir.join("vmm.log"));
-    let mut vm = LiveVm::spawn(cmd);
-    let mut qmp = Qmp::connect(&socket, Duration::from_secs(30));
+        .args(["-append", &cmdline]);
+    let (mut vm, mut qmp) = spawn_with_qmp(cmd, dir.path());
 
     vm.wait_console(INIT_LINE, BOOT_TIMEOUT);
     // Init now spins in user mode; the kernel only runs on interrupts. Give a dying init

@@ -13,6 +13,20 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// Adds 256 MiB of RAM, the console on stdio, a QMP socket (`qmp.sock`) and the VMM log
+/// (`vmm.log`) in `dir` to `cmd`, starts it and connects to its QMP socket.
+pub fn spawn_with_qmp(mut cmd: Command, dir: &Path) -> (LiveVm, Qmp) {
+    let socket = dir.join("qmp.sock");
+    cmd.args(["-m", "256", "-serial", "stdio"])
+        .arg("-qmp")
+        .arg(format!("unix:{},server,nowait", socket.display()))
+        .arg("-D")
+        .arg(dir.join("vmm.log"));
+    let vm = LiveVm::spawn(cmd);
+    let qmp = Qmp::connect(&socket, Duration::from_secs(30));
+    (vm, qmp)
+}
+
 /// The guest's base command line (`cmdline` in the guest directory, from the build script).
 pub fn base_cmdline(guest: &Path) -> String {
     std::fs::read_to_string(guest.join("cmdline"))
