@@ -180,6 +180,8 @@ pub(crate) struct Queue {
     pub(crate) pending: VecDeque<usize>,
     /// Completions produced without the kernel, waiting for `reap`.
     ready: Vec<AioCompletion>,
+    /// Iovec buffers of finished requests, cleared, for the caller's next requests.
+    spare: Vec<Vec<Iovec>>,
     efd: EventFd,
 }
 
@@ -196,8 +198,24 @@ impl Queue {
             slab: Slab::default(),
             pending: VecDeque::with_capacity(depth),
             ready: Vec::with_capacity(depth),
+            spare: Vec::with_capacity(depth),
             efd,
         })
+    }
+
+    /// A cleared iovec buffer from a finished request, or a new one.
+    pub(crate) fn iovec_buffer(&mut self) -> Vec<Iovec> {
+        self.spare.pop().unwrap_or_default()
+    }
+
+    /// Keeps the iovec buffer of a finished request for [`Queue::iovec_buffer`] (up to one per
+    /// request the queue holds).
+    fn recycle(&mut self, req: AioRequest) {
+        let mut iovecs = req.iovecs;
+        if self.spare.len() < self.spare.capacity() && iovecs.capacity() > 0 {
+            iovecs.clear();
+            self.spare.push(iovecs);
+        }
     }
 
     /// The eventfd completions are announced on.
@@ -227,6 +245,7 @@ impl Queue {
                     tag: req.tag,
                     result,
                 });
+                self.recycle(req);
                 signal = true;
                 continue;
             }
@@ -247,6 +266,7 @@ impl Queue {
             .and_then(|key| self.slab.remove(key))
         {
             self.ready.push(slot.completion(-i64::from(errno)));
+            self.recycle(slot.req);
             self.signal()?;
         }
         Ok(())
@@ -264,7 +284,9 @@ impl Queue {
         };
         match advance(slot, res, fd) {
             Outcome::Complete(done) => {
-                self.slab.remove(key);
+                if let Some(slot) = self.slab.remove(key) {
+                    self.recycle(slot.req);
+                }
                 out.push(done);
             }
             Outcome::Again => self.pending.push_back(key),
@@ -407,6 +429,33 @@ mod tests {
             len: 0,
             tag: 7,
         }
+    }
+
+    #[test]
+    fn finished_requests_give_their_iovec_buffers_back() {
+        let mut queue = Queue::new(AioEngine::Native, 4).unwrap();
+        let iov = Iovec {
+            base: 0x1000,
+            len: 512,
+        };
+        queue
+            .accept(&mut vec![read_req(vec![iov; 3])], |_| true)
+            .unwrap();
+        let key = queue.pending.pop_front().unwrap();
+        let mut out = Vec::new();
+        queue.finish(key, 3 * 512, -1, &mut out);
+        assert_eq!(out.len(), 1);
+        let buffer = queue.iovec_buffer();
+        assert!(buffer.is_empty());
+        assert!(
+            buffer.capacity() >= 3,
+            "the request's own buffer comes back"
+        );
+        assert_eq!(
+            queue.iovec_buffer().capacity(),
+            0,
+            "one buffer per finished request"
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use std::os::unix::io::RawFd;
 
 use super::abi::{self, aio_context_t, io_event, iocb};
 use super::inflight::Queue;
-use super::{AioCompletion, AioContext, AioEngine, AioError, AioOpcode, AioRequest};
+use super::{AioCompletion, AioContext, AioEngine, AioError, AioOpcode, AioRequest, Iovec};
 
 const ENGINE: AioEngine = AioEngine::Native;
 
@@ -228,6 +228,10 @@ impl AioContext for NativeContext {
 
     fn in_flight(&self) -> usize {
         self.queue.in_flight()
+    }
+
+    fn iovec_buffer(&mut self) -> Vec<Iovec> {
+        self.queue.iovec_buffer()
     }
 
     fn drain(&mut self, out: &mut Vec<AioCompletion>) -> Result<(), AioError> {

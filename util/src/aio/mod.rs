@@ -212,6 +212,12 @@ pub trait AioContext: Send {
     /// Waits until every in-flight request has completed and appends the completions to `out`.
     fn drain(&mut self, out: &mut Vec<AioCompletion>) -> Result<(), AioError>;
 
+    /// A cleared iovec buffer for the caller's next request, taken back from a request that
+    /// finished, so that a steady stream of requests allocates none; the default is a new one.
+    fn iovec_buffer(&mut self) -> Vec<Iovec> {
+        Vec::new()
+    }
+
     /// Tells the engine that requests will mostly point into `regions` (e.g. guest RAM), so it
     /// may pin them once instead of per request. Returns whether the engine uses them; the
     /// default does nothing. Call it before submitting anything.

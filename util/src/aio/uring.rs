@@ -364,6 +364,10 @@ impl AioContext for UringContext {
         self.queue.in_flight()
     }
 
+    fn iovec_buffer(&mut self) -> Vec<Iovec> {
+        self.queue.iovec_buffer()
+    }
+
     fn drain(&mut self, out: &mut Vec<AioCompletion>) -> Result<(), AioError> {
         if self.in_ring > 0 {
             self.bind_to_current_thread()?;

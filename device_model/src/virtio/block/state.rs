@@ -132,7 +132,7 @@ impl Active {
         id: &str,
         head: u16,
         limits: &DiskLimits,
-        backend: Option<&BlockBackend>,
+        backend: Option<&mut BlockBackend>,
     ) -> Result<bool, QueueError> {
         if self.inflight[usize::from(head)].is_some() {
             return Err(QueueError::HeadInFlight { head });
@@ -157,7 +157,7 @@ impl Active {
             };
         let opcode = match request.kind {
             RequestKind::GetId => {
-                let written = self.write_serial(backend);
+                let written = self.write_serial(backend.as_deref());
                 self.finish(head, status, VIRTIO_BLK_S_OK, written + 1)?;
                 return Ok(true);
             }
@@ -168,12 +168,13 @@ impl Active {
             RequestKind::WriteZeroes => AioOpcode::WriteZeroes,
         };
         let transfer = matches!(opcode, AioOpcode::Read | AioOpcode::Write);
-        if backend.is_none() || (transfer && request.len == 0) {
+        let Some(backend) = backend.filter(|_| !transfer || request.len > 0) else {
             // An empty slot (capacity 0) only lets flushes and empty transfers through.
             self.finish(head, status, VIRTIO_BLK_S_OK, 1)?;
             return Ok(true);
-        }
-        let mut iovecs = Vec::with_capacity(if transfer { self.segments.len() } else { 0 });
+        };
+        // A buffer a finished request gave back: no allocation per request.
+        let mut iovecs = backend.engine().iovec_buffer();
         if transfer {
             for seg in &self.segments {
                 match self.mem.host_address(seg.gpa, seg.len) {
@@ -560,7 +561,7 @@ impl BlockState {
         }
         let result = (|| loop {
             while let Some(head) = active.queue.pop_avail(&active.mem)? {
-                active.start(id, head, &limits, self.backend.as_ref())?;
+                active.start(id, head, &limits, self.backend.as_mut())?;
             }
             if !active.queue.enable_notification(&active.mem)? {
                 return active.submit(id, self.backend.as_mut());
