@@ -1,4 +1,5 @@
-//! An epoll event loop whose file descriptors each carry a name and a handler.
+//! An epoll event loop whose file descriptors each carry a name and a handler, and a queue
+//! of messages (closures) that other threads send to the loop's thread.
 //!
 //! ```text
 //!   thread A: loop.add("blk0-queue0", notify_fd, handler) ──┐
@@ -6,7 +7,8 @@
 //!   loop thread: epoll_wait ──► look up fd ──► call handler(events) ──► repeat
 //!                     ▲
 //!   any thread: loop.stop() writes the loop's own "stop" eventfd
-//!   any thread: loop.call(f) queues f, writes the "call" eventfd, waits for f's result
+//!   any thread: loop.post(f) queues f and writes the "call" eventfd; returns at once
+//!   main thread: loop.call(f) queues f, writes the "call" eventfd, waits for f's result
 //! ```
 //!
 //! Invariants:
@@ -15,15 +17,19 @@
 //!   handlers (its own included) without deadlocking.
 //! - Removing a handler from another thread while it runs is safe: the running call finishes,
 //!   later events for that fd are ignored.
-//! - [`EventLoop::call`] runs a closure on the thread inside [`EventLoop::run`], or at once on
-//!   the caller's thread when that is the loop's thread or no thread runs the loop. Calls
-//!   queued when `run` returns are run by that thread on its way out, so a caller never waits
-//!   for a loop that has stopped.
+//! - Messages ([`EventLoop::post`], [`EventLoop::call`]) run on the loop's thread in the order
+//!   they were sent. [`EventLoop::post`] never runs its closure on the caller's thread, so a
+//!   thread that must not touch what the loop owns (a vCPU) can always use it. A `call` made on
+//!   the loop's thread, or while no thread runs the loop, runs at once on the caller's thread,
+//!   after the messages queued before it. Messages queued when `run` returns are run by that
+//!   thread on its way out, so a caller never waits for a loop that has stopped.
+//! - [`EventLoopThread`] is a loop on a thread of its own (an iothread): stopping it joins the
+//!   thread, and only then does the loop's last message run.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::{mpsc, Arc, Mutex};
-use std::thread::{self, ThreadId};
+use std::thread::{self, JoinHandle, ThreadId};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -71,6 +77,15 @@ pub enum EventLoopError {
     /// A closure given to [`EventLoop::call`] ended without a result (it panicked).
     #[error("a call on the event-loop thread did not return")]
     CallLost,
+    /// The thread of an [`EventLoopThread`] could not be started.
+    #[error("cannot start event-loop thread {name}")]
+    Spawn {
+        /// The thread's name.
+        name: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A closure waiting to run on the loop's thread.
@@ -195,9 +210,23 @@ impl EventLoop {
         let _ = self.stop_event.write(1);
     }
 
+    /// Sends `f` to the loop's thread and returns at once; `f` runs there after every message
+    /// sent before it (also when the loop is not running yet: at its next turn, or when its
+    /// `run` returns).
+    pub fn post<F>(&self, f: F)
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        self.lock_calls().queue.push_back(Box::new(f));
+        // A full counter still wakes the loop, which then runs every queued message.
+        let _ = self.call_event.write(1);
+    }
+
     /// Runs `f` on the loop's thread and returns its result; the caller waits. Runs `f` at
-    /// once when called on the loop's thread (from a handler) or when no thread is inside
-    /// [`EventLoop::run`]. The caller must not hold a lock that the loop's handlers take.
+    /// once, after the messages queued before it, when called on the loop's thread (from a
+    /// handler) or when no thread is inside [`EventLoop::run`]. The caller must not hold a
+    /// lock that the loop's handlers take, and must not be the thread of another loop that
+    /// this one may wait for (only the main thread waits for iothreads).
     pub fn call<R, F>(&self, f: F) -> Result<R, EventLoopError>
     where
         R: Send + 'static,
@@ -217,13 +246,34 @@ impl EventLoop {
                 _ => Some(f),
             }
         };
-        // Run here without the lock held: `f` may call again.
+        // Run here without the lock held: `f` and the queued messages may call again.
         if let Some(f) = run_here {
+            self.run_queued();
             return Ok(f());
         }
-        // A full counter still wakes the loop, which then runs every queued call.
         let _ = self.call_event.write(1);
         result.recv().map_err(|_| EventLoopError::CallLost)
+    }
+
+    /// Whether the calling thread may touch what the loop owns: it runs the loop, or no
+    /// thread does.
+    pub fn is_current(&self) -> bool {
+        self.lock_calls()
+            .runner
+            .is_none_or(|runner| runner == thread::current().id())
+    }
+
+    /// Unregisters every handler and drops them (after the table's lock is released, so a
+    /// handler's destructor may use the loop).
+    pub fn clear(&self) {
+        let handlers = std::mem::take(&mut *self.lock_handlers());
+        for fd in handlers.keys() {
+            // Best effort: a closed fd has already left the epoll set.
+            let _ = self
+                .epoll
+                .ctl(ControlOperation::Delete, *fd, EpollEvent::default());
+        }
+        drop(handlers);
     }
 
     /// Runs handlers until [`EventLoop::stop`] is called.
@@ -233,20 +283,13 @@ impl EventLoop {
             while self.run_once(-1)? {}
             Ok(())
         })();
-        let left = {
-            let mut calls = self.lock_calls();
-            calls.runner = None;
-            std::mem::take(&mut calls.queue)
-        };
-        for call in left {
-            call();
-        }
+        self.lock_calls().runner = None;
+        self.run_queued();
         result
     }
 
-    /// Runs the calls queued by [`EventLoop::call`].
-    fn run_calls(&self) {
-        let _ = self.call_event.read();
+    /// Runs the queued messages, oldest first, including those they queue themselves.
+    fn run_queued(&self) {
         loop {
             let Some(call) = self.lock_calls().queue.pop_front() else {
                 return;
@@ -275,7 +318,8 @@ impl EventLoop {
                 continue;
             }
             if fd == self.call_event.as_raw_fd() {
-                self.run_calls();
+                let _ = self.call_event.read();
+                self.run_queued();
                 continue;
             }
             let handler = match self.lock_handlers().get(&fd) {
@@ -305,6 +349,78 @@ impl EventLoop {
 
     fn lock_calls(&self) -> std::sync::MutexGuard<'_, Calls> {
         self.calls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// An event loop running on a thread of its own (an iothread), stopped and joined when
+/// dropped.
+pub struct EventLoopThread {
+    name: String,
+    event_loop: Arc<EventLoop>,
+    thread: Option<JoinHandle<()>>,
+    tid: i32,
+}
+
+impl EventLoopThread {
+    /// Starts a thread named `name` that runs a new loop until [`EventLoopThread::stop`].
+    pub fn spawn(name: &str) -> Result<EventLoopThread, EventLoopError> {
+        let event_loop = EventLoop::new()?;
+        let runner = event_loop.clone();
+        let (started, tid) = mpsc::sync_channel(1);
+        let thread_name = name.to_string();
+        let thread = thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                // SAFETY: gettid has no preconditions.
+                let _ = started.send(unsafe { libc::gettid() });
+                if let Err(e) = runner.run() {
+                    log::error!("event-loop thread {thread_name}: {e}");
+                }
+            })
+            .map_err(|source| EventLoopError::Spawn {
+                name: name.to_string(),
+                source,
+            })?;
+        let tid = tid.recv().unwrap_or(0);
+        Ok(EventLoopThread {
+            name: name.to_string(),
+            event_loop,
+            thread: Some(thread),
+            tid,
+        })
+    }
+
+    /// The loop, to register handlers on and send messages to.
+    pub fn event_loop(&self) -> &Arc<EventLoop> {
+        &self.event_loop
+    }
+
+    /// The thread's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The thread's kernel id (for `/proc/self/task/<tid>` and cgroup `tasks` files).
+    pub fn tid(&self) -> i32 {
+        self.tid
+    }
+
+    /// Stops the loop and joins the thread; messages still queued run on that thread first.
+    /// Calling it again does nothing.
+    pub fn stop(&mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        self.event_loop.stop();
+        if thread.join().is_err() {
+            log::error!("event-loop thread {} panicked", self.name);
+        }
+    }
+}
+
+impl Drop for EventLoopThread {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -444,5 +560,85 @@ mod tests {
         release.send(()).unwrap();
         assert_eq!(caller.join().unwrap(), 42);
         thread.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn posted_messages_never_run_on_the_sender_and_keep_their_order() {
+        let event_loop = EventLoop::new().unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        for i in 0..3 {
+            let order = order.clone();
+            event_loop.post(move || order.lock().unwrap().push(i));
+        }
+        assert!(
+            order.lock().unwrap().is_empty(),
+            "post returned before running"
+        );
+        // A call made while nobody runs the loop runs the earlier messages first.
+        let tail = order.clone();
+        event_loop
+            .call(move || tail.lock().unwrap().push(3))
+            .unwrap();
+        assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn an_event_loop_thread_runs_messages_there_and_joins_on_stop() {
+        let mut thread = EventLoopThread::spawn("test-iothread").unwrap();
+        let weak = Arc::downgrade(thread.event_loop());
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread.event_loop().post(move || {
+            tx.send(std::thread::current().name().map(str::to_string))
+                .unwrap()
+        });
+        assert_eq!(rx.recv().unwrap().as_deref(), Some("test-iothread"));
+        let here = std::thread::current().id();
+        assert_ne!(
+            thread
+                .event_loop()
+                .call(move || std::thread::current().id())
+                .unwrap(),
+            here
+        );
+        assert!(thread.tid() > 0);
+        // A message sent while the thread stops still runs, on that thread.
+        let ran = Arc::new(AtomicUsize::new(0));
+        let ran2 = ran.clone();
+        thread.event_loop().post(move || {
+            ran2.fetch_add(1, Ordering::SeqCst);
+        });
+        thread.stop();
+        thread.stop();
+        assert_eq!(ran.load(Ordering::SeqCst), 1);
+        drop(thread);
+        assert!(
+            weak.upgrade().is_none(),
+            "the loop is freed with its thread"
+        );
+    }
+
+    #[test]
+    fn clear_drops_every_handler() {
+        let event_loop = EventLoop::new().unwrap();
+        let fd = EventFd::new(EFD_NONBLOCK).unwrap();
+        let token = Arc::new(());
+        let held = token.clone();
+        event_loop
+            .add(
+                "holder",
+                fd.as_raw_fd(),
+                EventSet::IN,
+                Box::new(move |_| {
+                    let _ = &held;
+                    HandlerAction::Keep
+                }),
+            )
+            .unwrap();
+        assert_eq!(Arc::strong_count(&token), 2);
+        event_loop.clear();
+        assert_eq!(Arc::strong_count(&token), 1);
+        assert!(event_loop.handler_names().is_empty());
+        fd.write(1).unwrap();
+        assert!(event_loop.run_once(0).unwrap(), "no handler left to run");
     }
 }
