@@ -198,6 +198,7 @@ fn run_cell(
         iovecs: vec![bufs.iovec(slot)],
         len: 0,
         tag: slot as u64,
+        keep_alive: None,
     };
     let cpu_begin = cpu_time();
     let begin = Instant::now();

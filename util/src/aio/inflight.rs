@@ -166,6 +166,20 @@ impl Slab {
     pub(crate) fn len(&self) -> usize {
         self.live
     }
+
+    /// Empties the slab, leaking what keeps each request's buffers mapped; returns how many
+    /// requests it held.
+    fn abandon(&mut self) -> usize {
+        let n = self.live;
+        for slot in self.slots.drain(..).flatten() {
+            if let Some(keep_alive) = slot.req.keep_alive {
+                keep_alive.leak();
+            }
+        }
+        self.free.clear();
+        self.live = 0;
+        n
+    }
 }
 
 /// What an asynchronous engine owns between `submit` and `reap`: the requests (slab), the keys
@@ -206,6 +220,19 @@ impl Queue {
     /// A cleared iovec buffer from a finished request, or a new one.
     pub(crate) fn iovec_buffer(&mut self) -> Vec<Iovec> {
         self.spare.pop().unwrap_or_default()
+    }
+
+    /// Gives up every request still owned after a drain failed: the kernel may still use their
+    /// buffers, so what keeps those mapped is leaked, never released.
+    pub(crate) fn abandon(&mut self) {
+        self.pending.clear();
+        let n = self.slab.abandon();
+        if n > 0 {
+            log::error!(
+                "aio={}: {n} requests abandoned in the kernel; their buffers stay mapped",
+                self.engine
+            );
+        }
     }
 
     /// Keeps the iovec buffer of a finished request for [`Queue::iovec_buffer`] (up to one per
@@ -420,6 +447,7 @@ fn zero_fill(iovecs: &[Iovec]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aio::KeepAlive;
 
     fn read_req(iovecs: Vec<Iovec>) -> AioRequest {
         AioRequest {
@@ -428,7 +456,35 @@ mod tests {
             iovecs,
             len: 0,
             tag: 7,
+            keep_alive: None,
         }
+    }
+
+    #[test]
+    fn abandoned_requests_leak_what_keeps_their_buffers_mapped() {
+        let mut queue = Queue::new(AioEngine::IoUring, 4).unwrap();
+        let owner = std::sync::Arc::new([0u8; 64]);
+        let iov = Iovec {
+            base: owner.as_ptr() as u64,
+            len: 64,
+        };
+        let mut held = read_req(vec![iov]);
+        held.keep_alive = Some(KeepAlive::new(owner.clone()));
+        let mut done = held.clone();
+        done.tag = 8;
+        queue.accept(&mut vec![held, done], |_| true).unwrap();
+        assert_eq!(std::sync::Arc::strong_count(&owner), 3);
+        // One request completes and releases its reference; the other is abandoned.
+        let key = queue.pending.pop_back().unwrap();
+        queue.finish(key, 64, -1, &mut Vec::new());
+        assert_eq!(std::sync::Arc::strong_count(&owner), 2);
+        queue.abandon();
+        assert_eq!(queue.in_flight(), 0);
+        assert_eq!(
+            std::sync::Arc::strong_count(&owner),
+            2,
+            "the abandoned request's reference is never released"
+        );
     }
 
     #[test]

@@ -251,6 +251,7 @@ impl Drop for NativeContext {
         let mut lost = Vec::new();
         if let Err(e) = self.drain(&mut lost) {
             log::error!("aio=native: draining before teardown failed: {e}");
+            self.queue.abandon();
         }
         if let Err(e) = abi::io_destroy(self.ctx) {
             log::error!("aio=native: io_destroy failed: {e}");

@@ -20,6 +20,13 @@
 //! - An engine borrows its file descriptor: whoever calls [`open_engine`] keeps the file open
 //!   for as long as the engine exists. Dropping an engine first waits for its in-flight
 //!   requests, so their buffers are never written after the engine is gone.
+//! - A request may carry a [`KeepAlive`]: what keeps its buffers mapped (guest RAM). The engine
+//!   holds it until the request's completion is handed out. An engine dropped with requests it
+//!   could not drain (the kernel may still write into their buffers) leaks their `KeepAlive`s
+//!   instead of dropping them, so that memory is never unmapped under in-flight I/O.
+//! - An engine is used from one thread at a time. An `io_uring` ring is bound to the first
+//!   thread that submits to it (a single-issuer ring); calls from any other thread afterwards
+//!   fail with [`AioError::WrongThread`] and change nothing.
 //! - A request the engine cannot carry ([`AioContext::supports`] is `false`) completes with
 //!   `-EOPNOTSUPP`; a read or write that moves no bytes completes with 0 at once.
 //! - Misaligned `O_DIRECT` requests are passed to the kernel as they are and its answer is
@@ -36,9 +43,11 @@ pub mod libaio;
 pub mod sync;
 pub mod uring;
 
+use std::any::Any;
 use std::fmt;
 use std::os::unix::io::RawFd;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// One contiguous piece of a request's buffer in host virtual memory.
 /// Same layout as the kernel's `struct iovec`.
@@ -66,6 +75,38 @@ pub enum AioOpcode {
     WriteZeroes,
 }
 
+/// What keeps a request's buffers mapped (for the VMM: guest RAM), shared by the requests that
+/// point into it. Cloning it costs one atomic increment.
+#[derive(Clone)]
+pub struct KeepAlive(Arc<dyn Any + Send + Sync>);
+
+impl KeepAlive {
+    /// Keeps `owner` alive while requests that carry this value are in an engine.
+    pub fn new(owner: Arc<dyn Any + Send + Sync>) -> KeepAlive {
+        KeepAlive(owner)
+    }
+
+    /// Gives up this reference without ever releasing it: the owner stays alive for the rest
+    /// of the process. For buffers the kernel may still write into.
+    fn leak(self) {
+        std::mem::forget(self.0);
+    }
+}
+
+impl fmt::Debug for KeepAlive {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeepAlive")
+    }
+}
+
+impl PartialEq for KeepAlive {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for KeepAlive {}
+
 /// An I/O request handed to an engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AioRequest {
@@ -79,6 +120,8 @@ pub struct AioRequest {
     pub len: u64,
     /// The caller's key for this request, returned with its completion.
     pub tag: u64,
+    /// What keeps the iovecs' memory mapped; held by the engine until the completion.
+    pub keep_alive: Option<KeepAlive>,
 }
 
 impl AioRequest {
@@ -170,6 +213,13 @@ pub enum AioError {
         /// The errno.
         #[source]
         source: std::io::Error,
+    },
+    /// The engine is bound to another thread (an `io_uring` ring takes system calls from the
+    /// thread that first used it).
+    #[error("aio={engine}: the engine belongs to another thread")]
+    WrongThread {
+        /// The engine.
+        engine: AioEngine,
     },
     /// The request cannot be expressed with this engine (e.g. discard on Linux AIO).
     #[error("aio={engine} does not support {opcode:?}")]

@@ -16,11 +16,11 @@
 //!   worker (every request on tmpfs, which cannot refuse to block) is queued as task work and
 //!   posted when the ring's thread next enters the kernel: one eventfd wake-up per burst of
 //!   completions instead of a cross-thread wake-up per completion.
-//! - Such a ring takes system calls from one thread only. It starts disabled and is bound to
-//!   the first thread that submits; an idle ring that is used from another thread later is
-//!   set up again (same eventfd and buffers) for that thread. A busy ring cannot move: calls
-//!   from another thread while requests are in it fail with `EEXIST`. Callers therefore use
-//!   one engine from one thread at a time (the device's event-loop thread in the VMM).
+//! - Such a ring takes system calls from one thread only. It starts disabled (so it can be
+//!   created on one thread and handed to another) and is bound to the first thread that
+//!   submits; every later call from another thread fails with [`AioError::WrongThread`] and
+//!   changes nothing. The VMM creates an engine where the drive is opened and uses it only on
+//!   its device's event-loop thread.
 //! - With `IORING_SETUP_SUBMIT_ALL` (when the kernel knows it) one failing SQE does not stop
 //!   the batch: its error comes back as its CQE. SQEs the kernel
 //!   did not consume (`EAGAIN`/`EBUSY` from `io_uring_enter`) stay in the SQ ring and are
@@ -30,10 +30,11 @@
 //! - With [`AioContext::register_memory`], a read or write whose single iovec lies in one
 //!   registered region becomes `READ_FIXED`/`WRITE_FIXED` (regions are registered in pieces of
 //!   at most 1 GiB, the kernel's limit per buffer).
-//! - Dropping the context waits for every request in the ring before the ring is unmapped
-//!   (only if `io_uring_enter` itself fails while waiting, or a busy single-issuer ring is
-//!   dropped on another thread, is the ring closed with requests still in it; the kernel then
-//!   finishes or cancels them, and the error is logged).
+//! - Dropping the context waits for every request in the ring before the ring is unmapped.
+//!   Only if that wait fails (`io_uring_enter` fails, or the context is dropped on a thread
+//!   that is not the ring's) is the ring closed with requests still in it: the kernel then
+//!   finishes or cancels them in the background, so their [`super::KeepAlive`]s are leaked
+//!   and their buffers stay mapped, and the error is logged.
 
 use std::io;
 use std::os::unix::io::{AsRawFd, RawFd};
@@ -146,7 +147,9 @@ impl UringContext {
     pub fn new(fd: RawFd, depth: u32) -> Result<Self, AioError> {
         let depth = depth.clamp(1, MAX_ENTRIES);
         let queue = Queue::new(ENGINE, depth as usize)?;
-        let ring = set_up_ring(depth, queue.eventfd(), &[])?;
+        let ring = new_ring(depth).map_err(|e| uring_error("io_uring_setup", &e))?;
+        ring.register_eventfd(queue.eventfd())
+            .map_err(|e| uring_error("io_uring_register(eventfd)", &e))?;
         let fallocate = ring.probe_opcode(IoringOp::Fallocate);
         Ok(UringContext {
             fd,
@@ -164,34 +167,24 @@ impl UringContext {
         self.ring.params().flags & IORING_SETUP_SINGLE_ISSUER != 0
     }
 
-    /// Binds a single-issuer ring to the calling thread before a system call on it: enables
-    /// a ring not bound yet, sets up an idle ring bound elsewhere again; a ring with requests
-    /// in it stays with its thread (`EEXIST`).
+    /// Binds a single-issuer ring to the calling thread before a system call on it: enables a
+    /// ring not bound yet; refuses a ring bound to another thread.
     fn bind_to_current_thread(&mut self) -> Result<(), AioError> {
         if !self.single_issuer() {
             return Ok(());
         }
         let me = thread::current().id();
         match self.owner {
-            Some(owner) if owner == me => return Ok(()),
-            Some(_) if self.in_ring > 0 => {
-                return Err(AioError::Syscall {
-                    engine: ENGINE,
-                    call: "io_uring_enter (requests in flight on another thread's ring)",
-                    source: io::Error::from_raw_os_error(libc::EEXIST),
-                })
+            Some(owner) if owner == me => Ok(()),
+            Some(_) => Err(AioError::WrongThread { engine: ENGINE }),
+            None => {
+                self.ring
+                    .enable()
+                    .map_err(|e| uring_error("io_uring_register(ENABLE_RINGS)", &e))?;
+                self.owner = Some(me);
+                Ok(())
             }
-            Some(_) => {
-                self.ring = set_up_ring(self.depth as u32, self.queue.eventfd(), &self.fixed)?;
-                log::debug!("aio=io_uring: idle ring set up again for {me:?}");
-            }
-            None => {}
         }
-        self.ring
-            .enable()
-            .map_err(|e| uring_error("io_uring_register(ENABLE_RINGS)", &e))?;
-        self.owner = Some(me);
-        Ok(())
     }
 
     /// The registered buffer holding all of `iov`, if any.
@@ -335,6 +328,8 @@ impl AioContext for UringContext {
     }
 
     unsafe fn submit(&mut self, batch: &mut Vec<AioRequest>) -> Result<(), AioError> {
+        // Refused before the batch is taken: a call from the wrong thread changes nothing.
+        self.bind_to_current_thread()?;
         let fallocate = self.fallocate;
         self.queue.accept(batch, |op| carries(op, fallocate))?;
         self.flush_pending()
@@ -345,10 +340,10 @@ impl AioContext for UringContext {
     }
 
     fn reap(&mut self, out: &mut Vec<AioCompletion>) -> Result<usize, AioError> {
-        self.queue.clear_eventfd()?;
         if self.owner.is_some() {
             self.bind_to_current_thread()?;
         }
+        self.queue.clear_eventfd()?;
         let before = out.len();
         self.queue.take_ready(out);
         self.collect(out);
@@ -369,7 +364,7 @@ impl AioContext for UringContext {
     }
 
     fn drain(&mut self, out: &mut Vec<AioCompletion>) -> Result<(), AioError> {
-        if self.in_ring > 0 {
+        if self.in_ring > 0 || self.owner.is_some() {
             self.bind_to_current_thread()?;
         }
         loop {
@@ -420,17 +415,6 @@ impl AioContext for UringContext {
     }
 }
 
-/// A ring for `depth` requests signalling `eventfd`, with `fixed` registered as buffers.
-fn set_up_ring(depth: u32, eventfd: RawFd, fixed: &[Iovec]) -> Result<IoUring, AioError> {
-    let ring = new_ring(depth).map_err(|e| uring_error("io_uring_setup", &e))?;
-    ring.register_eventfd(eventfd)
-        .map_err(|e| uring_error("io_uring_register(eventfd)", &e))?;
-    if !fixed.is_empty() {
-        register_buffers(&ring, fixed)?;
-    }
-    Ok(ring)
-}
-
 fn register_buffers(ring: &IoUring, pieces: &[Iovec]) -> Result<(), AioError> {
     let iovecs: Vec<libc::iovec> = pieces
         .iter()
@@ -451,6 +435,7 @@ impl Drop for UringContext {
         let mut lost = Vec::new();
         if let Err(e) = self.drain(&mut lost) {
             log::error!("aio=io_uring: draining before teardown failed: {e}");
+            self.queue.abandon();
         }
     }
 }

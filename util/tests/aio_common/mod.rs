@@ -163,6 +163,7 @@ pub fn rw(opcode: AioOpcode, offset: u64, iovecs: Vec<Iovec>, tag: u64) -> AioRe
         iovecs,
         len: 0,
         tag,
+        keep_alive: None,
     }
 }
 
@@ -174,6 +175,7 @@ pub fn ranged(opcode: AioOpcode, offset: u64, len: u64, tag: u64) -> AioRequest 
         iovecs: Vec::new(),
         len,
         tag,
+        keep_alive: None,
     }
 }
 

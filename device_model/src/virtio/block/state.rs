@@ -201,6 +201,7 @@ impl Active {
             iovecs,
             len: request.len,
             tag: u64::from(head),
+            keep_alive: None,
         };
         self.inflight[usize::from(head)] = Some(InFlight {
             status,
