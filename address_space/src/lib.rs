@@ -1,6 +1,8 @@
 //! The guest's physical address space.
 //!
-//! - [`GuestMemory`]: guest RAM, anonymous host mappings, every access bounds-checked.
+//! - [`GuestMemory`]: guest RAM, anonymous host mappings managed by the rust-vmm `vm-memory`
+//!   crate; every access is bounds-checked and volatile (the guest writes its RAM while we
+//!   read it).
 //! - [`Bus`]: the port-I/O and MMIO buses that devices register address ranges on.
 
 #![deny(missing_docs)]
