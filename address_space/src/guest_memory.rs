@@ -12,6 +12,8 @@
 //! entirely inside one region, or the access fails with [`AddressSpaceError::OutOfBounds`].
 //! An empty range counts as inside a region if it starts inside it or right at its end.
 //! Nothing here trusts a GPA: they usually come from the guest.
+//!
+//! With [`MemoryOptions::prealloc`] every page is made resident when the memory is created.
 
 use std::io;
 use std::sync::atomic::AtomicU16;
@@ -51,6 +53,14 @@ struct Pod<T>(T);
 // holds no reference, and is `Copy + Send + Sync` because `T` is.
 unsafe impl<T: ByteValued> vm_memory::ByteValued for Pod<T> {}
 
+/// How guest RAM is set up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryOptions {
+    /// Make every page resident at creation (`-mem-prealloc`) instead of at the guest's
+    /// first touch.
+    pub prealloc: bool,
+}
+
 /// One contiguous range of guest RAM backed by one host mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RamRegion {
@@ -84,11 +94,16 @@ pub struct GuestMemory {
     mmap: GuestMemoryMmap,
     /// The same regions as plain values, in ascending guest address order.
     regions: Vec<RamRegion>,
+    preallocated: bool,
 }
 
 /// Flags of every guest RAM mapping: private anonymous memory, no swap reservation (the
-/// kernel commits pages when they are first touched).
+/// kernel commits pages when they are first touched, or at once with preallocation).
 const MAP_FLAGS: i32 = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+
+/// Stride of the fallback that touches guest RAM page by page: the smallest page size Linux
+/// uses, so every page is touched whatever the host's page size.
+const TOUCH_STRIDE: usize = 4096;
 
 /// Zeroes that [`GuestMemory::zero`] copies from.
 static ZEROES: [u8; 4096] = [0; 4096];
@@ -97,6 +112,12 @@ impl GuestMemory {
     /// Maps guest RAM for `layout`, a list of `(guest_base, size)` ranges, asking the kernel
     /// for transparent huge pages. Pages become resident when first touched.
     pub fn new(layout: &[(u64, u64)]) -> Result<GuestMemory> {
+        Self::with_options(layout, &MemoryOptions::default())
+    }
+
+    /// Like [`GuestMemory::new`], with `options`. With `prealloc`, every page is resident
+    /// when this returns, or it fails with [`AddressSpaceError::Prealloc`].
+    pub fn with_options(layout: &[(u64, u64)], options: &MemoryOptions) -> Result<GuestMemory> {
         let sorted = checked_layout(layout)?;
         let mut mapped = Vec::with_capacity(sorted.len());
         let mut regions = Vec::with_capacity(sorted.len());
@@ -117,6 +138,10 @@ impl GuestMemory {
                 })?;
             advise(&mapping, libc::MADV_HUGEPAGE)
                 .unwrap_or_else(|e| log::debug!("no transparent huge pages for guest RAM: {e}"));
+            if options.prealloc {
+                populate(&mapping)
+                    .map_err(|source| AddressSpaceError::Prealloc { size, source })?;
+            }
             regions.push(RamRegion {
                 guest_base,
                 size,
@@ -136,7 +161,11 @@ impl GuestMemory {
                 size: regions.iter().map(|r| r.size).sum(),
             })?
         };
-        Ok(GuestMemory { mmap, regions })
+        Ok(GuestMemory {
+            mmap,
+            regions,
+            preallocated: options.prealloc,
+        })
     }
 
     /// The regions, in ascending guest address order.
@@ -147,6 +176,11 @@ impl GuestMemory {
     /// Total bytes of guest RAM.
     pub fn total_size(&self) -> u64 {
         self.regions.iter().map(|r| r.size).sum()
+    }
+
+    /// Whether every page was made resident at creation ([`MemoryOptions::prealloc`]).
+    pub fn preallocated(&self) -> bool {
+        self.preallocated
     }
 
     /// Whether `gpa..gpa+len` lies inside one region.
@@ -286,14 +320,53 @@ fn checked_layout(layout: &[(u64, u64)]) -> Result<Vec<(u64, u64)>> {
 /// `madvise(advice)` on the whole of `mapping`.
 fn advise(mapping: &MmapRegion, advice: i32) -> io::Result<()> {
     // SAFETY: the range is exactly the mapping `mapping` owns, which stays mapped while it is
-    // borrowed. The advice used here (`MADV_HUGEPAGE`) never changes the contents of memory or
-    // unmaps it: it only chooses the page size.
+    // borrowed. The advice values used here (`MADV_HUGEPAGE`, `MADV_POPULATE_WRITE`) never
+    // change the contents of memory or unmap it: they only choose the page size and fault pages
+    // in, as a write of the byte already there would.
     let ret = unsafe { libc::madvise(mapping.as_ptr().cast(), mapping.size(), advice) };
     if ret == 0 {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// Makes every page of `mapping` resident and writable, with `MADV_POPULATE_WRITE` (Linux
+/// 5.14), or by writing one byte per page where the kernel or a seccomp filter refuses it.
+/// `MADV_HUGEPAGE` comes first, so the pages faulted in are huge pages where the host has them.
+/// Only the madvise reports a shortage of memory (`ENOMEM`); the fallback meets the OOM
+/// killer instead.
+fn populate(mapping: &MmapRegion) -> io::Result<()> {
+    loop {
+        match advise(mapping, libc::MADV_POPULATE_WRITE) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL | libc::EPERM | libc::ENOSYS)
+                ) =>
+            {
+                log::debug!("MADV_POPULATE_WRITE refused ({e}); touching guest RAM page by page");
+                return populate_by_touching(mapping);
+            }
+            // ENOMEM: not enough memory for guest RAM, which is what preallocation is for
+            // finding out early.
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes a zero to the first byte of every page of `mapping`, which is still all zeroes
+/// (nothing else has seen it), so only residency changes.
+fn populate_by_touching(mapping: &MmapRegion) -> io::Result<()> {
+    let all = mapping
+        .get_slice(0, mapping.size())
+        .map_err(io::Error::other)?;
+    for offset in (0..mapping.size()).step_by(TOUCH_STRIDE) {
+        all.write_obj(0u8, offset).map_err(io::Error::other)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -311,6 +384,7 @@ mod tests {
         mem.read(&mut buf, 0x100ffb).unwrap();
         assert_eq!(&buf, b"hello");
         assert_eq!(mem.total_size(), 0x11000);
+        assert!(!mem.preallocated());
     }
 
     #[test]
@@ -343,7 +417,7 @@ mod tests {
                 mem.host_address(r.guest_base(), r.size()).unwrap() as u64,
                 r.host_address()
             );
-            assert_eq!(r.host_address() % 4096, 0);
+            assert_eq!(r.host_address() % TOUCH_STRIDE as u64, 0);
         }
         let inside = mem.host_address(0x100010, 4).unwrap();
         assert_eq!(inside as u64, regions[1].host_address() + 0x10);
@@ -456,5 +530,68 @@ mod tests {
             }
             stop.store(true, Ordering::Relaxed);
         });
+    }
+
+    /// This process's resident set size in bytes.
+    fn rss() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        let kib: u64 = line
+            .trim_start_matches("VmRSS:")
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .unwrap();
+        kib << 10
+    }
+
+    #[test]
+    fn preallocation_makes_ram_resident() {
+        // One test for every measurement, so that no other test here moves the RSS between a
+        // measurement's two reads (the others map at most a few pages).
+        const SIZE: u64 = 64 << 20;
+        const MIB: u64 = 1 << 20;
+        let grown = |f: &dyn Fn() -> GuestMemory| {
+            let before = rss();
+            let mem = f();
+            let after = rss();
+            (mem, after.saturating_sub(before))
+        };
+
+        let (lazy, lazy_growth) = grown(&|| GuestMemory::new(&[(0, SIZE)]).unwrap());
+        assert!(!lazy.preallocated());
+        drop(lazy);
+
+        let prealloc = MemoryOptions { prealloc: true };
+        let (eager, eager_growth) =
+            grown(&|| GuestMemory::with_options(&[(0, SIZE)], &prealloc).unwrap());
+        assert!(eager.preallocated());
+        // The preallocated memory still works like any other.
+        eager.write_obj(&0xabcd_u16, SIZE - 2).unwrap();
+        assert_eq!(eager.read_obj::<u16>(SIZE - 2).unwrap(), 0xabcd);
+        drop(eager);
+
+        // The fallback for kernels without MADV_POPULATE_WRITE.
+        let (touched, touch_growth) = grown(&|| {
+            let mem = GuestMemory::new(&[(0, SIZE)]).unwrap();
+            let region = mem.mmap.iter().next().unwrap();
+            populate_by_touching(region).unwrap();
+            mem
+        });
+        assert_eq!(touched.read_obj::<u64>(0x1000).unwrap(), 0);
+        drop(touched);
+
+        eprintln!(
+            "RSS growth for {} MiB of guest RAM: lazy {} KiB, MADV_POPULATE_WRITE {} KiB, \
+             touching {} KiB",
+            SIZE / MIB,
+            lazy_growth >> 10,
+            eager_growth >> 10,
+            touch_growth >> 10
+        );
+        assert!(lazy_growth < 8 * MIB, "lazy: {lazy_growth} bytes");
+        assert!(eager_growth >= 60 * MIB, "prealloc: {eager_growth} bytes");
+        assert!(touch_growth >= 60 * MIB, "touching: {touch_growth} bytes");
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! - [`GuestMemory`]: guest RAM, anonymous host mappings managed by the rust-vmm `vm-memory`
 //!   crate; every access is bounds-checked and volatile (the guest writes its RAM while we
-//!   read it).
+//!   read it), and RAM can be preallocated ([`MemoryOptions`]). See `docs/guest-memory.md`.
 //! - [`Bus`]: the port-I/O and MMIO buses that devices register address ranges on.
 
 #![deny(missing_docs)]
@@ -11,7 +11,7 @@ mod bus;
 mod guest_memory;
 
 pub use bus::{Bus, BusDevice};
-pub use guest_memory::{ByteValued, GuestMemory, RamRegion};
+pub use guest_memory::{ByteValued, GuestMemory, MemoryOptions, RamRegion};
 
 /// Errors of the address space.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +20,15 @@ pub enum AddressSpaceError {
     #[error("cannot map {size} bytes of guest RAM")]
     Mmap {
         /// Size of the failed mapping.
+        size: u64,
+        /// The errno.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Making preallocated guest RAM resident failed (usually: not enough host memory).
+    #[error("cannot preallocate {size} bytes of guest RAM")]
+    Prealloc {
+        /// Size of the region being preallocated.
         size: u64,
         /// The errno.
         #[source]
