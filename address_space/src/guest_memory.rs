@@ -1,19 +1,24 @@
 //! Guest RAM: anonymous host mappings, one per region, accessed by guest physical address.
 //!
 //! The mappings and every access to them go through the rust-vmm `vm-memory` crate
-//! (`GuestMemoryMmap`, `VolatileSlice`): the guest writes its RAM from other threads while we
-//! read it, so no Rust reference to guest RAM is ever made, and accesses are volatile (see
-//! `docs/guest-memory.md` for what that means for small objects and for bulk copies).
+//! (`GuestMemoryMmap`, `VolatileSlice`). The guest writes its RAM from other threads while we
+//! read it, so no Rust reference to guest RAM is ever made (save the [`AtomicU16`] views, which
+//! allow concurrent writers), objects of up to 8 bytes are single volatile accesses, and longer
+//! copies are one copy between raw pointers and a private buffer, each byte read once.
 //! This module keeps the small API the rest of the VMM was written against: byte slices,
 //! [`ByteValued`] objects, an [`AtomicU16`] view for ring indexes, and host addresses for the
-//! kernel (KVM memory slots, I/O buffers).
+//! kernel (KVM memory slots, I/O buffers), which are sound to hand out because Rust never
+//! dereferences them and the mappings live as long as the [`GuestMemory`].
 //!
 //! Every access names a guest physical address (GPA) and a length; the range must lie
 //! entirely inside one region, or the access fails with [`AddressSpaceError::OutOfBounds`].
 //! An empty range counts as inside a region if it starts inside it or right at its end.
 //! Nothing here trusts a GPA: they usually come from the guest.
 //!
-//! With [`MemoryOptions::prealloc`] every page is made resident when the memory is created.
+//! With [`MemoryOptions::prealloc`] every page is made resident when the memory is created
+//! (`-mem-prealloc`: io_uring fixed buffers are only registered over resident guest RAM).
+//!
+//! The reasoning behind all of this is in `docs/guest-memory.md`.
 
 use std::io;
 use std::sync::atomic::AtomicU16;

@@ -1,8 +1,9 @@
 //! The guest's physical address space.
 //!
 //! - [`GuestMemory`]: guest RAM, anonymous host mappings managed by the rust-vmm `vm-memory`
-//!   crate; every access is bounds-checked and volatile (the guest writes its RAM while we
-//!   read it), and RAM can be preallocated ([`MemoryOptions`]). See `docs/guest-memory.md`.
+//!   crate; every access is bounds-checked and goes through vm-memory's volatile accessors
+//!   (the guest writes its RAM while we read it), and RAM can be preallocated
+//!   ([`MemoryOptions`]). See `docs/guest-memory.md`.
 //! - [`Bus`]: the port-I/O and MMIO buses that devices register address ranges on.
 
 #![deny(missing_docs)]
