@@ -4,6 +4,8 @@
 //! - [`logger`]: the `log` backend behind `-D`.
 //! - [`io_uring`]: our own io_uring, from the kernel ABI up.
 //! - [`aio`]: the block engines (`aio=off|native|io_uring`) behind one [`aio::AioContext`] trait.
+//! - `testing` (feature `test-utils`): host fixtures for tests (loop devices, I/O throttles,
+//!   log capture).
 
 #![deny(missing_docs)]
 
@@ -11,3 +13,5 @@ pub mod aio;
 pub mod event_loop;
 pub mod io_uring;
 pub mod logger;
+#[cfg(feature = "test-utils")]
+pub mod testing;
