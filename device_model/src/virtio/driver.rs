@@ -71,7 +71,13 @@ pub enum DriverError {
     /// No completion arrived in time.
     #[error("no completion within {0:?}")]
     Timeout(Duration),
+    /// The device did not finish a reset in time (Status never read 0).
+    #[error("the device did not finish its reset within {0:?}")]
+    ResetTimeout(Duration),
 }
+
+/// How long the driver waits for the device to finish a reset.
+const RESET_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How to set the driver up.
 #[derive(Debug, Clone, Copy)]
@@ -217,7 +223,7 @@ impl Driver {
     }
 
     fn initialise(&mut self, config: DriverConfig) -> Result<(), DriverError> {
-        self.write_reg(reg::STATUS, 0);
+        self.reset()?;
         self.write_reg(reg::STATUS, STATUS_ACKNOWLEDGE);
         self.write_reg(reg::STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
         self.write_reg(reg::DEVICE_FEATURES_SEL, 0);
@@ -266,6 +272,20 @@ impl Driver {
         }
         self.write_reg(reg::QUEUE_READY, 1);
         self.write_reg(reg::STATUS, ready | STATUS_DRIVER_OK);
+        Ok(())
+    }
+
+    /// Resets the device and waits, as the virtio spec asks of a driver, until Status reads 0
+    /// (the device has finished the reset on its own thread).
+    pub fn reset(&mut self) -> Result<(), DriverError> {
+        self.write_reg(reg::STATUS, 0);
+        let deadline = Instant::now() + RESET_TIMEOUT;
+        while self.read_reg(reg::STATUS) != 0 {
+            if Instant::now() >= deadline {
+                return Err(DriverError::ResetTimeout(RESET_TIMEOUT));
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
         Ok(())
     }
 

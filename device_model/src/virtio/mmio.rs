@@ -9,6 +9,8 @@
 //!                          │  (subset of the offer, VERSION_1) │ queue registers only before
 //!   any state ─► FAILED    └─ refused: FEATURES_OK stays 0     │ DRIVER_OK
 //!   device error ─► DEVICE_NEEDS_RESET (read-only for the driver) + config interrupt
+//!   write 0 ─► registers reset at once; the device finishes on its own thread, and until
+//!              then Status reads the value it had (the driver waits for 0)
 //! ```
 //!
 //! Invariants:
@@ -103,6 +105,8 @@ pub struct VirtioMmio {
     driver_features_sel: u32,
     driver_features: u64,
     status: u32,
+    /// What Status read before the last reset, shown until the device has finished it.
+    status_before_reset: u32,
     activated: bool,
 }
 
@@ -130,6 +134,7 @@ impl VirtioMmio {
             driver_features_sel: 0,
             driver_features: 0,
             status: 0,
+            status_before_reset: 0,
             activated: false,
         })
     }
@@ -173,6 +178,9 @@ impl VirtioMmio {
             reg::QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max_size)),
             reg::QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready)),
             reg::INTERRUPT_STATUS => self.interrupt.status(),
+            reg::STATUS if self.status == 0 && lock(&self.device).reset_pending() => {
+                self.status_before_reset
+            }
             reg::STATUS => {
                 let needs_reset = self.interrupt.needs_reset();
                 self.status
@@ -337,6 +345,7 @@ impl VirtioMmio {
     }
 
     fn reset(&mut self) {
+        self.status_before_reset = self.status.max(STATUS_ACKNOWLEDGE);
         if self.activated {
             lock(&self.device).reset();
             self.activated = false;

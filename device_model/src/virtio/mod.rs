@@ -6,28 +6,32 @@
 //!   engine (`aio=off|native|io_uring`) is picked per drive.
 //! - [`driver`]: the guest's half of virtio played in-process, for tests and benchmarks.
 //!
-//! # Threads and locks
+//! # Threads
 //!
 //! ```text
-//!  vCPU thread                 event-loop thread (main loop or iothread)       QMP thread
-//!  ───────────                 ─────────────────────────────────────────       ──────────
-//!  MMIO exit                   "<id>-queue0" notify fd ready ─┐                device_add/del
-//!    │                         "<id>-aio" engine fd ready ────┤                   │
-//!    ▼                                                        ▼                   ▼
-//!  Mutex<VirtioMmio> ──► Mutex<dyn VirtioDevice> ──►  Mutex<BlockState>  ◄── BlockSlot::replace_backend
-//!  (register file)       (Block: config, activate,   (queue, in-flight table,
-//!                         reset)                      backend + engine, scratch buffers)
-//!                                                        │
-//!  KVM ioeventfd ──write──► notify EventFd               ├─► engine.submit(batch)  (one call)
-//!  irqfd ◄──write── Interrupt::signal_*  ◄───────────────┘   used ring + one interrupt per batch
+//!  vCPU thread                   device's event-loop thread (iothread or main loop)  main thread
+//!  ───────────                   ──────────────────────────────────────────────────  ───────────
+//!  MMIO exit                     "<id>-queue0" notify fd ─┐                           QMP
+//!    │                           "<id>-aio" engine fd ────┤                            │
+//!    ▼                           messages (posted) ───────┤                            ▼
+//!  Mutex<VirtioMmio>                                       ▼                       BlockHandle
+//!   (register file) ──► Block ──post──────────────►  BlockState  ◄──call (waits)──  replace,
+//!                        │  activate, reset           (queue, in-flight table,       shutdown
+//!                        │                             backend + engine)
+//!                        └◄── Published (config space, features, reset done)
+//!  KVM ioeventfd ──write──► notify EventFd       │
+//!  irqfd ◄──write── Interrupt::signal_* ◄────────┘
 //! ```
 //!
 //! Invariants:
-//! - Locks are taken in the order transport → device → block state, never backwards; event-loop
-//!   handlers and QMP take only the block state, so no cycle exists.
-//! - The guest's queue is only touched with the block state locked: requests are popped, parsed,
-//!   submitted and completed under it, so hot-replace and reset see a quiescent queue once they
-//!   hold the lock and have drained the engine.
+//! - A device's running state and its engine belong to one event-loop thread, which alone
+//!   touches them. A vCPU sends that thread messages and returns without waiting; the main
+//!   thread may wait for an iothread (hot-replace, shutdown); an iothread waits for nobody.
+//! - The transport shows what the device published: configuration space, feature bits and
+//!   whether a reset has finished (the status register reads 0 only then).
+//! - The guest's queue is only touched on the device's thread: requests are popped, parsed,
+//!   submitted and completed there, so hot-replace and shutdown see a quiescent queue once
+//!   they run and have drained the engine.
 //! - A request is in flight from its submission until its completion was written to the used
 //!   ring; the head descriptor index is its engine tag, and a head already in flight that the
 //!   guest offers again is a guest error (the device then needs a reset).
@@ -47,7 +51,7 @@ use std::sync::Arc;
 use address_space::GuestMemory;
 use vmm_sys_util::eventfd::EventFd;
 
-pub use block::{Block, BlockBackend, BlockBackendConfig, BlockSlot};
+pub use block::{Block, BlockBackend, BlockBackendConfig, BlockHandle};
 pub use mmio::VirtioMmio;
 pub use queue::QueueConfig;
 
@@ -124,14 +128,20 @@ pub enum VirtioError {
         #[source]
         source: util::aio::AioError,
     },
-    /// Waiting for a backend's in-flight requests failed.
-    #[error("cannot drain the in-flight requests of block device {id}")]
-    Drain {
-        /// The device.
-        id: String,
+    /// Making a drive's completed writes durable (`fdatasync`) failed.
+    #[error("cannot flush drive file {path:?}")]
+    Flush {
+        /// The file.
+        path: PathBuf,
         /// The cause.
         #[source]
-        source: util::aio::AioError,
+        source: std::io::Error,
+    },
+    /// The device was shut down and takes no more backends.
+    #[error("block device {id} is shut down")]
+    ShutDown {
+        /// The device.
+        id: String,
     },
     /// Creating an eventfd failed.
     #[error("cannot create an eventfd")]
@@ -176,10 +186,18 @@ pub trait VirtioDevice: Send {
     fn write_config(&mut self, offset: u64, data: &[u8]);
     /// Changes whenever the configuration space changes (the `ConfigGeneration` register).
     fn config_generation(&self) -> u32;
-    /// Starts serving the queues.
+    /// Starts serving the queues. Called on a vCPU thread: a device with a thread of its own
+    /// checks what it can at once and finishes the work there, without waiting.
     fn activate(&mut self, activation: Activation) -> Result<(), VirtioError>;
-    /// Stops serving the queues, finishing in-flight work first; the device is then as new.
+    /// Stops serving the queues and forgets in-flight work; the device is then as new. Called
+    /// on a vCPU thread, it may return before the device has finished: see
+    /// [`VirtioDevice::reset_pending`].
     fn reset(&mut self);
+    /// Whether a reset asked for has not finished yet (the status register reads non-zero
+    /// until then, as the virtio spec allows).
+    fn reset_pending(&self) -> bool {
+        false
+    }
 }
 
 /// A device's interrupt line: the `InterruptStatus` bits, the irqfd that injects them, and
@@ -214,6 +232,11 @@ impl Interrupt {
     pub fn set_needs_reset(&self) {
         self.needs_reset.store(true, Ordering::SeqCst);
         self.signal_config_change();
+    }
+
+    /// Withdraws `DEVICE_NEEDS_RESET` (the device was reset since it was raised).
+    pub fn clear_needs_reset(&self) {
+        self.needs_reset.store(false, Ordering::SeqCst);
     }
 
     /// Whether the device needs a reset.

@@ -1,22 +1,24 @@
-//! A rig for virtio-blk tests: guest RAM, an event-loop thread, a block device behind the
-//! virtio-mmio register file, and the in-process guest driver. Real files, real engines.
+//! A rig for virtio-blk tests: guest RAM, the device's own event-loop thread (an iothread), a
+//! block device behind the virtio-mmio register file, and the in-process guest driver on the
+//! test's thread. Real files, real engines. Dropping the rig shuts the device down on its
+//! thread, then joins the thread, as the machine does.
 
 #![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use address_space::GuestMemory;
 use device_model::virtio::block::request::{VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
 use device_model::virtio::driver::{Buffer, Completion, Driver, DriverConfig};
 use device_model::virtio::{
-    Block, BlockBackend, BlockBackendConfig, BlockSlot, VirtioDevice, VirtioMmio,
+    Block, BlockBackend, BlockBackendConfig, BlockHandle, VirtioDevice, VirtioMmio,
 };
 use util::aio::AioEngine;
-use util::event_loop::EventLoop;
+use util::event_loop::EventLoopThread;
+use util::testing::{IoThrottle, LoopDevice};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Guest RAM size.
@@ -103,60 +105,44 @@ impl Rng {
 /// A running device with its driver.
 pub struct Rig {
     pub driver: Driver,
-    pub slot: BlockSlot,
+    pub slot: BlockHandle,
     pub mem: Arc<GuestMemory>,
     pub mmio: Arc<Mutex<VirtioMmio>>,
     pub irq: Arc<EventFd>,
     pub config: DriverConfig,
-    event_loop: Arc<EventLoop>,
-    thread: Option<JoinHandle<()>>,
+    pub iothread: EventLoopThread,
 }
 
 impl Rig {
     pub fn new(backend: Option<BlockBackend>, config: DriverConfig) -> Rig {
-        let mem = Arc::new(GuestMemory::new(&[(0, RAM)]).unwrap());
-        let event_loop = EventLoop::new().unwrap();
-        let block = Block::new("blk0".into(), backend, event_loop.clone());
-        let slot = block.slot();
+        Rig::with_memory(GuestMemory::new(&[(0, RAM)]).unwrap(), backend, config)
+    }
+
+    /// A rig whose guest RAM is `mem`.
+    pub fn with_memory(
+        mem: GuestMemory,
+        backend: Option<BlockBackend>,
+        config: DriverConfig,
+    ) -> Rig {
+        let mem = Arc::new(mem);
+        let iothread = EventLoopThread::spawn("blk0-iothread").unwrap();
+        let block = Block::new("blk0".into(), backend, iothread.event_loop().clone());
+        let slot = block.handle();
         let device: Arc<Mutex<dyn VirtioDevice>> = Arc::new(Mutex::new(block));
         let irq = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
         let mmio = Arc::new(Mutex::new(
             VirtioMmio::new(device, mem.clone(), irq.clone()).unwrap(),
         ));
         let driver = Driver::new(mmio.clone(), mem.clone(), irq.clone(), config).unwrap();
-        let mut rig = Rig {
+        Rig {
             driver,
             slot,
             mem,
             mmio,
             irq,
             config,
-            event_loop,
-            thread: None,
-        };
-        rig.start_loop();
-        rig
-    }
-
-    /// Runs the event loop on its own thread (the device's iothread).
-    pub fn start_loop(&mut self) {
-        assert!(self.thread.is_none());
-        let runner = self.event_loop.clone();
-        self.thread = Some(std::thread::spawn(move || runner.run().unwrap()));
-    }
-
-    /// Stops the event-loop thread; the test then turns the loop by hand with [`Rig::turn`].
-    pub fn stop_loop(&mut self) {
-        if let Some(thread) = self.thread.take() {
-            self.event_loop.stop();
-            thread.join().unwrap();
+            iothread,
         }
-    }
-
-    /// One pass of the (stopped) event loop.
-    pub fn turn(&self) {
-        assert!(self.thread.is_none());
-        self.event_loop.run_once(1000).unwrap();
     }
 
     pub fn with_disk(disk: &TempDisk, aio: AioEngine, direct: bool, queue_size: u16) -> Rig {
@@ -209,7 +195,26 @@ impl Rig {
 
 impl Drop for Rig {
     fn drop(&mut self) {
-        self.stop_loop();
+        let shut = self.slot.shutdown();
+        self.iothread.stop();
+        if !std::thread::panicking() {
+            shut.unwrap();
+        }
+    }
+}
+
+/// Throttles the I/O of `rig`'s device thread to `device` to `iops` requests per second, until
+/// the returned value is dropped; `None` (with the reason printed) where the host has no
+/// throttle to offer.
+pub fn throttle_device_thread(rig: &Rig, device: &LoopDevice, iops: u32) -> Option<IoThrottle> {
+    let made = IoThrottle::new("blk-test", device.device_number().unwrap(), iops)
+        .and_then(|mut throttle| throttle.add_thread(rig.iothread.tid()).map(|()| throttle));
+    match made {
+        Ok(throttle) => Some(throttle),
+        Err(e) => {
+            eprintln!("requests will not be held in flight: {e}");
+            None
+        }
     }
 }
 

@@ -1,8 +1,10 @@
 //! A drive: its open file and the engine (`aio=off|native|io_uring`) bound to it.
 //!
-//! Invariant: the engine borrows the file's descriptor, so it is declared (and so dropped)
-//! before the file; dropping a backend with requests in flight is prevented by its owner,
-//! which drains the engine first.
+//! Invariants:
+//! - The engine borrows the file's descriptor, so it is declared (and so dropped) before the
+//!   file; its owner drains it first, on the thread that uses the engine.
+//! - Guest RAM is registered with the engine (fixed buffers) only when it is preallocated:
+//!   registering pins every page, which must never be what makes guest RAM resident.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
@@ -123,13 +125,15 @@ impl BlockBackend {
         }
     }
 
-    /// Makes completed writes durable before the backend goes away.
-    pub(super) fn sync(&self) {
-        if !self.config.readonly {
-            if let Err(e) = self.file.sync_data() {
-                log::error!("drive {:?}: fdatasync failed: {e}", self.config.path);
-            }
+    /// Makes completed writes durable (`fdatasync`) before the backend goes away.
+    pub(super) fn sync(&self) -> Result<(), VirtioError> {
+        if self.config.readonly {
+            return Ok(());
         }
+        self.file.sync_data().map_err(|source| VirtioError::Flush {
+            path: self.config.path.clone(),
+            source,
+        })
     }
 }
 

@@ -2,15 +2,29 @@
 //!
 //! - `backend.rs`: [`BlockBackend`], the open file and its engine.
 //! - [`request`]: parsing a request from a descriptor chain (checks only, no I/O).
-//! - `state.rs`: the queue and completion handlers that run on the device's event loop.
+//! - `state.rs`: the device's running half, owned by its event-loop thread.
 //!
-//! Threads: the engine is used only on the device's event-loop thread (an io_uring ring may
-//! accept system calls from one thread only), so activation, reset and hot-replace, asked for
-//! on a vCPU or the QMP thread, run there through [`EventLoop::call`].
+//! ```text
+//!  vCPU (transport)                   device's event-loop thread              main thread
+//!  ────────────────                   ──────────────────────────              ───────────
+//!  Block::activate ──post──────────►  BlockState::activate
+//!  Block::reset ─────post──────────►  BlockState::reset ─► resets_done
+//!  Block::read_config ◄── Published ◄── (capacity, features, generation)
+//!                                      BlockState::replace_backend ◄─call── BlockHandle
+//!                                      BlockState::shutdown        ◄─call── BlockHandle
+//! ```
 //!
-//! Hot-replace: [`BlockSlot::replace_backend`] (any thread) drains the old backend's in-flight
-//! requests and answers them, syncs it, installs the new one (or none: an empty slot is a
-//! device of capacity 0), bumps the configuration generation and raises a configuration-change
+//! Threads: the device's state and its engine belong to one event-loop thread (its iothread,
+//! or the main loop), which alone touches them. A vCPU never waits for that thread: it posts
+//! activation and reset as messages ([`EventLoop::post`]) and returns; what the transport
+//! must show at once (configuration space, features, whether a reset has finished) comes
+//! from [`Published`], which the device's thread updates. The main thread's
+//! [`BlockHandle`] waits for the device's thread ([`EventLoop::call`]) to hot-replace the
+//! backend or shut the device down; an iothread never waits for anyone.
+//!
+//! Hot-replace: [`BlockHandle::replace_backend`] drains the old backend's in-flight requests
+//! and answers them, syncs it, installs the new one (or none: an empty slot is a device of
+//! capacity 0), bumps the configuration generation and raises a configuration-change
 //! interrupt. Feature bits cannot change under a running driver, so an empty slot offers
 //! `DISCARD` and `WRITE_ZEROES`; a later backend whose engine lacks them answers `UNSUPP`,
 //! and a read-only backend put in a slot negotiated read-write answers writes with `IOERR`.
@@ -19,14 +33,15 @@ mod backend;
 pub mod request;
 mod state;
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use util::aio::AioOpcode;
 use util::event_loop::EventLoop;
 
 pub use backend::{BlockBackend, BlockBackendConfig, ENGINE_DEPTH};
 use request::SECTOR_SIZE;
-use state::{lock, on_loop, BlockState, MAX_RANGE_SECTORS};
+use state::{lock, BlockState, MAX_RANGE_SECTORS};
 
 use super::queue::{QueueError, SplitQueue};
 use super::{
@@ -80,41 +95,113 @@ pub mod config {
     pub const MAX_WRITE_ZEROES_SEG: usize = 52;
 }
 
-/// A virtio-blk device; put it behind a transport with `Arc<Mutex<Block>>`.
-pub struct Block {
-    state: Arc<Mutex<BlockState>>,
+/// What the device's thread publishes for the threads that may not touch its state: the
+/// configuration space's contents and the feature bits that depend on the backend.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Published {
+    pub(super) backend: Option<BlockBackendConfig>,
+    pub(super) capacity_sectors: u64,
+    pub(super) discard: bool,
+    pub(super) write_zeroes: bool,
+    pub(super) config_generation: u32,
 }
 
-/// A handle on a block device's backend, usable from any thread (QMP hot-replace).
-#[derive(Clone)]
-pub struct BlockSlot {
+impl Published {
+    fn of(backend: Option<&BlockBackend>, config_generation: u32) -> Published {
+        Published {
+            backend: backend.map(|b| b.config().clone()),
+            capacity_sectors: backend.map_or(0, BlockBackend::capacity_sectors),
+            discard: backend.is_none_or(|b| b.supports(AioOpcode::Discard)),
+            write_zeroes: backend.is_none_or(|b| b.supports(AioOpcode::WriteZeroes)),
+            config_generation,
+        }
+    }
+}
+
+/// The part of a device every thread may read: its id, what its thread published, and the
+/// resets asked for and finished.
+pub(super) struct Shared {
+    pub(super) id: String,
+    published: Mutex<Published>,
+    resets_asked: AtomicU64,
+    resets_done: AtomicU64,
+}
+
+impl Shared {
+    pub(super) fn published(&self) -> MutexGuard<'_, Published> {
+        self.published.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes what `backend` shows the driver; returns the new configuration generation.
+    pub(super) fn publish(&self, backend: Option<&BlockBackend>, bump: bool) -> u32 {
+        let mut published = self.published();
+        let generation = if bump {
+            published.config_generation.wrapping_add(1)
+        } else {
+            published.config_generation
+        };
+        *published = Published::of(backend, generation);
+        generation
+    }
+
+    /// Records that the reset numbered `n` has finished.
+    pub(super) fn reset_done(&self, n: u64) {
+        self.resets_done.store(n, Ordering::Release);
+    }
+}
+
+/// A virtio-blk device, the half the transport drives; put it behind a transport with
+/// `Arc<Mutex<Block>>`.
+pub struct Block {
+    shared: Arc<Shared>,
     state: Arc<Mutex<BlockState>>,
+    event_loop: Arc<EventLoop>,
+}
+
+/// The owner's handle on a block device (the machine, for QMP hot-replace and shutdown).
+/// Its calls wait for the device's thread: make them from the main thread, never from a
+/// vCPU or an iothread.
+#[derive(Clone)]
+pub struct BlockHandle {
+    shared: Arc<Shared>,
+    state: Arc<Mutex<BlockState>>,
+    event_loop: Arc<EventLoop>,
 }
 
 impl Block {
-    /// A device named `id` (used in handler names and logs) whose queue is served by
+    /// A device named `id` (used in handler names and logs) owned by the thread of
     /// `event_loop`; `backend: None` makes an empty slot of capacity 0.
     pub fn new(id: String, backend: Option<BlockBackend>, event_loop: Arc<EventLoop>) -> Block {
+        let shared = Arc::new(Shared {
+            id: id.clone(),
+            published: Mutex::new(Published::of(backend.as_ref(), 0)),
+            resets_asked: AtomicU64::new(0),
+            resets_done: AtomicU64::new(0),
+        });
         Block {
-            state: BlockState::new(id, backend, event_loop),
+            state: BlockState::new(id, backend, shared.clone(), event_loop.clone()),
+            shared,
+            event_loop,
         }
     }
 
-    /// A handle for replacing the backend while the guest runs.
-    pub fn slot(&self) -> BlockSlot {
-        BlockSlot {
+    /// The owner's handle (hot-replace, shutdown).
+    pub fn handle(&self) -> BlockHandle {
+        BlockHandle {
+            shared: self.shared.clone(),
             state: self.state.clone(),
+            event_loop: self.event_loop.clone(),
         }
     }
 
-    /// Same as [`BlockSlot::replace_backend`].
-    pub fn replace_backend(&self, backend: Option<BlockBackend>) -> Result<(), VirtioError> {
-        self.slot().replace_backend(backend)
+    /// Runs `f` on the device's state on its thread, without waiting.
+    fn post(&self, f: impl FnOnce(&mut BlockState) + Send + 'static) {
+        let state = self.state.clone();
+        self.event_loop.post(move || f(&mut lock(&state)));
     }
 
     fn config_space(&self) -> [u8; CONFIG_LEN] {
-        let state = lock(&self.state);
-        let capacity = state.backend.as_ref().map_or(0, |b| b.capacity_sectors());
+        let capacity = self.shared.published().capacity_sectors;
         let mut space = [0u8; CONFIG_LEN];
         let mut put = |at: usize, bytes: &[u8]| space[at..at + bytes.len()].copy_from_slice(bytes);
         put(config::CAPACITY, &capacity.to_le_bytes());
@@ -137,39 +224,52 @@ impl Block {
     }
 }
 
-impl BlockSlot {
-    /// Puts `backend` into the slot (`None` empties it), callable while the VM runs: in-flight
-    /// requests of the old backend are drained and answered first (no completed write is
-    /// lost), the capacity in the configuration space changes and the driver gets a
-    /// configuration-change interrupt.
+impl BlockHandle {
+    /// Runs `f` on the device's state on its thread and waits for the result (at once when
+    /// called on that thread, or when no thread runs its loop).
+    fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut BlockState) -> R + Send + 'static,
+    ) -> Result<R, VirtioError> {
+        let state = self.state.clone();
+        self.event_loop
+            .call(move || f(&mut lock(&state)))
+            .map_err(VirtioError::EventLoop)
+    }
+
+    /// Puts `backend` into the slot (`None` empties it) while the VM runs: in-flight requests
+    /// of the old backend are drained and answered first (no completed write is lost), the
+    /// capacity in the configuration space changes and the driver gets a configuration-change
+    /// interrupt. Returns once the device's thread has done it.
     pub fn replace_backend(&self, backend: Option<BlockBackend>) -> Result<(), VirtioError> {
-        on_loop(&self.state, move |state| state.replace_backend(backend))?
+        self.call(move |state| state.replace_backend(backend))?
+    }
+
+    /// Shuts the device down on its thread: answers every in-flight request, makes completed
+    /// writes durable (`fdatasync`), closes the backend there and stops serving the queue. The
+    /// device stays in place, answering nothing; returns the error of the final flush, if any.
+    pub fn shutdown(&self) -> Result<(), VirtioError> {
+        self.call(BlockState::shutdown)?
     }
 
     /// The device's id.
     pub fn id(&self) -> String {
-        lock(&self.state).id.clone()
+        self.shared.id.clone()
     }
 
     /// The current backend's configuration, `None` for an empty slot.
     pub fn backend_config(&self) -> Option<BlockBackendConfig> {
-        lock(&self.state)
-            .backend
-            .as_ref()
-            .map(|b| b.config().clone())
+        self.shared.published().backend.clone()
     }
 
     /// The current capacity in sectors (0 for an empty slot).
     pub fn capacity_sectors(&self) -> u64 {
-        lock(&self.state)
-            .backend
-            .as_ref()
-            .map_or(0, |b| b.capacity_sectors())
+        self.shared.published().capacity_sectors
     }
 
-    /// Requests the engine owns right now.
-    pub fn in_flight(&self) -> usize {
-        lock(&self.state).in_flight()
+    /// Requests the engine owns right now (asks the device's thread).
+    pub fn in_flight(&self) -> Result<usize, VirtioError> {
+        self.call(|state| state.in_flight())
     }
 }
 
@@ -183,8 +283,7 @@ impl VirtioDevice for Block {
     }
 
     fn device_features(&self) -> u64 {
-        let state = lock(&self.state);
-        let backend = state.backend.as_ref();
+        let published = self.shared.published();
         let mut features = feature(VIRTIO_F_VERSION_1)
             | feature(VIRTIO_F_RING_INDIRECT_DESC)
             | feature(VIRTIO_F_RING_EVENT_IDX)
@@ -192,13 +291,13 @@ impl VirtioDevice for Block {
             | feature(VIRTIO_BLK_F_SEG_MAX)
             | feature(VIRTIO_BLK_F_BLK_SIZE)
             | feature(VIRTIO_BLK_F_FLUSH);
-        if backend.is_some_and(|b| b.config().readonly) {
+        if published.backend.as_ref().is_some_and(|b| b.readonly) {
             features |= feature(VIRTIO_BLK_F_RO);
         }
-        if backend.is_none_or(|b| b.supports(AioOpcode::Discard)) {
+        if published.discard {
             features |= feature(VIRTIO_BLK_F_DISCARD);
         }
-        if backend.is_none_or(|b| b.supports(AioOpcode::WriteZeroes)) {
+        if published.write_zeroes {
             features |= feature(VIRTIO_BLK_F_WRITE_ZEROES);
         }
         features
@@ -222,7 +321,7 @@ impl VirtioDevice for Block {
     }
 
     fn config_generation(&self) -> u32 {
-        lock(&self.state).config_generation
+        self.shared.published().config_generation
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), VirtioError> {
@@ -241,17 +340,22 @@ impl VirtioDevice for Block {
             .map_err(|source| VirtioError::Queue { index, source })?;
         let (mem, interrupt, features) =
             (activation.mem, activation.interrupt, activation.features);
-        on_loop(&self.state, move |state| {
-            if state.is_active() {
-                state.deactivate();
+        self.post(move |state| {
+            if let Err(e) = state.activate(queue, mem, interrupt.clone(), notify, features) {
+                log::error!("virtio-blk {}: activation failed: {e}", state.id());
+                interrupt.set_needs_reset();
             }
-            state.activate(queue, mem, interrupt, notify, features)
-        })?
+        });
+        Ok(())
     }
 
     fn reset(&mut self) {
-        if let Err(e) = on_loop(&self.state, BlockState::deactivate) {
-            log::error!("virtio-blk: reset: {e}");
-        }
+        let n = self.shared.resets_asked.fetch_add(1, Ordering::AcqRel) + 1;
+        self.post(move |state| state.reset(n));
+    }
+
+    fn reset_pending(&self) -> bool {
+        self.shared.resets_done.load(Ordering::Acquire)
+            != self.shared.resets_asked.load(Ordering::Acquire)
     }
 }

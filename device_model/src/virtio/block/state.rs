@@ -1,6 +1,7 @@
-//! The running half of a block device: its queue, in-flight table and backend, driven by two
-//! event-loop handlers (`<id>-queue0` for the guest's notifications, `<id>-aio` for the
-//! engine's completions).
+//! The running half of a block device, owned by its event-loop thread: its queue, in-flight
+//! table and backend, driven by two event-loop handlers (`<id>-queue0` for the guest's
+//! notifications, `<id>-aio` for the engine's completions) and by the messages of the
+//! transport and the owner (activate, reset, replace, shut down).
 //!
 //! ```text
 //!  notify fd ─► pop every offered chain ─► parse ─┬─ bad / GET_ID / nothing to do: used now
@@ -11,16 +12,20 @@
 //! ```
 //!
 //! Invariants:
+//! - Only the thread of `event_loop` locks the state (handlers and messages run there), so
+//!   the lock is never contended and nobody waits for it.
 //! - `inflight[head]` is `Some` exactly while the chain `head` is owned by the engine.
-//! - Every iovec handed to the engine points into `Active::mem`, which is not dropped before
-//!   the engine is drained (reset, backend replacement and drop all drain first).
+//! - Every request handed to the engine carries a [`KeepAlive`] of `Active::mem`, so guest
+//!   RAM stays mapped while the kernel may use it, even if a drain fails.
 //! - The engine handler is registered exactly while the device is active and has a backend.
+//! - After [`BlockState::shutdown`] the state has no backend and no handler and ignores every
+//!   later message.
 
 use std::os::unix::io::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use address_space::GuestMemory;
-use util::aio::{AioCompletion, AioOpcode, AioRequest, Iovec};
+use util::aio::{AioCompletion, AioOpcode, AioRequest, Iovec, KeepAlive};
 use util::event_loop::{EventLoop, HandlerAction};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -30,7 +35,7 @@ use super::request::{
     status_address, DiskLimits, Request, RequestKind, Segment, SERIAL_LEN, VIRTIO_BLK_S_IOERR,
     VIRTIO_BLK_S_OK,
 };
-use super::{VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES};
+use super::{Shared, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES};
 use crate::virtio::queue::{Descriptor, QueueError, SplitQueue};
 use crate::virtio::{feature, Interrupt, VirtioError};
 
@@ -49,6 +54,7 @@ struct InFlight {
 pub(super) struct Active {
     queue: SplitQueue,
     mem: Arc<GuestMemory>,
+    keep_alive: KeepAlive,
     interrupt: Arc<Interrupt>,
     notify: Arc<EventFd>,
     features: u64,
@@ -60,31 +66,18 @@ pub(super) struct Active {
     batch: Vec<AioRequest>,
 }
 
-/// Everything the handlers, the transport and hot-replace share, behind one mutex.
+/// The device's running state; lives behind a mutex that only its event-loop thread takes.
 pub(super) struct BlockState {
-    pub(super) id: String,
+    id: String,
+    shared: Arc<Shared>,
     event_loop: Arc<EventLoop>,
-    pub(super) backend: Option<BlockBackend>,
+    backend: Option<BlockBackend>,
     backend_generation: u64,
-    pub(super) config_generation: u32,
     active: Option<Active>,
     completions: Vec<AioCompletion>,
     engine_registered: Option<std::os::unix::io::RawFd>,
+    shut_down: bool,
     this: Weak<Mutex<BlockState>>,
-}
-
-/// Runs `f` on the state's event-loop thread, the one thread that uses its engine, and
-/// waits for its result (at once when already there or when no thread runs the loop).
-pub(super) fn on_loop<R, F>(state: &Arc<Mutex<BlockState>>, f: F) -> Result<R, VirtioError>
-where
-    R: Send + 'static,
-    F: FnOnce(&mut BlockState) -> R + Send + 'static,
-{
-    let event_loop = lock(state).event_loop.clone();
-    let state = state.clone();
-    event_loop
-        .call(move || f(&mut lock(&state)))
-        .map_err(VirtioError::EventLoop)
 }
 
 pub(super) fn lock(state: &Mutex<BlockState>) -> MutexGuard<'_, BlockState> {
@@ -201,7 +194,7 @@ impl Active {
             iovecs,
             len: request.len,
             tag: u64::from(head),
-            keep_alive: None,
+            keep_alive: Some(self.keep_alive.clone()),
         };
         self.inflight[usize::from(head)] = Some(InFlight {
             status,
@@ -245,8 +238,9 @@ impl Active {
         }
         let result = match backend {
             // SAFETY: every iovec was built by `host_address` on `self.mem` for a range inside
-            // guest RAM; `self.mem` (an `Arc`) outlives the requests because reset, backend
-            // replacement and drop all drain the engine before dropping `Active`.
+            // guest RAM, and every request carries a `KeepAlive` of `self.mem`: the engine
+            // holds it until the completion is handed out, and leaks it if it cannot drain,
+            // so the mapping outlives every use the kernel makes of it.
             Some(backend) => unsafe { backend.engine().submit(&mut self.batch) },
             None => Ok(()),
         };
@@ -311,25 +305,32 @@ impl Active {
 }
 
 impl BlockState {
-    /// A device `id` with an optional backend, served by `event_loop`.
+    /// A device `id` with an optional backend, owned by the thread of `event_loop`.
     pub(super) fn new(
         id: String,
         backend: Option<BlockBackend>,
+        shared: Arc<Shared>,
         event_loop: Arc<EventLoop>,
     ) -> Arc<Mutex<BlockState>> {
         Arc::new_cyclic(|this| {
             Mutex::new(BlockState {
                 id,
+                shared,
                 event_loop,
                 backend,
                 backend_generation: 0,
-                config_generation: 0,
                 active: None,
                 completions: Vec::new(),
                 engine_registered: None,
+                shut_down: false,
                 this: this.clone(),
             })
         })
+    }
+
+    /// The device's id.
+    pub(super) fn id(&self) -> &str {
+        &self.id
     }
 
     fn limits(&self) -> DiskLimits {
@@ -346,11 +347,6 @@ impl BlockState {
         }
     }
 
-    /// Whether the device has been activated by the driver.
-    pub(super) fn is_active(&self) -> bool {
-        self.active.is_some()
-    }
-
     /// Starts serving `queue` after the driver set `DRIVER_OK`.
     pub(super) fn activate(
         &mut self,
@@ -360,6 +356,12 @@ impl BlockState {
         notify: Arc<EventFd>,
         features: u64,
     ) -> Result<(), VirtioError> {
+        if self.shut_down {
+            return Ok(());
+        }
+        if self.active.is_some() {
+            self.deactivate();
+        }
         let size = usize::from(queue.size());
         let weak = self.this.clone();
         let fd = notify.clone();
@@ -383,6 +385,7 @@ impl BlockState {
             .map_err(VirtioError::EventLoop)?;
         self.active = Some(Active {
             queue,
+            keep_alive: KeepAlive::new(mem.clone()),
             mem,
             interrupt,
             notify,
@@ -401,8 +404,19 @@ impl BlockState {
         Ok(())
     }
 
+    /// The driver reset the device (reset number `n`): stop serving the queue, forget what
+    /// is in flight (the driver no longer expects it), then tell the transport it is done.
+    pub(super) fn reset(&mut self, n: u64) {
+        if let Some(active) = self.active.as_ref() {
+            // What the old queue flagged no longer applies to the reset device.
+            active.interrupt.clear_needs_reset();
+        }
+        self.deactivate();
+        self.shared.reset_done(n);
+    }
+
     /// Stops serving the queue; in-flight requests are waited for and dropped.
-    pub(super) fn deactivate(&mut self) {
+    fn deactivate(&mut self) {
         let drained = self.drain_engine();
         if drained > 0 {
             log::info!(
@@ -432,21 +446,40 @@ impl BlockState {
         self.completions.len()
     }
 
-    /// Registers the engine's eventfd if the device is active and has a backend.
+    /// Drains the engine and answers every drained request in the used ring.
+    fn drain_and_answer(&mut self) {
+        self.drain_engine();
+        let drained = std::mem::take(&mut self.completions);
+        if let Some(active) = self.active.as_mut() {
+            for done in &drained {
+                if let Err(e) = active.complete(&self.id, *done) {
+                    active.break_device(&self.id, e);
+                }
+            }
+            active.signal(&self.id);
+        }
+        self.completions = drained;
+    }
+
+    /// Registers the engine's eventfd if the device is active and has a backend; offers guest
+    /// RAM to the engine as fixed buffers only where it is already resident by the user's
+    /// choice (preallocated), so activation never pins or populates guest RAM by itself.
     fn attach_engine(&mut self) -> Result<(), VirtioError> {
         let (Some(backend), Some(active)) = (self.backend.as_mut(), self.active.as_ref()) else {
             return Ok(());
         };
-        let regions: Vec<Iovec> = active
-            .mem
-            .regions()
-            .iter()
-            .map(|r| Iovec {
-                base: r.host_address(),
-                len: r.size(),
-            })
-            .collect();
-        backend.register_memory(&regions);
+        if active.mem.preallocated() {
+            let regions: Vec<Iovec> = active
+                .mem
+                .regions()
+                .iter()
+                .map(|r| Iovec {
+                    base: r.host_address(),
+                    len: r.size(),
+                })
+                .collect();
+            backend.register_memory(&regions);
+        }
         let fd = backend.engine().eventfd();
         let weak = self.this.clone();
         let generation = self.backend_generation;
@@ -480,43 +513,61 @@ impl BlockState {
         }
     }
 
+    /// Takes the backend out after answering its in-flight requests, and makes its completed
+    /// writes durable; the backend (and its engine) is closed on this thread.
+    fn take_backend(&mut self) -> Result<(), VirtioError> {
+        self.drain_and_answer();
+        self.detach_engine();
+        let Some(old) = self.backend.take() else {
+            return Ok(());
+        };
+        let synced = old.sync();
+        log::info!(
+            "virtio-blk {}: backend {:?} closed",
+            self.id,
+            old.config().path
+        );
+        synced
+    }
+
     /// Puts `backend` in place of the current one: in-flight requests are drained and
     /// answered to the guest first, then completed writes are synced.
     pub(super) fn replace_backend(
         &mut self,
         backend: Option<BlockBackend>,
     ) -> Result<(), VirtioError> {
-        self.drain_engine();
-        let drained = std::mem::take(&mut self.completions);
-        if let Some(active) = self.active.as_mut() {
-            for done in &drained {
-                if let Err(e) = active.complete(&self.id, *done) {
-                    active.break_device(&self.id, e);
-                }
-            }
-            active.signal(&self.id);
+        if self.shut_down {
+            return Err(VirtioError::ShutDown {
+                id: self.id.clone(),
+            });
         }
-        self.completions = drained;
-        self.detach_engine();
-        if let Some(old) = self.backend.take() {
-            old.sync();
-            log::info!(
-                "virtio-blk {}: backend {:?} removed",
-                self.id,
-                old.config().path
-            );
+        if let Err(e) = self.take_backend() {
+            log::error!("virtio-blk {}: {e}", self.id);
         }
         self.backend = backend;
         self.backend_generation += 1;
-        self.config_generation = self.config_generation.wrapping_add(1);
         let attached = self.attach_engine();
         if attached.is_err() {
             self.backend = None;
         }
+        self.shared.publish(self.backend.as_ref(), true);
         if let Some(active) = self.active.as_ref() {
             active.interrupt.signal_config_change();
         }
         attached
+    }
+
+    /// Ends the device: answers every in-flight request, syncs and closes the backend, stops
+    /// serving the queue. Returns the final flush's error, if any.
+    pub(super) fn shutdown(&mut self) -> Result<(), VirtioError> {
+        if self.shut_down {
+            return Ok(());
+        }
+        self.shut_down = true;
+        let synced = self.take_backend();
+        self.deactivate();
+        log::debug!("virtio-blk {}: shut down", self.id);
+        synced
     }
 
     /// The guest notified the queue.
@@ -585,6 +636,9 @@ impl BlockState {
 
 impl Drop for BlockState {
     fn drop(&mut self) {
-        self.deactivate();
+        // Normally a no-op: the owner shut the device down on its thread.
+        if let Err(e) = self.shutdown() {
+            log::error!("virtio-blk {}: {e}", self.id);
+        }
     }
 }
