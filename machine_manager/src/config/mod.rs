@@ -42,6 +42,9 @@ pub struct VmConfig {
     pub cmdline: String,
     /// Guest RAM in bytes (`-m`).
     pub mem_size: u64,
+    /// Make all guest RAM resident at start (`-mem-prealloc`); io_uring drives then use it
+    /// as registered (fixed) buffers.
+    pub mem_prealloc: bool,
     /// Number of vCPUs (`-smp`).
     pub cpus: u8,
     /// The vCPU model and feature changes (`-cpu`).
@@ -76,6 +79,7 @@ impl Default for VmConfig {
             initrd: None,
             cmdline: String::new(),
             mem_size: DEFAULT_MEM_SIZE,
+            mem_prealloc: false,
             cpus: 1,
             cpu: CpuConfig::default(),
             serial_stdio: false,
@@ -110,6 +114,7 @@ const OPTIONS: &[(&str, Arity, bool)] = &[
     ("append", Arity::Required, false),
     ("initrd", Arity::Required, false),
     ("m", Arity::Required, false),
+    ("mem-prealloc", Arity::None, false),
     ("smp", Arity::Required, false),
     ("cpu", Arity::Required, false),
     ("serial", Arity::Required, false),
@@ -142,6 +147,8 @@ Usage: stratovirt [OPTIONS]
   -append \"CMDLINE\"           guest kernel command line
   -initrd FILE                initramfs/initrd image
   -m N[M|G]                   guest RAM, default unit MiB, 128M..512G (default 256M)
+  -mem-prealloc               make guest RAM resident at start (io_uring drives then
+                              register it as fixed buffers)
   -smp [cpus=]N               number of vCPUs, 1..254 (default 1)
   -cpu host[,-FEAT][,+FEAT]   vCPU model and CPUID features to hide or show
   -serial stdio               16550 UART (port 0x3f8, IRQ 4) on stdin/stdout
@@ -227,6 +234,7 @@ fn apply(
         "append" => config.cmdline = value.unwrap_or_default(),
         "initrd" => config.initrd = Some(PathBuf::from(required(value)?)),
         "m" => config.mem_size = machine::parse_memory(&required(value)?)?,
+        "mem-prealloc" => config.mem_prealloc = true,
         "smp" => config.cpus = machine::parse_smp(&required(value)?)?,
         "cpu" => config.cpu = machine::parse_cpu(&required(value)?)?,
         "serial" => config.serial_stdio = machine::parse_serial(&required(value)?)?,

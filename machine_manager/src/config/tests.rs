@@ -35,7 +35,7 @@ fn defaults() {
 fn a_full_command_line() {
     let args = [
         "-machine", "microvm", "-kernel", "/k/vmlinux", "-append", "console=ttyS0 root=/dev/vda rw",
-        "-initrd", "/k/initrd.img", "-m", "1G", "-smp", "cpus=2", "-cpu", "host,-cx16,+x2apic",
+        "-initrd", "/k/initrd.img", "-m", "1G", "-mem-prealloc", "-smp", "cpus=2", "-cpu", "host,-cx16,+x2apic",
         "-serial", "stdio", "-D", "/tmp/vm.log", "-name", "vm1", "-daemonize", "-pidfile",
         "/tmp/vm.pid", "-S", "-object", "iothread,id=io0", "-drive",
         "id=rootfs,file=/img/root.ext4,readonly=off,direct=on,aio=io_uring,serial=ROOT1,throttling.iops-total=5000,if=none,format=raw",
@@ -47,6 +47,7 @@ fn a_full_command_line() {
     assert_eq!(config.cmdline, "console=ttyS0 root=/dev/vda rw");
     assert_eq!(config.initrd, Some(PathBuf::from("/k/initrd.img")));
     assert_eq!(config.mem_size, 1 << 30);
+    assert!(config.mem_prealloc);
     assert_eq!(config.cpus, 2);
     assert_eq!(config.cpu.disabled, vec!["cx16"]);
     assert_eq!(config.cpu.enabled, vec!["x2apic"]);

@@ -66,6 +66,16 @@ impl QmpEventSender {
         QmpEventSender { queue }
     }
 
+    /// Events queued and not yet taken by the event loop (which writes them to the client, or
+    /// drops them when no negotiated client is connected).
+    pub fn pending(&self) -> usize {
+        self.queue
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
     /// Stamps `event` with the current time and queues it for the connected, negotiated
     /// client; without such a client when the loop delivers it, it is dropped (as QEMU does).
     pub fn send(&self, event: QmpEvent) {

@@ -100,6 +100,8 @@ pub enum ShutdownReason {
     HostQmpQuit,
     /// The guest asked for it, e.g. a reboot (`{"guest":true,"reason":"guest-shutdown"}`).
     GuestShutdown,
+    /// SIGTERM, SIGINT or SIGHUP (`{"guest":false,"reason":"host-signal"}`).
+    HostSignal,
 }
 
 /// An asynchronous notification for the client.
@@ -215,6 +217,13 @@ pub(crate) fn event(event: &QmpEvent, timestamp: Timestamp) -> Vec<u8> {
                 reason: "guest-shutdown",
             },
         ),
+        QmpEvent::Shutdown(ShutdownReason::HostSignal) => (
+            "SHUTDOWN",
+            EventData::Shutdown {
+                guest: false,
+                reason: "host-signal",
+            },
+        ),
         QmpEvent::DeviceDeleted { id } => (
             "DEVICE_DELETED",
             EventData::DeviceDeleted {
@@ -282,6 +291,11 @@ mod tests {
                 ts
             )),
             "{\"event\":\"SHUTDOWN\",\"data\":{\"guest\":true,\"reason\":\"guest-shutdown\"},\
+             \"timestamp\":{\"seconds\":12,\"microseconds\":34}}\r\n"
+        );
+        assert_eq!(
+            text(event(&QmpEvent::Shutdown(ShutdownReason::HostSignal), ts)),
+            "{\"event\":\"SHUTDOWN\",\"data\":{\"guest\":false,\"reason\":\"host-signal\"},\
              \"timestamp\":{\"seconds\":12,\"microseconds\":34}}\r\n"
         );
         assert_eq!(
