@@ -1,19 +1,16 @@
 //! `stratovirt`: the micro-VM monitor's command-line entry point.
 //!
 //! Every failure ends the process with one line on stderr, `stratovirt: <message>` (the
-//! error and its causes joined by ": "), and exit status 1. A guest reboot, or a `quit` from
-//! the host, ends it with status 0.
+//! error and its causes joined by ": "), and exit status 1. A guest reboot, a `quit` from
+//! the host, or SIGTERM/SIGINT/SIGHUP end it with status 0, after the ordered shutdown.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Context};
 use log::LevelFilter;
 use machine_manager::config::{parse_args, usage, version, ConfigError, VmConfig};
-use micro_vm::block_devices::BlockDevices;
 use micro_vm::process::{daemonize, PidFile};
-use micro_vm::qmp_handler::QmpService;
-use micro_vm::MicroVm;
+use micro_vm::Vmm;
 
 fn main() {
     std::panic::set_hook(Box::new(|info| {
@@ -55,15 +52,11 @@ fn run() -> anyhow::Result<()> {
     }
     let _pidfile = config.pidfile.as_deref().map(PidFile::create).transpose()?;
     init_logging(&config)?;
-    let mut vm = MicroVm::new(&config)?;
-    let blocks = Arc::new(Mutex::new(BlockDevices::attach(&mut vm, &config)?));
-    let vm = Arc::new(vm);
-    let qmp = QmpService::start(&config, &vm, blocks.clone())?;
-    vm.start()?;
-    let exit = vm.run()?;
-    if let Some(qmp) = &qmp {
-        qmp.announce_exit(&vm, exit);
-    }
+    // The VMM shuts down in order however `run` ends (see micro_vm::vmm); the pid file goes
+    // last.
+    let vmm = Vmm::new(&config)?;
+    vmm.start()?;
+    let exit = vmm.run()?;
     log::info!("exiting: {exit:?}");
     Ok(())
 }

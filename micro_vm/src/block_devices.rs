@@ -1,5 +1,5 @@
-//! The machine's virtio-blk devices: the replaceable slots, boot-time drives, iothreads, and
-//! the KVM wiring (ioeventfd per queue, irqfd per slot).
+//! The machine's virtio-blk devices: the replaceable slots, boot-time drives, the nodes QMP
+//! opened, iothreads, and the KVM wiring (ioeventfd per queue, irqfd per slot).
 //!
 //! ```text
 //!  slot:   0        1        2        3       | 4 ...
@@ -14,23 +14,26 @@
 //!   is a KVM irqfd on the slot's GSI.
 //! - Every engine the command line uses is probed before any drive is opened, so an engine the
 //!   kernel refuses is one start-up error naming it.
-//! - A device's queue runs on its `iothread=` event loop, else on the machine's main loop.
-//!   Iothreads are stopped and joined when [`BlockDevices`] drops.
+//! - A device belongs to its `iothread=` event loop, else to the machine's main loop; that
+//!   thread alone runs its queue and its engine.
+//! - [`BlockDevices::shutdown`] (also run on drop) shuts every device down on its own thread
+//!   (in-flight requests answered, images flushed, backends closed there), then stops and joins
+//!   the iothreads, then closes the nodes QMP opened. Call it from the main thread once the
+//!   vCPUs are stopped.
 
 use std::collections::HashMap;
 use std::mem::ManuallyDrop;
 use std::os::unix::io::{FromRawFd, RawFd};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 use device_model::virtio::mmio::reg::QUEUE_NOTIFY;
 use device_model::virtio::{
-    Block, BlockBackend, BlockBackendConfig, BlockSlot, VirtioDevice, VirtioError, VirtioMmio,
+    Block, BlockBackend, BlockBackendConfig, BlockHandle, VirtioDevice, VirtioError, VirtioMmio,
 };
 use kvm_ioctls::{IoEventAddress, VmFd};
 use machine_manager::config::{DriveConfig, VmConfig};
 use util::aio::{AioEngine, AioError};
-use util::event_loop::{EventLoop, EventLoopError};
+use util::event_loop::{EventLoop, EventLoopError, EventLoopThread};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::{MachineError, MicroVm, MmioSlot};
@@ -77,23 +80,14 @@ pub enum BlockDevicesError {
         /// The iothread id.
         iothread: String,
     },
-    /// An iothread's event loop could not be created.
-    #[error("cannot create iothread {id}")]
-    IothreadLoop {
+    /// An iothread could not be started.
+    #[error("cannot start iothread {id}")]
+    Iothread {
         /// The iothread id.
         id: String,
         /// The cause.
         #[source]
         source: EventLoopError,
-    },
-    /// An iothread could not be started.
-    #[error("cannot start iothread {id}")]
-    IothreadSpawn {
-        /// The iothread id.
-        id: String,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
     },
     /// The virtio-mmio transport could not be built.
     #[error("block slot {slot}: cannot build the virtio-mmio transport")]
@@ -145,22 +139,30 @@ pub struct Occupant {
 pub struct DeviceSlot {
     /// Where the slot sits (index, MMIO window, GSI).
     pub mmio: MmioSlot,
-    /// The handle that replaces the backend while the guest runs.
-    pub slot: BlockSlot,
+    /// The device's handle: hot-replace and shutdown, run on the device's thread.
+    pub device: BlockHandle,
+    /// The transport in front of the device (what the guest's MMIO accesses reach).
+    pub transport: Arc<Mutex<VirtioMmio>>,
     /// The device in the slot, `None` when empty (capacity 0).
     pub occupant: Option<Occupant>,
 }
 
-struct Iothread {
-    id: String,
-    event_loop: Arc<EventLoop>,
-    thread: Option<JoinHandle<()>>,
+/// A `blockdev-add` node: its drive description and, while no device uses it, its open
+/// backend (a device's backend is closed by `device_del`; the next `device_add` reopens it).
+pub struct Node {
+    /// How to open the drive.
+    pub drive: DriveConfig,
+    /// The open backend while no device holds it.
+    pub backend: Option<BlockBackend>,
 }
 
-/// The machine's virtio-blk slots and the iothreads serving them.
+/// The machine's virtio-blk slots, the nodes QMP opened, and the iothreads serving devices.
 pub struct BlockDevices {
     slots: Vec<DeviceSlot>,
-    iothreads: Vec<Iothread>,
+    iothreads: Vec<(String, EventLoopThread)>,
+    /// The nodes QMP opened (`blockdev-add`), by node name.
+    pub nodes: HashMap<String, Node>,
+    shut_down: bool,
 }
 
 impl BlockDevices {
@@ -172,9 +174,18 @@ impl BlockDevices {
         let mut devices = BlockDevices {
             slots: Vec::new(),
             iothreads: Vec::new(),
+            nodes: HashMap::new(),
+            shut_down: false,
         };
         for id in &config.iothreads {
-            devices.iothreads.push(Iothread::start(id)?);
+            let thread = EventLoopThread::spawn(&format!("iothread-{id}")).map_err(|source| {
+                BlockDevicesError::Iothread {
+                    id: id.clone(),
+                    source,
+                }
+            })?;
+            log::info!("iothread {id} started");
+            devices.iothreads.push((id.clone(), thread));
         }
         let drives: HashMap<&str, &DriveConfig> =
             config.drives.iter().map(|d| (d.id.as_str(), d)).collect();
@@ -214,10 +225,11 @@ impl BlockDevices {
                     )
                 }
             };
-            let slot = add_block_device(vm, name, backend, event_loop)?;
+            let (mmio, device, transport) = add_block_device(vm, name, backend, event_loop)?;
             devices.slots.push(DeviceSlot {
-                mmio: slot.0,
-                slot: slot.1,
+                mmio,
+                device,
+                transport,
                 occupant,
             });
         }
@@ -251,51 +263,37 @@ impl BlockDevices {
     fn iothread_loop(&self, id: &str) -> Option<Arc<EventLoop>> {
         self.iothreads
             .iter()
-            .find(|t| t.id == id)
-            .map(|t| t.event_loop.clone())
+            .find(|(name, _)| name == id)
+            .map(|(_, thread)| thread.event_loop().clone())
+    }
+
+    /// Shuts every device down on its own thread (answering in-flight requests, flushing and
+    /// closing its image there), stops and joins the iothreads, and closes the nodes QMP
+    /// opened. Runs once; later calls do nothing. Returns how many images failed to flush
+    /// (each is logged).
+    pub fn shutdown(&mut self) -> usize {
+        if std::mem::replace(&mut self.shut_down, true) {
+            return 0;
+        }
+        let mut failed = 0;
+        for slot in &self.slots {
+            if let Err(e) = slot.device.shutdown() {
+                log::error!("block device {}: {e}", slot.device.id());
+                failed += 1;
+            }
+        }
+        for (id, thread) in &mut self.iothreads {
+            thread.stop();
+            log::info!("iothread {id} stopped");
+        }
+        self.nodes.clear();
+        failed
     }
 }
 
 impl Drop for BlockDevices {
     fn drop(&mut self) {
-        for thread in &self.iothreads {
-            thread.event_loop.stop();
-        }
-        for thread in &mut self.iothreads {
-            if let Some(handle) = thread.thread.take() {
-                if handle.join().is_err() {
-                    log::error!("iothread {} panicked", thread.id);
-                }
-            }
-        }
-    }
-}
-
-impl Iothread {
-    fn start(id: &str) -> Result<Iothread> {
-        let event_loop = EventLoop::new().map_err(|source| BlockDevicesError::IothreadLoop {
-            id: id.to_string(),
-            source,
-        })?;
-        let runner = event_loop.clone();
-        let name = id.to_string();
-        let thread = std::thread::Builder::new()
-            .name(format!("iothread-{id}"))
-            .spawn(move || {
-                if let Err(e) = runner.run() {
-                    log::error!("iothread {name}: {e}");
-                }
-            })
-            .map_err(|source| BlockDevicesError::IothreadSpawn {
-                id: id.to_string(),
-                source,
-            })?;
-        log::info!("iothread {id} started");
-        Ok(Iothread {
-            id: id.to_string(),
-            event_loop,
-            thread: Some(thread),
-        })
+        self.shutdown();
     }
 }
 
@@ -338,10 +336,10 @@ fn add_block_device(
     name: String,
     backend: Option<BlockBackend>,
     event_loop: Arc<EventLoop>,
-) -> Result<(MmioSlot, BlockSlot)> {
+) -> Result<(MmioSlot, BlockHandle, Arc<Mutex<VirtioMmio>>)> {
     let index = vm.mmio_slots().len();
     let block = Block::new(name, backend, event_loop);
-    let handle = block.slot();
+    let handle = block.handle();
     let device: Arc<Mutex<dyn VirtioDevice>> = Arc::new(Mutex::new(block));
     let irq =
         Arc::new(
@@ -357,7 +355,8 @@ fn add_block_device(
         }
     })?;
     let notify = mmio.queue_notify_fds();
-    let slot = vm.add_mmio_device(Arc::new(Mutex::new(mmio)))?;
+    let transport = Arc::new(Mutex::new(mmio));
+    let slot = vm.add_mmio_device(transport.clone())?;
     for (queue, fd) in notify {
         register_notify(vm.vm_fd(), fd, slot.base + QUEUE_NOTIFY, queue).map_err(|source| {
             BlockDevicesError::Kvm {
@@ -374,7 +373,7 @@ fn add_block_device(
             what: "interrupt irqfd",
             source,
         })?;
-    Ok((slot, handle))
+    Ok((slot, handle, transport))
 }
 
 /// Makes a 4-byte guest write of `queue` at `address` signal the eventfd `fd` inside KVM.

@@ -13,6 +13,7 @@
 //! - [`signals`]: SIGTERM/SIGINT/SIGHUP end the VM in order.
 //! - [`block_devices`]: the virtio-blk slots, boot-time drives, iothreads, KVM wiring.
 //! - [`qmp_handler`]: QMP commands carried to the machine.
+//! - [`vmm`]: the [`Vmm`], owner of the VM, its block devices and QMP, and the shutdown path.
 
 #![deny(missing_docs)]
 
@@ -22,10 +23,12 @@ pub mod process;
 pub mod qmp_handler;
 pub mod signals;
 pub mod stdio;
+pub mod vmm;
 
 use std::path::PathBuf;
 
 pub use machine::{MicroVm, MmioSlot, VmExit, VmState};
+pub use vmm::{Vmm, VmmError};
 
 /// Errors of building and running the micro VM.
 #[derive(Debug, thiserror::Error)]

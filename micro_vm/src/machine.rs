@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use address_space::{Bus, BusDevice, GuestMemory};
+use address_space::{Bus, BusDevice, GuestMemory, MemoryOptions};
 use boot_loader::{BootConfig, BootLayout, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
 use cpu::{BootRegisters, CpuError, CpuModel, Vcpu, VcpuEvent, VcpuHandle};
 use device_model::legacy::{
@@ -182,13 +182,15 @@ impl MicroVm {
         })
         .map_err(setup("KVM_CREATE_PIT2"))?;
 
+        let options = MemoryOptions {
+            prealloc: config.mem_prealloc,
+        };
         let mem = Arc::new(
-            GuestMemory::new(&boot_loader::ram_layout(config.mem_size)).map_err(|source| {
-                MachineError::GuestMemory {
+            GuestMemory::with_options(&boot_loader::ram_layout(config.mem_size), &options)
+                .map_err(|source| MachineError::GuestMemory {
                     size: config.mem_size,
                     source,
-                }
-            })?,
+                })?,
         );
         for (slot, region) in mem.regions().iter().enumerate() {
             let region = kvm_userspace_memory_region {
@@ -518,7 +520,9 @@ impl MicroVm {
         self.settings.cpus
     }
 
-    fn stop_vcpus(&self) {
+    /// Stops every vCPU and joins its thread (the first step of the shutdown path); calling it
+    /// again does nothing.
+    pub fn stop_vcpus(&self) {
         let mut lifecycle = self.lock_lifecycle();
         for vcpu in lifecycle.vcpus.iter_mut() {
             vcpu.stop();

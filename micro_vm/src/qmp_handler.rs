@@ -5,60 +5,61 @@
 //! - Every failure is a QMP error for the client; the VM keeps running.
 //! - A node (`blockdev-add`) is opened at once, so a bad file or engine is refused by
 //!   `blockdev-add` itself. A node belongs to at most one device; `device_del` closes its file
-//!   (draining in-flight requests first) but keeps the node, reopened by the next
-//!   `device_add`, until `blockdev-del`.
-//! - The handler holds the machine weakly: the event loop that runs the server belongs to
-//!   the machine, so a strong reference would be a cycle.
+//!   (draining in-flight requests first, on the device's thread) but keeps the node, reopened
+//!   by the next `device_add`, until `blockdev-del`. The nodes belong to the machine's
+//!   [`BlockDevices`], which closes them at shutdown.
+//! - The handler holds the machine and its block devices weakly: the event loop that runs the
+//!   server belongs to the machine, so a strong reference would be a cycle that keeps every
+//!   device (and its thread) alive past shutdown.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use device_model::virtio::BlockBackend;
-use machine_manager::config::{DriveConfig, VmConfig};
+use machine_manager::config::VmConfig;
 use machine_manager::qmp::{
     BlockdevAdd, CpuInfo, DeviceAdd, QmpError, QmpEvent, QmpEventSender, QmpHandler, QmpServer,
     QmpServerError, ShutdownReason, VmRunState,
 };
 
-use crate::block_devices::{open_backend, BlockDevices, Occupant};
+use crate::block_devices::{open_backend, BlockDevices, Node, Occupant};
 use crate::{MicroVm, VmExit, VmState};
 
-/// How long the `SHUTDOWN` event of a guest reboot may take to reach the client.
-const GUEST_SHUTDOWN_FLUSH: Duration = Duration::from_millis(200);
+/// How long the machine's last events may take to reach the client.
+const EVENT_FLUSH: Duration = Duration::from_millis(200);
 
-/// A `blockdev-add` node: its drive description and, while not closed, its open backend.
-struct Node {
-    drive: DriveConfig,
-    backend: Option<BlockBackend>,
-}
-
-/// The machine as QMP sees it.
+/// The machine as QMP sees it: weak references to what the machine owns.
 pub struct MachineQmp {
     vm: Weak<MicroVm>,
-    blocks: Arc<Mutex<BlockDevices>>,
-    nodes: HashMap<String, Node>,
+    blocks: Weak<Mutex<BlockDevices>>,
 }
 
 impl MachineQmp {
-    /// A handler for `vm` and its block slots.
-    pub fn new(vm: &Arc<MicroVm>, blocks: Arc<Mutex<BlockDevices>>) -> MachineQmp {
+    /// A handler for `vm` and its block devices.
+    pub fn new(vm: &Arc<MicroVm>, blocks: &Arc<Mutex<BlockDevices>>) -> MachineQmp {
         MachineQmp {
             vm: Arc::downgrade(vm),
-            blocks,
-            nodes: HashMap::new(),
+            blocks: Arc::downgrade(blocks),
         }
     }
 
     fn vm(&self) -> Result<Arc<MicroVm>, QmpError> {
-        self.vm
-            .upgrade()
-            .ok_or_else(|| QmpError::Generic("the VM has ended".into()))
+        self.vm.upgrade().ok_or_else(ended)
     }
 
-    fn lock_blocks(&self) -> MutexGuard<'_, BlockDevices> {
-        self.blocks.lock().unwrap_or_else(|e| e.into_inner())
+    /// Runs `f` on the machine's block devices, locked.
+    fn with_blocks<R>(
+        &self,
+        f: impl FnOnce(&mut BlockDevices) -> Result<R, QmpError>,
+    ) -> Result<R, QmpError> {
+        let blocks = self.blocks.upgrade().ok_or_else(ended)?;
+        let mut blocks = blocks.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut blocks)
     }
+}
+
+fn ended() -> QmpError {
+    QmpError::Generic("the VM has ended".into())
 }
 
 impl QmpHandler for MachineQmp {
@@ -100,106 +101,128 @@ impl QmpHandler for MachineQmp {
     }
 
     fn blockdev_add(&mut self, args: BlockdevAdd) -> Result<(), QmpError> {
-        if self.nodes.contains_key(&args.node_name) {
-            return Err(QmpError::Generic(format!(
-                "node-name {} already exists",
-                args.node_name
-            )));
-        }
-        let drive = args.drive_config();
-        drive.validate().map_err(generic)?;
-        let backend = open_backend(&drive).map_err(generic)?;
-        log::info!(
-            "qmp: node {} opened: {} aio={} direct={}",
-            drive.id,
-            drive.path.display(),
-            drive.aio,
-            drive.direct
-        );
-        self.nodes.insert(
-            args.node_name,
-            Node {
-                drive,
-                backend: Some(backend),
-            },
-        );
-        Ok(())
+        self.with_blocks(|blocks| {
+            if blocks.nodes.contains_key(&args.node_name) {
+                return Err(QmpError::Generic(format!(
+                    "node-name {} already exists",
+                    args.node_name
+                )));
+            }
+            let drive = args.drive_config();
+            drive.validate().map_err(generic)?;
+            let backend = open_backend(&drive).map_err(generic)?;
+            log::info!(
+                "qmp: node {} opened: {} aio={} direct={}",
+                drive.id,
+                drive.path.display(),
+                drive.aio,
+                drive.direct
+            );
+            blocks.nodes.insert(
+                args.node_name,
+                Node {
+                    drive,
+                    backend: Some(backend),
+                },
+            );
+            Ok(())
+        })
     }
 
     fn blockdev_del(&mut self, node_name: &str) -> Result<(), QmpError> {
-        if !self.nodes.contains_key(node_name) {
-            return Err(QmpError::DeviceNotFound(format!(
-                "node-name {node_name} not found"
-            )));
-        }
-        if self.lock_blocks().node_in_use(node_name) {
-            return Err(QmpError::Generic(format!(
-                "node-name {node_name} is in use by a device (device_del it first)"
-            )));
-        }
-        self.nodes.remove(node_name);
-        log::info!("qmp: node {node_name} deleted");
-        Ok(())
+        self.with_blocks(|blocks| {
+            if !blocks.nodes.contains_key(node_name) {
+                return Err(QmpError::DeviceNotFound(format!(
+                    "node-name {node_name} not found"
+                )));
+            }
+            if blocks.node_in_use(node_name) {
+                return Err(QmpError::Generic(format!(
+                    "node-name {node_name} is in use by a device (device_del it first)"
+                )));
+            }
+            blocks.nodes.remove(node_name);
+            log::info!("qmp: node {node_name} deleted");
+            Ok(())
+        })
     }
 
     fn device_add(&mut self, args: DeviceAdd) -> Result<(), QmpError> {
-        let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
-        if blocks.find_device(&args.id).is_some() {
-            return Err(QmpError::Generic(format!(
-                "device {} already exists",
-                args.id
-            )));
-        }
-        let node = self.nodes.get_mut(&args.drive).ok_or_else(|| {
-            QmpError::DeviceNotFound(format!("node-name {} not found", args.drive))
-        })?;
-        if blocks.node_in_use(&args.drive) {
-            return Err(QmpError::Generic(format!(
-                "node-name {} is already in use by a device",
-                args.drive
-            )));
-        }
-        let slot_count = blocks.slots().len();
-        let slot = blocks.slot_mut(args.slot).ok_or_else(|| {
-            QmpError::Generic(format!(
-                "no block slot {} (slots 0..{})",
+        self.with_blocks(|blocks| {
+            if blocks.find_device(&args.id).is_some() {
+                return Err(QmpError::Generic(format!(
+                    "device {} already exists",
+                    args.id
+                )));
+            }
+            if !blocks.nodes.contains_key(&args.drive) {
+                return Err(QmpError::DeviceNotFound(format!(
+                    "node-name {} not found",
+                    args.drive
+                )));
+            }
+            if blocks.node_in_use(&args.drive) {
+                return Err(QmpError::Generic(format!(
+                    "node-name {} is already in use by a device",
+                    args.drive
+                )));
+            }
+            let slot_count = blocks.slots().len();
+            match blocks.slots().get(args.slot) {
+                None => {
+                    return Err(QmpError::Generic(format!(
+                        "no block slot {} (slots 0..{})",
+                        args.slot,
+                        slot_count.saturating_sub(1)
+                    )))
+                }
+                Some(slot) => {
+                    if let Some(occupant) = &slot.occupant {
+                        return Err(QmpError::Generic(format!(
+                            "block slot {} is in use by device {}",
+                            args.slot, occupant.device
+                        )));
+                    }
+                }
+            }
+            let node = blocks
+                .nodes
+                .get_mut(&args.drive)
+                .ok_or_else(|| QmpError::DeviceNotFound(args.drive.clone()))?;
+            let backend = match node.backend.take() {
+                Some(backend) => backend,
+                None => open_backend(&node.drive).map_err(generic)?,
+            };
+            let slot = blocks
+                .slot_mut(args.slot)
+                .ok_or_else(|| QmpError::Generic(format!("no block slot {}", args.slot)))?;
+            slot.device
+                .replace_backend(Some(backend))
+                .map_err(generic)?;
+            slot.occupant = Some(Occupant {
+                device: args.id.clone(),
+                node: args.drive.clone(),
+            });
+            log::info!(
+                "qmp: device {} added in slot {} (node {})",
+                args.id,
                 args.slot,
-                slot_count.saturating_sub(1)
-            ))
-        })?;
-        if let Some(occupant) = &slot.occupant {
-            return Err(QmpError::Generic(format!(
-                "block slot {} is in use by device {}",
-                args.slot, occupant.device
-            )));
-        }
-        let backend = match node.backend.take() {
-            Some(backend) => backend,
-            None => open_backend(&node.drive).map_err(generic)?,
-        };
-        slot.slot.replace_backend(Some(backend)).map_err(generic)?;
-        slot.occupant = Some(Occupant {
-            device: args.id.clone(),
-            node: args.drive.clone(),
-        });
-        log::info!(
-            "qmp: device {} added in slot {} (node {})",
-            args.id,
-            args.slot,
-            args.drive
-        );
-        Ok(())
+                args.drive
+            );
+            Ok(())
+        })
     }
 
     fn device_del(&mut self, id: &str) -> Result<(), QmpError> {
-        let mut blocks = self.lock_blocks();
-        let slot = blocks
-            .find_device(id)
-            .ok_or_else(|| QmpError::DeviceNotFound(format!("device {id} not found")))?;
-        slot.slot.replace_backend(None).map_err(generic)?;
-        slot.occupant = None;
-        log::info!("qmp: device {id} removed from slot {}", slot.mmio.index);
-        Ok(())
+        self.with_blocks(|blocks| {
+            let slot = blocks
+                .find_device(id)
+                .ok_or_else(|| QmpError::DeviceNotFound(format!("device {id} not found")))?;
+            slot.device.replace_backend(None).map_err(generic)?;
+            slot.occupant = None;
+            log::info!("qmp: device {id} removed from slot {}", slot.mmio.index);
+            Ok(())
+        })
     }
 }
 
@@ -209,12 +232,12 @@ pub struct QmpService {
 }
 
 impl QmpService {
-    /// Listens on `config.qmp` (if given) with a [`MachineQmp`] for `vm`, served by the
-    /// machine's main event loop.
+    /// Listens on `config.qmp` (if given) with a [`MachineQmp`] for `vm` and `blocks`, served
+    /// by the machine's main event loop.
     pub fn start(
         config: &VmConfig,
         vm: &Arc<MicroVm>,
-        blocks: Arc<Mutex<BlockDevices>>,
+        blocks: &Arc<Mutex<BlockDevices>>,
     ) -> Result<Option<QmpService>, QmpServerError> {
         let Some(path) = &config.qmp else {
             return Ok(None);
@@ -225,17 +248,20 @@ impl QmpService {
         Ok(Some(QmpService { events }))
     }
 
-    /// After [`MicroVm::run`]: tells a connected client that the guest ended the VM
-    /// (`SHUTDOWN`, `guest-shutdown`), best effort within a short delay.
+    /// After [`MicroVm::run`]: tells a connected client why the VM ended, unless QMP itself
+    /// asked for it (`quit` sent its `SHUTDOWN` already): `guest-shutdown` for a guest reboot
+    /// or power-off, `host-signal` for SIGTERM, SIGINT or SIGHUP. Turns the main loop until the
+    /// event has gone out, for at most a short delay.
     pub fn announce_exit(&self, vm: &MicroVm, exit: VmExit) {
-        if !matches!(exit, VmExit::GuestReset | VmExit::GuestShutdown) {
-            return;
-        }
-        self.events
-            .send(QmpEvent::Shutdown(ShutdownReason::GuestShutdown));
-        let deadline = Instant::now() + GUEST_SHUTDOWN_FLUSH;
-        while Instant::now() < deadline {
-            if let Err(e) = vm.event_loop().run_once(20) {
+        let reason = match exit {
+            VmExit::GuestReset | VmExit::GuestShutdown => ShutdownReason::GuestShutdown,
+            VmExit::Signal(_) => ShutdownReason::HostSignal,
+            VmExit::HostQuit => return,
+        };
+        self.events.send(QmpEvent::Shutdown(reason));
+        let deadline = Instant::now() + EVENT_FLUSH;
+        while self.events.pending() > 0 && Instant::now() < deadline {
+            if let Err(e) = vm.event_loop().run_once(10) {
                 log::warn!("qmp: cannot deliver the SHUTDOWN event: {e}");
                 return;
             }

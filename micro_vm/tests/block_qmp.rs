@@ -175,7 +175,7 @@ fn qmp_block_commands_follow_the_node_and_slot_rules() {
     let mut vm = MicroVm::new(&config).unwrap();
     let blocks = Arc::new(Mutex::new(BlockDevices::attach(&mut vm, &config).unwrap()));
     let vm = Arc::new(vm);
-    let mut qmp = MachineQmp::new(&vm, blocks.clone());
+    let mut qmp = MachineQmp::new(&vm, &blocks);
     let a = dir.disk("a.img", 2 << 20);
     let b = dir.disk("b.img", 2 << 20);
 
@@ -243,7 +243,7 @@ fn qmp_stop_cont_and_cpus_on_a_running_vm() {
     let mut vm = MicroVm::new(&config).unwrap();
     let blocks = Arc::new(Mutex::new(BlockDevices::attach(&mut vm, &config).unwrap()));
     let vm = Arc::new(vm);
-    let mut qmp = MachineQmp::new(&vm, blocks);
+    let mut qmp = MachineQmp::new(&vm, &blocks);
     assert_eq!(qmp.query_status(), VmRunState::Paused, "not started yet");
     vm.start().unwrap();
     assert_eq!(qmp.query_status(), VmRunState::Running);

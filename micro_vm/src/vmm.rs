@@ -1,0 +1,139 @@
+//! The VMM around one micro VM: it owns the VM, its block devices (with their iothreads and
+//! the nodes QMP opened) and the QMP service, and it is the one place where they end.
+//!
+//! ```text
+//!  Vmm::new    MicroVm (KVM, RAM, main loop) ─► BlockDevices (slots, iothreads) ─► QMP server
+//!  Vmm::start  vCPUs run
+//!  Vmm::run    main loop until the first exit reason (QMP quit, guest reboot, SIGTERM/SIGINT/
+//!              SIGHUP, a failed vCPU), then the shutdown path:
+//!                1. stop and join the vCPUs (no more guest requests)
+//!                2. tell a QMP client why (SHUTDOWN event)
+//!                3. shut every block device down on its own thread: answer in-flight
+//!                   requests, fdatasync every writable image, close the backends there
+//!                4. stop and join the iothreads
+//!                5. drop guest RAM (the VM)
+//!                6. drop the main loop's handlers: the QMP socket file goes away
+//! ```
+//!
+//! Invariants:
+//! - Only the `Vmm` holds the VM and the block devices strongly; QMP's handler and the event
+//!   loops' handlers hold weak references, so nothing keeps a device or a thread alive past
+//!   step 5.
+//! - The shutdown path runs once, whether `run` returns normally, with an error, or the `Vmm`
+//!   is dropped after a failed start.
+
+use std::sync::{Arc, Mutex};
+
+use machine_manager::config::VmConfig;
+use util::event_loop::EventLoop;
+
+use crate::block_devices::{BlockDevices, BlockDevicesError};
+use crate::qmp_handler::QmpService;
+use crate::{MachineError, MicroVm, VmExit};
+
+/// Errors of building and running the VMM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// The machine could not be built, started or run.
+    #[error(transparent)]
+    Machine(#[from] MachineError),
+    /// The block devices could not be set up.
+    #[error(transparent)]
+    Block(#[from] BlockDevicesError),
+    /// The QMP socket could not be set up.
+    #[error(transparent)]
+    Qmp(#[from] machine_manager::qmp::QmpServerError),
+}
+
+/// Result of this module.
+pub type Result<T> = std::result::Result<T, VmmError>;
+
+/// The micro VM with everything it owns.
+pub struct Vmm {
+    vm: Option<Arc<MicroVm>>,
+    blocks: Option<Arc<Mutex<BlockDevices>>>,
+    qmp: Option<QmpService>,
+    main_loop: Arc<EventLoop>,
+}
+
+impl Vmm {
+    /// Builds the VM of `config`, its block devices and iothreads, and its QMP socket.
+    pub fn new(config: &VmConfig) -> Result<Vmm> {
+        let mut vm = MicroVm::new(config)?;
+        let blocks = BlockDevices::attach(&mut vm, config)?;
+        let main_loop = vm.event_loop().clone();
+        let vm = Arc::new(vm);
+        let blocks = Arc::new(Mutex::new(blocks));
+        let mut vmm = Vmm {
+            vm: Some(vm.clone()),
+            blocks: Some(blocks.clone()),
+            qmp: None,
+            main_loop,
+        };
+        vmm.qmp = QmpService::start(config, &vm, &blocks)?;
+        Ok(vmm)
+    }
+
+    /// The VM (until the shutdown path drops it).
+    pub fn vm(&self) -> Option<&Arc<MicroVm>> {
+        self.vm.as_ref()
+    }
+
+    /// The block devices (until the shutdown path drops them).
+    pub fn blocks(&self) -> Option<&Arc<Mutex<BlockDevices>>> {
+        self.blocks.as_ref()
+    }
+
+    /// Starts the vCPUs (or leaves them paused with `-S`).
+    pub fn start(&self) -> Result<()> {
+        match &self.vm {
+            Some(vm) => Ok(vm.start()?),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs the VM until it ends, then shuts everything down in order (see the module
+    /// documentation); returns why it ended.
+    pub fn run(mut self) -> Result<VmExit> {
+        let Some(vm) = self.vm.clone() else {
+            return Ok(VmExit::HostQuit);
+        };
+        let exit = vm.run().map_err(VmmError::from);
+        drop(vm);
+        if let (Ok(exit), Some(qmp), Some(vm)) = (&exit, &self.qmp, &self.vm) {
+            qmp.announce_exit(vm, *exit);
+        }
+        self.shutdown();
+        exit
+    }
+
+    /// Steps 1 and 3 to 6 of the shutdown path; runs once.
+    fn shutdown(&mut self) {
+        let Some(vm) = self.vm.take() else {
+            return;
+        };
+        vm.stop_vcpus();
+        if let Some(blocks) = self.blocks.take() {
+            let failed = blocks.lock().unwrap_or_else(|e| e.into_inner()).shutdown();
+            if failed > 0 {
+                log::error!("{failed} images could not be flushed");
+            }
+            if Arc::strong_count(&blocks) > 1 {
+                log::error!("block devices are still referenced after shutdown");
+            }
+        }
+        if Arc::strong_count(&vm) > 1 {
+            log::error!("the VM is still referenced after shutdown");
+        }
+        drop(vm);
+        self.qmp = None;
+        self.main_loop.clear();
+        log::info!("shutdown complete");
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
