@@ -28,6 +28,8 @@ pattern and queue depth asked for, and fio on the same files as the host's ceili
   --shm-dir DIR     where the tmpfs file goes    (default: /dev/shm)
   --repeat N        run each row N times, interleaved; keep the median (default: 1)
   --no-event-idx    do not negotiate VIRTIO_F_RING_EVENT_IDX
+  --mem-prealloc    also run io_uring with guest RAM preallocated, as -mem-prealloc does
+                    (registered as fixed buffers), interleaved with the other engines
   --no-fio          skip the fio ceiling
   --label TEXT      a note stored with the results (e.g. what changed)
   --json PATH       write every cell as JSON
@@ -59,6 +61,8 @@ pub struct Options {
     pub repeat: u32,
     /// Negotiate `EVENT_IDX`.
     pub event_idx: bool,
+    /// Add the `io_uring+prealloc` variant (preallocated guest RAM, fixed buffers).
+    pub prealloc: bool,
     /// Run fio as the ceiling.
     pub fio: bool,
     /// Free text stored with the results.
@@ -89,6 +93,7 @@ impl Default for Options {
             shm_dir: PathBuf::from("/dev/shm"),
             repeat: 1,
             event_idx: true,
+            prealloc: false,
             fio: true,
             label: String::new(),
             json: None,
@@ -181,6 +186,7 @@ pub fn parse(args: &[String]) -> Result<Options> {
                     .ok_or_else(|| anyhow!("--repeat needs a count from 1 to 100"))?
             }
             "--no-event-idx" => opts.event_idx = false,
+            "--mem-prealloc" => opts.prealloc = true,
             "--no-fio" => opts.fio = false,
             "--label" => opts.label = value()?.to_string(),
             "--json" => opts.json = Some(PathBuf::from(value()?)),

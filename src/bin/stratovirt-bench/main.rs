@@ -86,11 +86,29 @@ fn meta(opts: &Options) -> Meta {
     }
 }
 
+/// A VMM column: an engine, and whether guest RAM is preallocated (fixed buffers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct VmmEngine {
+    aio: AioEngine,
+    prealloc: bool,
+}
+
+impl VmmEngine {
+    /// The label of the column (`io_uring+prealloc` for the variant).
+    fn label(self) -> String {
+        if self.prealloc {
+            format!("{}+prealloc", self.aio)
+        } else {
+            self.aio.to_string()
+        }
+    }
+}
+
 /// Runs one VMM cell.
 fn vmm_cell(
     opts: &Options,
     path: &std::path::Path,
-    engine: AioEngine,
+    engine: VmmEngine,
     backing: Backing,
     pattern: workload::Pattern,
     qd: u16,
@@ -98,9 +116,10 @@ fn vmm_cell(
     let mut rig = Rig::new(
         path,
         RigConfig {
-            aio: engine,
+            aio: engine.aio,
             direct: backing.direct(),
             event_idx: opts.event_idx,
+            prealloc: engine.prealloc,
         },
     )?;
     let mut m = workload::run(
@@ -112,16 +131,17 @@ fn vmm_cell(
     )
     .with_context(|| {
         format!(
-            "{} {} qd={qd} aio={engine}",
+            "{} {} qd={qd} aio={}",
             backing.as_str(),
-            pattern.as_str()
+            pattern.as_str(),
+            engine.label()
         )
     })?;
     let all = (m.ios + m.errors).max(1) as f64;
     let per_io_us = |ns: u64| ns as f64 / 1000.0 / all;
     Ok(Cell {
         source: Source::Vmm,
-        engine: engine.as_str().to_string(),
+        engine: engine.label(),
         backing,
         pattern,
         qd,
@@ -204,12 +224,21 @@ fn run_row(
     qd: u16,
 ) -> Result<Vec<Cell>> {
     // Linux AIO on a buffered file is synchronous; the VMM refuses it.
-    let engines: Vec<AioEngine> = opts
+    let mut engines: Vec<VmmEngine> = opts
         .engines
         .iter()
-        .copied()
-        .filter(|&e| backing.direct() || e != AioEngine::Native)
+        .filter(|&&e| backing.direct() || e != AioEngine::Native)
+        .map(|&aio| VmmEngine {
+            aio,
+            prealloc: false,
+        })
         .collect();
+    if opts.prealloc && opts.engines.contains(&AioEngine::IoUring) {
+        engines.push(VmmEngine {
+            aio: AioEngine::IoUring,
+            prealloc: true,
+        });
+    }
     let fio_engines: &[&str] = if fio { &fio::ENGINES } else { &[] };
     let mut runs: Vec<Vec<Cell>> = vec![Vec::new(); engines.len() + fio_engines.len()];
     for _ in 0..opts.repeat {

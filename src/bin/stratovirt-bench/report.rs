@@ -97,6 +97,9 @@ pub struct Report {
 
 /// Markers around the generated section of a Markdown file.
 pub const BEGIN_MARK: &str = "<!-- stratovirt-bench: latest begin -->";
+/// The engine label of io_uring with preallocated guest RAM (fixed buffers).
+const PREALLOC: &str = "io_uring+prealloc";
+
 /// See [`BEGIN_MARK`].
 pub const END_MARK: &str = "<!-- stratovirt-bench: latest end -->";
 
@@ -133,22 +136,31 @@ impl Report {
         rows
     }
 
-    /// The IOPS summary: every engine side by side with the fio ceiling and the two ratios.
+    /// The IOPS summary: every engine side by side with the fio ceiling and the two ratios;
+    /// with `--mem-prealloc`, also the `io_uring+prealloc` column and its ratio to `io_uring`.
     pub fn summary_table(&self) -> String {
+        let prealloc = self.cells.iter().any(|c| c.engine == PREALLOC);
         let mut out = String::from(
             "| backing | pattern | QD | off | native | io_uring | fio libaio | fio io_uring \
-             | io_uring / native | best VMM / best fio |\n\
-             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+             | io_uring / native | best VMM / best fio |",
         );
+        if prealloc {
+            out.push_str(" io_uring+prealloc | +prealloc / io_uring |");
+        }
+        out.push_str("\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        if prealloc {
+            out.push_str("---:|---:|");
+        }
+        out.push('\n');
         for (b, p, qd) in self.rows() {
             let vmm = |e: &str| self.find(Source::Vmm, e, b, p, qd).map(|c| c.iops);
             let fio = |e: &str| self.find(Source::Fio, e, b, p, qd).map(|c| c.iops);
             let cell = |v: Option<f64>| v.map_or("-".to_string(), fmt_iops);
-            let ratio = match (vmm("io_uring"), vmm("native")) {
-                (Some(u), Some(n)) if n > 0.0 => format!("{:.2}", u / n),
+            let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
                 _ => "-".into(),
             };
-            let best_vmm = ["off", "native", "io_uring"]
+            let best_vmm = ["off", "native", "io_uring", PREALLOC]
                 .iter()
                 .filter_map(|e| vmm(e))
                 .fold(0.0, f64::max);
@@ -156,14 +168,10 @@ impl Report {
                 .iter()
                 .filter_map(|e| fio(e))
                 .fold(0.0, f64::max);
-            let ceiling = if best_fio > 0.0 && best_vmm > 0.0 {
-                format!("{:.2}", best_vmm / best_fio)
-            } else {
-                "-".into()
-            };
-            let _ = writeln!(
+            let positive = |v: f64| (v > 0.0).then_some(v);
+            let _ = write!(
                 out,
-                "| {} | {} | {qd} | {} | {} | {} | {} | {} | {ratio} | {ceiling} |",
+                "| {} | {} | {qd} | {} | {} | {} | {} | {} | {} | {} |",
                 b.as_str(),
                 p.as_str(),
                 cell(vmm("off")),
@@ -171,7 +179,18 @@ impl Report {
                 cell(vmm("io_uring")),
                 cell(fio("libaio")),
                 cell(fio("io_uring")),
+                ratio(vmm("io_uring"), vmm("native")),
+                ratio(positive(best_vmm), positive(best_fio)),
             );
+            if prealloc {
+                let _ = write!(
+                    out,
+                    " {} | {} |",
+                    cell(vmm(PREALLOC)),
+                    ratio(vmm(PREALLOC), vmm("io_uring"))
+                );
+            }
+            out.push('\n');
         }
         out
     }

@@ -14,15 +14,16 @@
 //! included), and nothing the driver does.
 
 use std::path::Path;
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex};
 
-use address_space::GuestMemory;
+use address_space::{GuestMemory, MemoryOptions};
 use anyhow::{anyhow, Context, Result};
 use device_model::virtio::driver::{Driver, DriverConfig};
-use device_model::virtio::{Block, BlockBackend, BlockBackendConfig, VirtioDevice, VirtioMmio};
+use device_model::virtio::{
+    Block, BlockBackend, BlockBackendConfig, BlockHandle, VirtioDevice, VirtioMmio,
+};
 use util::aio::AioEngine;
-use util::event_loop::EventLoop;
+use util::event_loop::EventLoopThread;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Guest RAM of the bench VM.
@@ -43,21 +44,26 @@ pub struct RigConfig {
     pub direct: bool,
     /// Negotiate `VIRTIO_F_RING_EVENT_IDX` (notification and interrupt suppression).
     pub event_idx: bool,
+    /// Preallocate guest RAM (`-mem-prealloc`): an io_uring drive then registers it as fixed
+    /// buffers.
+    pub prealloc: bool,
 }
 
 /// A running device and its driver.
 pub struct Rig {
     /// The guest's driver.
     pub driver: Driver,
-    event_loop: Arc<EventLoop>,
-    thread: Option<JoinHandle<()>>,
-    device_tid: Option<u32>,
+    device: BlockHandle,
+    iothread: EventLoopThread,
 }
 
 impl Rig {
     /// Opens `path` as the drive and brings the device up to `DRIVER_OK`.
     pub fn new(path: &Path, config: RigConfig) -> Result<Rig> {
-        let mem = Arc::new(GuestMemory::new(&[(0, RAM)]).context("guest RAM")?);
+        let options = MemoryOptions {
+            prealloc: config.prealloc,
+        };
+        let mem = Arc::new(GuestMemory::with_options(&[(0, RAM)], &options).context("guest RAM")?);
         let backend = BlockBackend::open(&BlockBackendConfig {
             path: path.to_path_buf(),
             readonly: false,
@@ -66,20 +72,13 @@ impl Rig {
             serial: None,
         })
         .with_context(|| format!("drive {} aio={}", path.display(), config.aio))?;
-        let event_loop = EventLoop::new().context("event loop")?;
-        let runner = event_loop.clone();
-        let (tid_tx, tid_rx) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("bench-iothread".into())
-            .spawn(move || {
-                let _ = tid_tx.send(current_tid());
-                if let Err(e) = runner.run() {
-                    log::error!("device event loop failed: {e}");
-                }
-            })
-            .context("spawn the device thread")?;
-        let device_tid = tid_rx.recv().context("device thread id")?;
-        let block = Block::new("bench0".into(), Some(backend), event_loop.clone());
+        let iothread = EventLoopThread::spawn("bench-iothread").context("device thread")?;
+        let block = Block::new(
+            "bench0".into(),
+            Some(backend),
+            iothread.event_loop().clone(),
+        );
+        let handle = block.handle();
         let device: Arc<Mutex<dyn VirtioDevice>> = Arc::new(Mutex::new(block));
         let irq = Arc::new(EventFd::new(EFD_NONBLOCK).context("irq eventfd")?);
         let mmio = Arc::new(Mutex::new(
@@ -100,9 +99,8 @@ impl Rig {
         let mut rig = Rig {
             driver: Driver::new(mmio, mem, irq, driver_config)
                 .map_err(|e| anyhow!(e).context("driver set-up"))?,
-            event_loop,
-            thread: Some(thread),
-            device_tid,
+            device: handle,
+            iothread,
         };
         rig.check_capacity()?;
         Ok(rig)
@@ -117,16 +115,20 @@ impl Rig {
 
     /// Nanoseconds the device thread has run on a CPU so far.
     pub fn device_cpu_ns(&self) -> u64 {
-        self.device_tid.and_then(thread_cpu_ns).unwrap_or(0)
+        u32::try_from(self.iothread.tid())
+            .ok()
+            .and_then(thread_cpu_ns)
+            .unwrap_or(0)
     }
 }
 
 impl Drop for Rig {
+    /// Shuts the device down on its thread, then joins the thread (the VMM's order).
     fn drop(&mut self) {
-        self.event_loop.stop();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        if let Err(e) = self.device.shutdown() {
+            log::error!("bench device: {e}");
         }
+        self.iothread.stop();
     }
 }
 

@@ -321,6 +321,7 @@ mod tests {
                     aio,
                     direct,
                     event_idx: pattern != Pattern::Mixed,
+                    prealloc: false,
                 };
                 let mut rig = Rig::new(&path, config).unwrap();
                 let mut m = run(&mut rig, pattern, 8, (4 << 20) / BLOCK, window).unwrap();
@@ -343,6 +344,7 @@ mod tests {
             aio: AioEngine::Off,
             direct: false,
             event_idx: true,
+            prealloc: false,
         };
         let mut rig = Rig::new(&path, config).unwrap();
         let window = Window {
