@@ -6,7 +6,6 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use common::{buf, throttle_device_thread, Rig, Rng, TempDisk, DATA, DRIVER_BASE, MODES, TIMEOUT};
 use device_model::virtio::block::request::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_OUT};
@@ -51,20 +50,18 @@ fn shutdown_answers_in_flight_requests_flushes_and_frees_everything_on_every_eng
                 .unwrap();
         }
         rig.driver.kick().unwrap();
-        let held = throttle.is_some() && direct && aio != AioEngine::Off;
-        if held {
-            // The asynchronous engines hold the whole batch in the kernel's throttle queue.
-            let deadline = Instant::now() + TIMEOUT;
-            while rig.slot.in_flight().unwrap() < WRITES as usize {
-                assert!(Instant::now() < deadline, "{aio}: the batch never went out");
-                std::thread::sleep(Duration::from_millis(1));
-            }
+        let mut answered = Vec::new();
+        let in_flight = rig.wait_taken(WRITES as usize, &mut answered);
+        if throttle.is_some() && direct && aio != AioEngine::Off {
+            // The asynchronous engines hold the batch in the kernel's throttle queue.
+            assert!(
+                in_flight >= WRITES as usize / 2,
+                "{aio}: only {in_flight} in flight"
+            );
         } else if !direct {
             // Buffered writes: wait until they reached the page cache, dirty.
-            let mut done = Vec::new();
-            rig.driver
-                .wait(WRITES as usize, TIMEOUT, &mut done)
-                .unwrap();
+            let left = WRITES as usize - answered.len();
+            rig.driver.wait(left, TIMEOUT, &mut answered).unwrap();
             let dirty = PageCacheState::of(&observer).unwrap().dirty;
             assert!(dirty > 0, "{aio}: buffered writes left no dirty page");
         }

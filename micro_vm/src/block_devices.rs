@@ -260,7 +260,8 @@ impl BlockDevices {
             .any(|s| s.occupant.as_ref().is_some_and(|o| o.node == node))
     }
 
-    fn iothread_loop(&self, id: &str) -> Option<Arc<EventLoop>> {
+    /// The event loop of iothread `id`, while it runs.
+    pub fn iothread_loop(&self, id: &str) -> Option<Arc<EventLoop>> {
         self.iothreads
             .iter()
             .find(|(name, _)| name == id)

@@ -2,7 +2,9 @@
 //! guest: slot layout at boot, node and device rules of `blockdev-add`/`device_add`/
 //! `device_del`/`blockdev-del`, and stop/cont/query-cpus on a spinning vCPU.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use machine_manager::config::{BlkDeviceConfig, DriveConfig, VmConfig};
@@ -12,58 +14,7 @@ use micro_vm::qmp_handler::MachineQmp;
 use micro_vm::MicroVm;
 use util::aio::AioEngine;
 
-/// A scratch directory, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("micro-vm-blk-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn disk(&self, name: &str, bytes: u64) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::File::create(&path)
-            .unwrap()
-            .set_len(bytes)
-            .unwrap();
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// An ELF kernel that spins (`jmp $`) at 2 MiB.
-fn spin_kernel(dir: &Scratch) -> PathBuf {
-    const LOAD: u64 = 0x20_0000;
-    let mut elf = vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    elf.extend_from_slice(&2u16.to_le_bytes());
-    elf.extend_from_slice(&0x3eu16.to_le_bytes());
-    elf.extend_from_slice(&1u32.to_le_bytes());
-    elf.extend_from_slice(&LOAD.to_le_bytes());
-    elf.extend_from_slice(&64u64.to_le_bytes());
-    elf.extend_from_slice(&0u64.to_le_bytes());
-    elf.extend_from_slice(&0u32.to_le_bytes());
-    for half in [64u16, 56, 1, 64, 0, 0] {
-        elf.extend_from_slice(&half.to_le_bytes());
-    }
-    elf.extend_from_slice(&1u32.to_le_bytes());
-    elf.extend_from_slice(&5u32.to_le_bytes());
-    for word in [0x1000u64, LOAD, LOAD, 2, 2, 0x1000] {
-        elf.extend_from_slice(&word.to_le_bytes());
-    }
-    elf.resize(0x1000, 0);
-    elf.extend_from_slice(&[0xeb, 0xfe]);
-    let path = dir.0.join("spin.elf");
-    std::fs::write(&path, elf).unwrap();
-    path
-}
+use common::Scratch;
 
 fn drive(id: &str, path: &Path, aio: AioEngine) -> DriveConfig {
     let mut drive = DriveConfig::new(id, path.to_path_buf());
@@ -108,7 +59,7 @@ fn generic(result: Result<(), QmpError>) -> String {
 #[test]
 fn four_replaceable_slots_then_user_devices_in_order() {
     let dir = Scratch::new("layout");
-    let kernel = spin_kernel(&dir);
+    let kernel = dir.spin_kernel();
     let mut config = VmConfig {
         kernel: Some(kernel),
         mem_size: 128 << 20,
@@ -166,7 +117,7 @@ fn qmp_block_commands_follow_the_node_and_slot_rules() {
     let dir = Scratch::new("qmp");
     let root = dir.disk("root.img", 1 << 20);
     let config = VmConfig {
-        kernel: Some(spin_kernel(&dir)),
+        kernel: Some(dir.spin_kernel()),
         mem_size: 128 << 20,
         drives: vec![drive("root", &root, AioEngine::IoUring)],
         blk_devices: vec![device("rootdev", "root", None)],
@@ -235,7 +186,7 @@ fn qmp_block_commands_follow_the_node_and_slot_rules() {
 fn qmp_stop_cont_and_cpus_on_a_running_vm() {
     let dir = Scratch::new("lifecycle");
     let config = VmConfig {
-        kernel: Some(spin_kernel(&dir)),
+        kernel: Some(dir.spin_kernel()),
         mem_size: 128 << 20,
         cpus: 2,
         ..VmConfig::default()

@@ -2,6 +2,8 @@
 //! resume, pause, quit; and a guest that writes 0xFE to the i8042 command port ends the VM
 //! as a guest reset.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,34 +11,7 @@ use std::time::{Duration, Instant};
 use machine_manager::config::VmConfig;
 use micro_vm::{MicroVm, VmExit, VmState};
 
-const LOAD_ADDR: u64 = 0x20_0000;
-
-/// Writes an ELF64 x86_64 executable with `code` loaded and entered at `LOAD_ADDR`.
-fn tiny_kernel(name: &str, code: &[u8]) -> PathBuf {
-    const CODE_OFFSET: usize = 0x1000;
-    let mut elf = vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    elf.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-    elf.extend_from_slice(&0x3eu16.to_le_bytes()); // x86_64
-    elf.extend_from_slice(&1u32.to_le_bytes());
-    elf.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // entry
-    elf.extend_from_slice(&64u64.to_le_bytes()); // phoff
-    elf.extend_from_slice(&0u64.to_le_bytes()); // shoff
-    elf.extend_from_slice(&0u32.to_le_bytes()); // flags
-    for half in [64u16, 56, 1, 64, 0, 0] {
-        elf.extend_from_slice(&half.to_le_bytes());
-    }
-    elf.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-    elf.extend_from_slice(&5u32.to_le_bytes()); // R+X
-    let len = code.len() as u64;
-    for word in [CODE_OFFSET as u64, LOAD_ADDR, LOAD_ADDR, len, len, 0x1000] {
-        elf.extend_from_slice(&word.to_le_bytes());
-    }
-    elf.resize(CODE_OFFSET, 0);
-    elf.extend_from_slice(code);
-    let path = std::env::temp_dir().join(format!("micro-vm-{}-{name}.elf", std::process::id()));
-    std::fs::write(&path, elf).unwrap();
-    path
-}
+use common::Scratch;
 
 fn config(kernel: PathBuf, start_paused: bool) -> VmConfig {
     VmConfig {
@@ -49,7 +24,8 @@ fn config(kernel: PathBuf, start_paused: bool) -> VmConfig {
 
 #[test]
 fn paused_start_resume_pause_and_quit() {
-    let kernel = tiny_kernel("spin", &[0xeb, 0xfe]); // jmp $
+    let dir = Scratch::new("spin");
+    let kernel = dir.spin_kernel();
     let vm = Arc::new(MicroVm::new(&config(kernel, true)).unwrap());
     assert_eq!(vm.state(), VmState::Created);
     assert_eq!(vm.vcpu_count(), 1);
@@ -78,7 +54,8 @@ fn paused_start_resume_pause_and_quit() {
 #[test]
 fn i8042_reset_command_ends_the_vm_as_a_guest_reset() {
     // mov al, 0xfe; out 0x64, al; jmp $
-    let kernel = tiny_kernel("reset", &[0xb0, 0xfe, 0xe6, 0x64, 0xeb, 0xfe]);
+    let dir = Scratch::new("reset");
+    let kernel = dir.tiny_kernel("reset", &[0xb0, 0xfe, 0xe6, 0x64, 0xeb, 0xfe]);
     let vm = MicroVm::new(&config(kernel, false)).unwrap();
     vm.start().unwrap();
     assert_eq!(vm.run().unwrap(), VmExit::GuestReset);
@@ -86,7 +63,8 @@ fn i8042_reset_command_ends_the_vm_as_a_guest_reset() {
 
 #[test]
 fn guest_command_line_lists_the_users_words_first() {
-    let kernel = tiny_kernel("cmdline", &[0xeb, 0xfe]);
+    let dir = Scratch::new("cmdline");
+    let kernel = dir.spin_kernel();
     let mut cfg = config(kernel, true);
     cfg.cmdline = "console=ttyS0 quiet".into();
     let vm = MicroVm::new(&cfg).unwrap();

@@ -186,6 +186,24 @@ impl Rig {
         c.status.unwrap()
     }
 
+    /// Waits until the device has taken all `n` requests posted: each one answered (collected
+    /// into `answered`) or owned by the engine. Returns how many the engine owns.
+    pub fn wait_taken(&mut self, n: usize, answered: &mut Vec<Completion>) -> usize {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            let in_flight = self.slot.in_flight().unwrap();
+            self.driver.poll(answered).unwrap();
+            if in_flight + answered.len() >= n {
+                return in_flight;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the device did not take the requests"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// The device status register.
     pub fn status(&self) -> u32 {
         self.driver

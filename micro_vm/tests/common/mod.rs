@@ -1,0 +1,68 @@
+//! Helpers of the machine's tests: a scratch directory and hand-made kernels.
+
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::path::PathBuf;
+
+/// Where tiny kernels are loaded and entered.
+pub const LOAD_ADDR: u64 = 0x20_0000;
+
+/// A scratch directory, removed when dropped.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("micro-vm-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    /// A zero-filled image of `bytes` in the directory.
+    pub fn disk(&self, name: &str, bytes: u64) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(bytes)
+            .unwrap();
+        path
+    }
+
+    /// An ELF64 x86_64 executable with `code` loaded and entered at [`LOAD_ADDR`].
+    pub fn tiny_kernel(&self, name: &str, code: &[u8]) -> PathBuf {
+        const CODE_OFFSET: usize = 0x1000;
+        let mut elf = vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        elf.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        elf.extend_from_slice(&0x3eu16.to_le_bytes()); // x86_64
+        elf.extend_from_slice(&1u32.to_le_bytes());
+        elf.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // entry
+        elf.extend_from_slice(&64u64.to_le_bytes()); // phoff
+        elf.extend_from_slice(&0u64.to_le_bytes()); // shoff
+        elf.extend_from_slice(&0u32.to_le_bytes()); // flags
+        for half in [64u16, 56, 1, 64, 0, 0] {
+            elf.extend_from_slice(&half.to_le_bytes());
+        }
+        elf.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        elf.extend_from_slice(&5u32.to_le_bytes()); // R+X
+        let len = code.len() as u64;
+        for word in [CODE_OFFSET as u64, LOAD_ADDR, LOAD_ADDR, len, len, 0x1000] {
+            elf.extend_from_slice(&word.to_le_bytes());
+        }
+        elf.resize(CODE_OFFSET, 0);
+        elf.extend_from_slice(code);
+        let path = self.0.join(format!("{name}.elf"));
+        std::fs::write(&path, elf).unwrap();
+        path
+    }
+
+    /// A kernel that spins (`jmp $`).
+    pub fn spin_kernel(&self) -> PathBuf {
+        self.tiny_kernel("spin", &[0xeb, 0xfe])
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

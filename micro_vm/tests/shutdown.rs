@@ -1,0 +1,244 @@
+//! The VMM's shutdown path on real KVM, with a QMP client connected: a spinning guest, one
+//! virtio-blk device on an iothread driven by the in-process guest driver with 64 writes in
+//! flight (held there by throttling the iothread's I/O to a loop device), then QMP `quit`.
+//! Every request is answered, the image is flushed, the iothread is joined, the socket file
+//! is gone, nothing is logged at warn or above, and nothing keeps the device, its loop or
+//! guest RAM alive. Once per engine.
+//!
+//! One test in its own binary: it installs the process's logger.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::Scratch;
+use device_model::virtio::block::request::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_OUT};
+use device_model::virtio::driver::{Buffer, Driver, DriverConfig};
+use machine_manager::config::{BlkDeviceConfig, DriveConfig, VmConfig};
+use micro_vm::{VmExit, Vmm};
+use serde_json::Value;
+use util::aio::AioEngine;
+use util::testing::{IoThrottle, LogCapture, LoopDevice, PageCacheState};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+const IMAGE: u64 = 4 << 20;
+const WRITES: u64 = 64;
+/// The driver's rings and the data buffers, far from the spinning kernel at 2 MiB.
+const DRIVER_BASE: u64 = 64 << 20;
+const DATA: u64 = 80 << 20;
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The kernel id of this process's thread named `name`.
+fn thread_named(name: &str) -> Option<i32> {
+    std::fs::read_dir("/proc/self/task")
+        .ok()?
+        .flatten()
+        .find(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim() == name)
+        })
+        .and_then(|task| task.file_name().to_str()?.parse().ok())
+}
+
+/// A QMP client that negotiates, then (on its own thread) sends `quit` and collects every
+/// message until the VMM closes the socket.
+fn quit_over_qmp(path: &Path) -> Vec<Value> {
+    let stream = UnixStream::connect(path).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut lines = BufReader::new(stream).lines();
+    let mut next = || -> Option<Value> {
+        let line = lines.next()?.ok()?;
+        Some(serde_json::from_str(&line).unwrap())
+    };
+    assert!(next().unwrap().get("QMP").is_some(), "greeting");
+    writer
+        .write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
+        .unwrap();
+    assert_eq!(next().unwrap()["return"], serde_json::json!({}));
+    writer
+        .write_all(b"{\"execute\":\"quit\",\"id\":7}\n")
+        .unwrap();
+    std::iter::from_fn(next).collect()
+}
+
+fn shut_down_with_requests_in_flight(aio: AioEngine, direct: bool, log: &LogCapture) {
+    let warnings_before = log.warnings().len();
+    let dir = Scratch::new(&format!("shutdown-{aio}-{direct}"));
+    let image = dir.disk("disk.img", IMAGE);
+    let device = LoopDevice::attach(&image, None).unwrap();
+    // Held open throughout: closing a block device's last descriptor writes its page cache
+    // back by itself, which would hide a missing flush.
+    let observer = std::fs::File::open(device.path()).unwrap();
+    let socket = dir.0.join("qmp.sock");
+    let mut drive = DriveConfig::new("d0", device.path().to_path_buf());
+    drive.aio = aio;
+    drive.direct = direct;
+    let config = VmConfig {
+        kernel: Some(dir.spin_kernel()),
+        mem_size: 128 << 20,
+        drives: vec![drive],
+        blk_devices: vec![BlkDeviceConfig {
+            id: "b0".into(),
+            drive: "d0".into(),
+            serial: None,
+            iothread: Some("io0".into()),
+        }],
+        iothreads: vec!["io0".into()],
+        qmp: Some(socket.clone()),
+        ..VmConfig::default()
+    };
+    let vmm = Vmm::new(&config).unwrap();
+    vmm.start().unwrap();
+    let vm = vmm.vm().unwrap().clone();
+    let (transport, handle, iothread_loop) = {
+        let blocks = vmm.blocks().unwrap().lock().unwrap();
+        let slot = &blocks.slots()[0];
+        (
+            slot.transport.clone(),
+            slot.device.clone(),
+            blocks.iothread_loop("io0").unwrap(),
+        )
+    };
+    let weak_device = Arc::downgrade(&transport.lock().unwrap().device());
+    let weak_loop = Arc::downgrade(&iothread_loop);
+    let weak_mem = Arc::downgrade(vm.memory());
+    drop(iothread_loop);
+    let irq = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+    let mut driver = Driver::new(
+        transport,
+        vm.memory().clone(),
+        irq,
+        DriverConfig::new(DRIVER_BASE, 256),
+    )
+    .unwrap();
+    drop(vm);
+
+    let throttle =
+        IoThrottle::new("vmm-shutdown", device.device_number().unwrap(), 50).and_then(|mut t| {
+            t.add_thread(thread_named("iothread-io0").expect("iothread"))
+                .map(|()| t)
+        });
+    if let Err(e) = &throttle {
+        eprintln!("requests will not be held in flight: {e}");
+    }
+    let mut expected = vec![0u8; IMAGE as usize];
+    let mem = vmm.vm().unwrap().memory().clone();
+    for i in 0..WRITES {
+        let data = vec![i as u8 + 1; 4096];
+        mem.write(&data, DATA + i * 4096).unwrap();
+        let sector = i * 16;
+        expected[(sector * 512) as usize..][..4096].copy_from_slice(&data);
+        driver
+            .submit(
+                VIRTIO_BLK_T_OUT,
+                sector,
+                &[Buffer {
+                    gpa: DATA + i * 4096,
+                    len: 4096,
+                    writable: false,
+                }],
+            )
+            .unwrap();
+    }
+    drop(mem);
+    driver.force_kick().unwrap();
+    // Wait until the device has taken the whole batch: each write answered or in flight.
+    let mut answered = Vec::new();
+    let deadline = Instant::now() + TIMEOUT;
+    let in_flight = loop {
+        let in_flight = handle.in_flight().unwrap();
+        driver.poll(&mut answered).unwrap();
+        if in_flight + answered.len() >= WRITES as usize {
+            break in_flight;
+        }
+        assert!(Instant::now() < deadline, "{aio}: the batch never went out");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    if throttle.is_ok() && direct && aio != AioEngine::Off {
+        // The asynchronous engines hold the batch in the kernel's throttle queue.
+        assert!(
+            in_flight >= WRITES as usize / 2,
+            "{aio}: only {in_flight} in flight"
+        );
+    }
+    drop(handle);
+
+    let client = {
+        let socket = socket.clone();
+        std::thread::spawn(move || quit_over_qmp(&socket))
+    };
+    assert_eq!(vmm.run().unwrap(), VmExit::HostQuit);
+    let messages = client.join().unwrap();
+    drop(throttle);
+
+    assert!(
+        messages.iter().any(|m| m["event"] == "SHUTDOWN"
+            && m["data"]["reason"] == "host-qmp-quit"
+            && m["data"]["guest"] == false),
+        "{aio}: {messages:?}"
+    );
+    assert!(messages
+        .iter()
+        .any(|m| m["id"] == 7 && m["return"] == serde_json::json!({})));
+    assert!(!socket.exists(), "{aio}: the socket file is left behind");
+    assert!(
+        thread_named("iothread-io0").is_none(),
+        "{aio}: the iothread runs on"
+    );
+    driver.poll(&mut answered).unwrap();
+    assert_eq!(
+        driver.in_flight(),
+        0,
+        "{aio} direct={direct}: a request was not answered"
+    );
+    assert_eq!(answered.len(), WRITES as usize);
+    assert!(
+        answered.iter().all(|c| c.status == Some(VIRTIO_BLK_S_OK)),
+        "{aio}"
+    );
+    let state = PageCacheState::of(&observer).unwrap();
+    assert_eq!((state.dirty, state.writeback), (0, 0), "{aio}: not flushed");
+    drop(driver);
+    assert!(
+        weak_device.upgrade().is_none(),
+        "{aio}: the device is still alive"
+    );
+    assert!(
+        weak_loop.upgrade().is_none(),
+        "{aio}: the iothread's loop is still alive"
+    );
+    assert!(
+        weak_mem.upgrade().is_none(),
+        "{aio}: guest RAM is still mapped"
+    );
+    drop(observer);
+    drop(device);
+    assert!(
+        std::fs::read(&image).unwrap() == expected,
+        "{aio}: a completed write was lost"
+    );
+    let warnings = log.warnings();
+    assert_eq!(
+        warnings.len(),
+        warnings_before,
+        "{aio} direct={direct}: logged {:?}",
+        &warnings[warnings_before..]
+    );
+}
+
+#[test]
+fn quit_with_a_qmp_client_drains_flushes_and_frees_everything_on_every_engine() {
+    let log = LogCapture::install().unwrap();
+    for (aio, direct) in [
+        (AioEngine::Off, false),
+        (AioEngine::Native, true),
+        (AioEngine::IoUring, true),
+        (AioEngine::IoUring, false),
+    ] {
+        shut_down_with_requests_in_flight(aio, direct, log);
+    }
+}
