@@ -190,7 +190,7 @@ impl GuestMemory {
 
     /// Whether `gpa..gpa+len` lies inside one region.
     pub fn contains(&self, gpa: u64, len: u64) -> bool {
-        self.locate(gpa, len).is_ok()
+        self.host_range(gpa, len).is_ok()
     }
 
     /// Host address of `gpa`, checking that `gpa..gpa+len` lies inside one region.
@@ -199,10 +199,7 @@ impl GuestMemory {
     /// `self` lives; the guest may change the bytes behind it at any time, so it must not be
     /// turned into a Rust reference (`docs/guest-memory.md`).
     pub fn host_address(&self, gpa: u64, len: u64) -> Result<*mut u8> {
-        let (region, offset) = self.locate(gpa, len)?;
-        // `locate` checked `offset + len <= region size`, so the pointer is inside the mapping
-        // or one past its end (for an empty range); `wrapping_add` needs no unsafe.
-        Ok(region.as_ptr().wrapping_add(offset))
+        Ok(self.host_range(gpa, len)? as *mut u8)
     }
 
     /// Copies guest memory at `gpa` into `buf`.
@@ -224,6 +221,15 @@ impl GuestMemory {
     /// Reads an object of type `T` at `gpa` (any alignment).
     pub fn read_obj<T: ByteValued>(&self, gpa: u64) -> Result<T> {
         let len = std::mem::size_of::<T>() as u64;
+        let host = self.host_range(gpa, len)?;
+        if host.is_multiple_of(std::mem::align_of::<T>() as u64) {
+            // SAFETY: `host_range` checked that the `size_of::<T>()` bytes at `host` lie inside
+            // one mapping owned by `self`, which outlives this call, and `host` is aligned for
+            // `T`. The read is volatile: each byte is read once, whatever the guest writes
+            // meanwhile, and no reference to guest RAM is made. `T: ByteValued` accepts every
+            // bit pattern, so even a read torn by a concurrent guest write is a valid `T`.
+            return Ok(unsafe { std::ptr::read_volatile(host as *const T) });
+        }
         self.slice(gpa, len)?
             .read_obj::<Pod<T>>(0)
             .map(|pod| pod.0)
@@ -233,6 +239,14 @@ impl GuestMemory {
     /// Writes `value` at `gpa` (any alignment).
     pub fn write_obj<T: ByteValued>(&self, value: &T, gpa: u64) -> Result<()> {
         let len = std::mem::size_of::<T>() as u64;
+        let host = self.host_range(gpa, len)?;
+        if host.is_multiple_of(std::mem::align_of::<T>() as u64) {
+            // SAFETY: as in `read_obj`: the bytes lie inside a mapping owned by `self` and
+            // `host` is aligned for `T`; the write is volatile and makes no reference to guest
+            // RAM. `T: ByteValued` has no padding, so every byte written is initialised.
+            unsafe { std::ptr::write_volatile(host as *mut T, *value) };
+            return Ok(());
+        }
         self.slice(gpa, len)?
             .write_obj(Pod(*value), 0)
             .map_err(|_| AddressSpaceError::OutOfBounds { gpa, len })
@@ -269,6 +283,19 @@ impl GuestMemory {
         mapping
             .get_atomic_ref::<AtomicU16>(offset)
             .map_err(|_| AddressSpaceError::Misaligned { gpa, align: 2 })
+    }
+
+    /// The host address of `gpa`, checking that `gpa..gpa+len` lies inside one region (an
+    /// empty range may sit right after a region's last byte). The per-access fast path: the
+    /// plain region table, searched in order (guest RAM has one or two regions).
+    fn host_range(&self, gpa: u64, len: u64) -> Result<u64> {
+        let out_of_bounds = AddressSpaceError::OutOfBounds { gpa, len };
+        let end = gpa.checked_add(len).ok_or(out_of_bounds)?;
+        self.regions
+            .iter()
+            .find(|r| gpa >= r.guest_base && end <= r.guest_base + r.size)
+            .map(|r| r.host + (gpa - r.guest_base))
+            .ok_or(AddressSpaceError::OutOfBounds { gpa, len })
     }
 
     /// The region that holds `gpa..gpa+len`, and the offset of `gpa` in it.
