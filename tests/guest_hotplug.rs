@@ -16,7 +16,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use blk::{base_cmdline, copy_rootfs, scratch_disk, spawn_with_qmp, LiveVm, Qmp};
+use blk::{base64, base_cmdline, copy_rootfs, scratch_disk, spawn_with_qmp, LiveVm, Qmp};
 use common::{guest_dir, scratch_dir, stratovirt};
 use serde_json::json;
 
@@ -51,27 +51,6 @@ done
 echo "SV-HP-IDLE"
 sleep 100000
 "#;
-
-fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
 
 fn assert_still_running(qmp: &mut Qmp, after: &str) {
     let status = qmp.ok("query-status", None);

@@ -51,6 +51,28 @@ pub fn copy_rootfs(guest: &Path, dir: &Path) -> PathBuf {
     copy
 }
 
+/// `data` in base64 (for the guest's `sv.cmd=`).
+pub fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// A zero-filled disk image of `bytes`.
 pub fn scratch_disk(path: &Path, bytes: u64) -> PathBuf {
     let file = std::fs::File::create(path).expect("create a scratch disk");
@@ -181,6 +203,21 @@ impl LiveVm {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Sends `signal` (`"TERM"`, `"INT"`, ...) to the VMM with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{signal} failed");
+    }
+
+    /// What the VMM wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
     }
 
     /// Waits for the VMM to exit; kills it and fails after `timeout`.

@@ -132,16 +132,10 @@ impl Shared {
         self.published.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Publishes what `backend` shows the driver; returns the new configuration generation.
-    pub(super) fn publish(&self, backend: Option<&BlockBackend>, bump: bool) -> u32 {
+    /// Publishes what `backend` shows the driver, under a new configuration generation.
+    pub(super) fn publish(&self, backend: Option<&BlockBackend>) {
         let mut published = self.published();
-        let generation = if bump {
-            published.config_generation.wrapping_add(1)
-        } else {
-            published.config_generation
-        };
-        *published = Published::of(backend, generation);
-        generation
+        *published = Published::of(backend, published.config_generation.wrapping_add(1));
     }
 
     /// Records that the reset numbered `n` has finished.

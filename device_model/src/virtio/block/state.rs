@@ -550,7 +550,7 @@ impl BlockState {
         if attached.is_err() {
             self.backend = None;
         }
-        self.shared.publish(self.backend.as_ref(), true);
+        self.shared.publish(self.backend.as_ref());
         if let Some(active) = self.active.as_ref() {
             active.interrupt.signal_config_change();
         }
