@@ -1,4 +1,4 @@
-//! Our own io_uring, from the kernel ABI up (issue 2).
+//! Our own io_uring, from the kernel ABI up.
 //!
 //! - [`sys`]: the kernel ABI (`linux/io_uring.h`): `#[repr(C)]` structs, opcodes, constants.
 //! - [`syscall`]: `io_uring_setup`, `io_uring_enter`, `io_uring_register`, each through its
