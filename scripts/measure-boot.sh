@@ -86,7 +86,7 @@ done
 table=$work/table.md
 {
 	echo "<!-- measure-boot:begin -->"
-	echo "Measured $(date -u +%Y-%m-%d) on $(nproc) host CPUs ($(uname -r), load average $(cut -d' ' -f1 /proc/loadavg) at the end), binary \`$bin\`,"
+	echo "Measured $(date -u +%Y-%m-%d) on $(nproc) host CPUs ($(uname -r), load average $(cut -d' ' -f1 /proc/loadavg) at the end), $(basename "$(dirname "$bin")") build,"
 	echo "command line \`console=ttyS0 quiet reboot=k panic=-1 sv.run=info\`:"
 	echo
 	echo "| kernel | vCPUs | RAM | to init marker | VmRSS | guest RAM touched | VMM overhead | whole run (init, report, reboot) |"
