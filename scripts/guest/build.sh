@@ -24,7 +24,7 @@ work=$cache_root/guest-build
 kernel_recipe="kernel-v2: allnoconfig + KCONFIG_ALLCONFIG fragment, olddefconfig, make bzImage; stock rebuild"
 fio_recipe="fio-v1: apt-get source fio; configure --build-static --disable-native"
 
-# CPU features the PVM instruction emulator cannot execute at CPL0 (HOST.md);
+# CPU features the PVM instruction emulator cannot execute at CPL0 (docs/guest.md);
 # cpu_parse_early_param() reads at most 127 characters of clearcpuid=.
 clear_cpuid=cx16,popcnt,xsave,xsaveopt,rdrand,rdseed,rdtscp,rdpid,fsgsbase,smap,clflushopt,clwb,arch_capabilities
 
