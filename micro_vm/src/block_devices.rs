@@ -28,7 +28,8 @@ use std::sync::{Arc, Mutex};
 
 use device_model::virtio::mmio::reg::QUEUE_NOTIFY;
 use device_model::virtio::{
-    Block, BlockBackend, BlockBackendConfig, BlockHandle, VirtioDevice, VirtioError, VirtioMmio,
+    Block, BlockBackend, BlockBackendConfig, BlockHandle, ErrorSink, VirtioDevice, VirtioError,
+    VirtioMmio,
 };
 use kvm_ioctls::{IoEventAddress, VmFd};
 use machine_manager::config::{DriveConfig, VmConfig};
@@ -268,6 +269,30 @@ impl BlockDevices {
             .map(|(_, thread)| thread.event_loop().clone())
     }
 
+    /// Sends every device's failed requests to `sink`.
+    pub fn set_error_sink(&self, sink: &ErrorSink) {
+        for slot in &self.slots {
+            slot.device.set_error_sink(sink.clone());
+        }
+    }
+
+    /// Asks every device to submit again the requests an error policy held (QMP `cont`);
+    /// does not wait.
+    pub fn retry_held(&self) {
+        for slot in &self.slots {
+            slot.device.retry();
+        }
+    }
+
+    /// The node behind device `id`, if a device has that id.
+    pub fn node_of(&self, device: &str) -> Option<&str> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.occupant.as_ref())
+            .find(|o| o.device == device)
+            .map(|o| o.node.as_str())
+    }
+
     /// Shuts every device down on its own thread (answering in-flight requests, flushing and
     /// closing its image there), stops and joins the iothreads, and closes the nodes QMP
     /// opened. Runs once; later calls do nothing. Returns how many images failed to flush
@@ -322,6 +347,8 @@ pub fn open_backend(drive: &DriveConfig) -> Result<BlockBackend> {
         direct: drive.direct,
         aio: drive.aio,
         serial: drive.serial.clone(),
+        werror: drive.werror,
+        rerror: drive.rerror,
     })
     .map_err(|source| BlockDevicesError::Open {
         drive: drive.id.clone(),

@@ -121,6 +121,8 @@ impl ExitSignal {
 
 struct Lifecycle {
     state: VmState,
+    /// Paused because a block request failed with an error policy of `stop`.
+    io_error: bool,
     vcpus: Vec<VcpuHandle>,
 }
 
@@ -293,6 +295,7 @@ impl MicroVm {
         Ok(MicroVm {
             lifecycle: Mutex::new(Lifecycle {
                 state: VmState::Created,
+                io_error: false,
                 vcpus: Vec::new(),
             }),
             settings: BootSettings {
@@ -500,8 +503,35 @@ impl MicroVm {
             vcpu.resume()?;
         }
         lifecycle.state = VmState::Running;
+        lifecycle.io_error = false;
         log::info!("VM resumed");
         Ok(())
+    }
+
+    /// Parks every vCPU because a block request failed with an error policy of `stop`, and
+    /// marks the pause as an I/O error (QMP `query-status`: `io-error`). Returns whether the
+    /// VM was running (and so was paused now).
+    pub fn pause_for_io_error(&self) -> Result<bool> {
+        let mut lifecycle = self.lock_lifecycle();
+        let was_running = lifecycle.state == VmState::Running;
+        if was_running {
+            for vcpu in &lifecycle.vcpus {
+                vcpu.pause()?;
+            }
+            lifecycle.state = VmState::Paused;
+            log::info!("VM paused: a block request failed");
+        }
+        if lifecycle.state == VmState::Paused {
+            lifecycle.io_error = true;
+        }
+        Ok(was_running)
+    }
+
+    /// Whether the VM is paused because of a block I/O error (see
+    /// [`MicroVm::pause_for_io_error`]); `cont` ends that.
+    pub fn paused_by_io_error(&self) -> bool {
+        let lifecycle = self.lock_lifecycle();
+        lifecycle.state == VmState::Paused && lifecycle.io_error
     }
 
     /// Ends the VM at the host's request (QMP `quit`): [`MicroVm::run`] returns

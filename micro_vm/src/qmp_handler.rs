@@ -68,7 +68,15 @@ impl QmpHandler for MachineQmp {
     }
 
     fn cont(&mut self) -> Result<(), QmpError> {
-        self.vm()?.resume().map_err(generic)
+        self.vm()?.resume().map_err(generic)?;
+        // Requests an error policy held (`werror=stop`) are submitted again.
+        if let Some(blocks) = self.blocks.upgrade() {
+            blocks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retry_held();
+        }
+        Ok(())
     }
 
     fn quit(&mut self) {
@@ -78,8 +86,9 @@ impl QmpHandler for MachineQmp {
     }
 
     fn query_status(&self) -> VmRunState {
-        match self.vm.upgrade().map(|vm| vm.state()) {
-            Some(VmState::Running) => VmRunState::Running,
+        match self.vm.upgrade() {
+            Some(vm) if vm.state() == VmState::Running => VmRunState::Running,
+            Some(vm) if vm.paused_by_io_error() => VmRunState::IoError,
             _ => VmRunState::Paused,
         }
     }
@@ -246,6 +255,11 @@ impl QmpService {
         let server = QmpServer::new(path, handler)?;
         let events = server.register(vm.event_loop())?;
         Ok(Some(QmpService { events }))
+    }
+
+    /// A sender of events to the connected client.
+    pub fn events(&self) -> QmpEventSender {
+        self.events.clone()
     }
 
     /// After [`MicroVm::run`]: tells a connected client why the VM ended, unless QMP itself

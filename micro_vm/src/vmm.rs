@@ -22,9 +22,12 @@
 //! - The shutdown path runs once, whether `run` returns normally, with an error, or the `Vmm`
 //!   is dropped after a failed start.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
+use device_model::virtio::{BlockIoError, ErrorSink, IoOperation};
 use machine_manager::config::VmConfig;
+use machine_manager::qmp::{QmpEvent, QmpEventSender};
+use util::aio::ErrorAction;
 use util::event_loop::EventLoop;
 
 use crate::block_devices::{BlockDevices, BlockDevicesError};
@@ -71,6 +74,16 @@ impl Vmm {
             main_loop,
         };
         vmm.qmp = QmpService::start(config, &vm, &blocks)?;
+        let sink = block_error_sink(
+            &vmm.main_loop,
+            &vm,
+            &blocks,
+            vmm.qmp.as_ref().map(QmpService::events),
+        );
+        blocks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_error_sink(&sink);
         Ok(vmm)
     }
 
@@ -129,6 +142,79 @@ impl Vmm {
         self.qmp = None;
         self.main_loop.clear();
         log::info!("shutdown complete");
+    }
+}
+
+/// Where the block devices report failed requests. Called on a device's thread, it only posts
+/// the report to the main loop, which sends QMP `BLOCK_IO_ERROR` and, for `stop`, pauses the
+/// VM (`STOP`); QMP `cont` resumes it and the devices retry what they held.
+fn block_error_sink(
+    main_loop: &Arc<EventLoop>,
+    vm: &Arc<MicroVm>,
+    blocks: &Arc<Mutex<BlockDevices>>,
+    events: Option<QmpEventSender>,
+) -> ErrorSink {
+    let main_loop = Arc::downgrade(main_loop);
+    let vm = Arc::downgrade(vm);
+    let blocks = Arc::downgrade(blocks);
+    Arc::new(move |error: BlockIoError| {
+        let Some(main_loop) = main_loop.upgrade() else {
+            return;
+        };
+        let (vm, blocks, events) = (vm.clone(), blocks.clone(), events.clone());
+        main_loop.post(move || on_block_error(&error, &vm, &blocks, events.as_ref()));
+    })
+}
+
+/// Handles one failed block request on the main thread.
+fn on_block_error(
+    error: &BlockIoError,
+    vm: &Weak<MicroVm>,
+    blocks: &Weak<Mutex<BlockDevices>>,
+    events: Option<&QmpEventSender>,
+) {
+    let node = blocks
+        .upgrade()
+        .and_then(|b| {
+            let blocks = b.lock().unwrap_or_else(|e| e.into_inner());
+            blocks.node_of(&error.device).map(str::to_string)
+        })
+        .unwrap_or_default();
+    let operation = match error.operation {
+        IoOperation::Read => "read",
+        IoOperation::Write => "write",
+    };
+    let reason = error.reason();
+    log::error!(
+        "block device {} (node {node}): {operation} failed: {reason}; action {}",
+        error.device,
+        error.action
+    );
+    if let Some(events) = events {
+        events.send(QmpEvent::BlockIoError {
+            device: error.device.clone(),
+            node_name: node,
+            operation,
+            action: error.action.as_str(),
+            nospace: error.nospace(),
+            reason,
+        });
+    }
+    if error.action != ErrorAction::Stop {
+        return;
+    }
+    let Some(vm) = vm.upgrade() else {
+        return;
+    };
+    match vm.pause_for_io_error() {
+        Ok(true) => {
+            log::error!("VM paused by a block I/O error; QMP cont resumes it and retries");
+            if let Some(events) = events {
+                events.send(QmpEvent::Stop);
+            }
+        }
+        Ok(false) => {}
+        Err(e) => log::error!("cannot pause the VM after a block I/O error: {e}"),
     }
 }
 

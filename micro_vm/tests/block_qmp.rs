@@ -38,6 +38,8 @@ fn node(name: &str, path: &Path, aio: AioEngine, direct: bool) -> BlockdevAdd {
         aio: Some(aio),
         direct: Some(direct),
         read_only: false,
+        werror: None,
+        rerror: None,
     }
 }
 

@@ -51,7 +51,9 @@ use std::sync::Arc;
 use address_space::GuestMemory;
 use vmm_sys_util::eventfd::EventFd;
 
-pub use block::{Block, BlockBackend, BlockBackendConfig, BlockHandle};
+pub use block::{
+    Block, BlockBackend, BlockBackendConfig, BlockHandle, BlockIoError, ErrorSink, IoOperation,
+};
 pub use mmio::VirtioMmio;
 pub use queue::QueueConfig;
 
@@ -136,6 +138,13 @@ pub enum VirtioError {
         /// The cause.
         #[source]
         source: std::io::Error,
+    },
+    /// An earlier flush of the drive failed, so its data may be lost whatever a new
+    /// `fdatasync` says.
+    #[error("drive file {path:?}: an earlier flush failed; data written before it may be lost")]
+    FlushFailedBefore {
+        /// The file.
+        path: PathBuf,
     },
     /// The device was shut down and takes no more backends.
     #[error("block device {id} is shut down")]

@@ -16,7 +16,7 @@ use device_model::virtio::driver::{Buffer, Completion, Driver, DriverConfig};
 use device_model::virtio::{
     Block, BlockBackend, BlockBackendConfig, BlockHandle, VirtioDevice, VirtioMmio,
 };
-use util::aio::AioEngine;
+use util::aio::{AioEngine, ErrorAction};
 use util::event_loop::EventLoopThread;
 use util::testing::{IoThrottle, LoopDevice};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -67,6 +67,8 @@ impl TempDisk {
             direct,
             aio,
             serial: Some("virtio-test-serial-0123456789".into()),
+            werror: ErrorAction::Report,
+            rerror: ErrorAction::Report,
         }
     }
 }

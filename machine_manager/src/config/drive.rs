@@ -13,7 +13,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
-use util::aio::AioEngine;
+use util::aio::{AioEngine, ErrorAction};
 
 use super::error::{ConfigError, Result};
 use super::kv::{parse_u64, KvList};
@@ -40,6 +40,10 @@ pub struct DriveConfig {
     pub serial: Option<String>,
     /// Most requests per second (`throttling.iops-total=`), if limited.
     pub iops_limit: Option<u64>,
+    /// What a failed write does (`werror=`, default `enospc`, as in QEMU).
+    pub werror: ErrorAction,
+    /// What a failed read does (`rerror=`, default `report`, as in QEMU).
+    pub rerror: ErrorAction,
 }
 
 impl DriveConfig {
@@ -54,6 +58,8 @@ impl DriveConfig {
             aio: default_aio(true),
             serial: None,
             iops_limit: None,
+            werror: ErrorAction::Enospc,
+            rerror: ErrorAction::Report,
         }
     }
 
@@ -69,6 +75,15 @@ impl DriveConfig {
         }
         if let Some(serial) = &self.serial {
             check_serial("-drive", serial)?;
+        }
+        if self.rerror == ErrorAction::Enospc {
+            // As in QEMU: a read cannot run out of space.
+            return Err(invalid(
+                "-drive",
+                "rerror",
+                "enospc",
+                "report, ignore or stop",
+            ));
         }
         if self.iops_limit == Some(0) {
             return Err(invalid(
@@ -165,6 +180,14 @@ pub(crate) fn parse_drive(text: &str) -> Result<DriveArg> {
             .map_err(|_| kv.invalid("aio", &value, "off, native or io_uring"))?,
     };
     let serial = kv.take("serial");
+    let mut error_action = |key: &str, default: ErrorAction| match kv.take(key) {
+        None => Ok(default),
+        Some(value) => value
+            .parse::<ErrorAction>()
+            .map_err(|_| kv.invalid(key, &value, "report, ignore, stop or enospc")),
+    };
+    let werror = error_action("werror", ErrorAction::Enospc)?;
+    let rerror = error_action("rerror", ErrorAction::Report)?;
     let iops_limit = match kv.take("throttling.iops-total") {
         None => None,
         Some(value) => Some(
@@ -192,6 +215,8 @@ pub(crate) fn parse_drive(text: &str) -> Result<DriveArg> {
         aio,
         serial,
         iops_limit,
+        werror,
+        rerror,
     };
     config.validate()?;
     Ok(DriveArg { id, config })

@@ -1,7 +1,7 @@
 //! One test per command-line rule.
 
 use super::*;
-use util::aio::AioEngine;
+use util::aio::{AioEngine, ErrorAction};
 
 fn parse(line: &str) -> Result<VmConfig> {
     parse_args(line.split_whitespace().map(String::from))
@@ -38,7 +38,7 @@ fn a_full_command_line() {
         "-initrd", "/k/initrd.img", "-m", "1G", "-mem-prealloc", "-smp", "cpus=2", "-cpu", "host,-cx16,+x2apic",
         "-serial", "stdio", "-D", "/tmp/vm.log", "-name", "vm1", "-daemonize", "-pidfile",
         "/tmp/vm.pid", "-S", "-object", "iothread,id=io0", "-drive",
-        "id=rootfs,file=/img/root.ext4,readonly=off,direct=on,aio=io_uring,serial=ROOT1,throttling.iops-total=5000,if=none,format=raw",
+        "id=rootfs,file=/img/root.ext4,readonly=off,direct=on,aio=io_uring,serial=ROOT1,throttling.iops-total=5000,if=none,format=raw,werror=stop,rerror=ignore",
         "-device", "virtio-blk-device,drive=rootfs,id=blk0,serial=DEV1,iothread=io0",
         "-qmp", "unix:/tmp/qmp.sock,server,nowait",
     ];
@@ -68,6 +68,8 @@ fn a_full_command_line() {
             aio: AioEngine::IoUring,
             serial: Some("ROOT1".into()),
             iops_limit: Some(5000),
+            werror: ErrorAction::Stop,
+            rerror: ErrorAction::Ignore,
         }]
     );
     assert_eq!(
@@ -172,6 +174,9 @@ fn drive_defaults_follow_direct() {
     assert!(config.drives[0].readonly);
     let config = parse("-drive id=d,file=/a,direct=off,aio=io_uring").unwrap();
     assert_eq!(config.drives[0].aio, AioEngine::IoUring);
+    // QEMU's error-policy defaults.
+    assert_eq!(config.drives[0].werror, ErrorAction::Enospc);
+    assert_eq!(config.drives[0].rerror, ErrorAction::Report);
 }
 
 #[test]
@@ -196,6 +201,8 @@ fn drive_keys_and_values_are_checked() {
         "-drive id=d,file=/a,format=qcow2",                 // only raw
         "-drive id=d,file=/a,if=virtio",                    // only if=none
         "-drive id=d,file=/a,serial=123456789012345678901", // serial too long
+        "-drive id=d,file=/a,werror=panic",                 // unknown error action
+        "-drive id=d,file=/a,rerror=enospc",                // reads cannot run out of space
         "-drive id=d,file=/a,throttling.iops-total=0",      // zero limit
         "-drive id=d,file=/a,throttling.iops-total=-5",
         "-drive id=d,file=/a,throttling.iops-total=99999999999999999999999",

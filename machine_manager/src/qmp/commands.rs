@@ -17,7 +17,7 @@ use std::str::FromStr;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use util::aio::AioEngine;
+use util::aio::{AioEngine, ErrorAction};
 
 use super::handler::QmpError;
 use crate::config::{default_aio, BlkDeviceConfig, DriveConfig};
@@ -36,6 +36,10 @@ pub struct BlockdevAdd {
     pub direct: Option<bool>,
     /// `read-only` (default false).
     pub read_only: bool,
+    /// `werror`: what a failed write does, `None` for `-drive`'s default (`enospc`).
+    pub werror: Option<ErrorAction>,
+    /// `rerror`: what a failed read does, `None` for `-drive`'s default (`report`).
+    pub rerror: Option<ErrorAction>,
 }
 
 impl BlockdevAdd {
@@ -49,6 +53,8 @@ impl BlockdevAdd {
         drive.direct = direct;
         drive.aio = self.aio.unwrap_or(default_aio(direct));
         drive.readonly = self.read_only;
+        drive.werror = self.werror.unwrap_or(drive.werror);
+        drive.rerror = self.rerror.unwrap_or(drive.rerror);
         drive
     }
 }
@@ -124,6 +130,10 @@ struct BlockdevAddArguments {
     cache: Option<CacheArguments>,
     #[serde(default)]
     read_only: Option<bool>,
+    #[serde(default)]
+    werror: Option<String>,
+    #[serde(default)]
+    rerror: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -254,12 +264,20 @@ fn parse_blockdev_add(args: BlockdevAddArguments) -> Result<Command, QmpError> {
         .map(|name| AioEngine::from_str(&name))
         .transpose()
         .map_err(|e| QmpError::Generic(format!("invalid arguments for '{NAME}': {e}")))?;
+    let error_action = |value: Option<String>| {
+        value
+            .map(|v| ErrorAction::from_str(&v))
+            .transpose()
+            .map_err(|e| QmpError::Generic(format!("invalid arguments for '{NAME}': {e}")))
+    };
     Ok(Command::BlockdevAdd(BlockdevAdd {
         node_name,
         filename: PathBuf::from(filename),
         aio,
         direct: args.cache.and_then(|cache| cache.direct),
         read_only: args.read_only.unwrap_or(false),
+        werror: error_action(args.werror)?,
+        rerror: error_action(args.rerror)?,
     }))
 }
 
@@ -323,7 +341,8 @@ mod tests {
                 "blockdev-add",
                 json!({"node-name": "drive-1",
                        "file": {"driver": "file", "filename": "/tmp/d.img", "aio": spelling},
-                       "cache": {"direct": false}, "read-only": true}),
+                       "cache": {"direct": false}, "read-only": true,
+                       "werror": "stop", "rerror": "ignore"}),
             )
             .unwrap();
             assert_eq!(
@@ -334,6 +353,8 @@ mod tests {
                     aio: Some(AioEngine::IoUring),
                     direct: Some(false),
                     read_only: true,
+                    werror: Some(ErrorAction::Stop),
+                    rerror: Some(ErrorAction::Ignore),
                 })
             );
         }
@@ -354,8 +375,16 @@ mod tests {
                 aio: None,
                 direct: None,
                 read_only: false,
+                werror: None,
+                rerror: None,
             })
         );
+        assert!(parse(
+            "blockdev-add",
+            json!({"node-name": "n", "file": {"driver": "file", "filename": "f"},
+                   "werror": "sometimes"}),
+        )
+        .is_err());
     }
 
     #[test]
@@ -366,6 +395,8 @@ mod tests {
             aio: None,
             direct: None,
             read_only: true,
+            werror: None,
+            rerror: None,
         };
         let drive = args.drive_config();
         assert_eq!(

@@ -50,6 +50,9 @@ pub enum VmRunState {
     Running,
     /// The vCPUs are paused by `stop` or `-S` (`"status":"paused"`).
     Paused,
+    /// The vCPUs are paused because a block request failed with `werror=stop`/`rerror=stop`
+    /// (`"status":"io-error"`, as QEMU); `cont` retries the request.
+    IoError,
 }
 
 /// One vCPU as reported by `query-cpus`.
@@ -111,6 +114,7 @@ impl From<VmRunState> for StatusInfo {
             status: match state {
                 VmRunState::Running => "running",
                 VmRunState::Paused => "paused",
+                VmRunState::IoError => "io-error",
             },
         }
     }

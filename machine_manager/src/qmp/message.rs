@@ -118,6 +118,21 @@ pub enum QmpEvent {
         /// The id given to `device_add` or `-device`.
         id: String,
     },
+    /// A block request failed on the host (QEMU's `BLOCK_IO_ERROR`).
+    BlockIoError {
+        /// The device id.
+        device: String,
+        /// The node (drive id or `blockdev-add` node name) behind it.
+        node_name: String,
+        /// `"read"` or `"write"`.
+        operation: &'static str,
+        /// What was done: `"report"`, `"ignore"` or `"stop"`.
+        action: &'static str,
+        /// Whether the host ran out of space.
+        nospace: bool,
+        /// The error's text.
+        reason: String,
+    },
 }
 
 /// When an event happened, as seconds and microseconds since the Unix epoch.
@@ -153,8 +168,23 @@ struct EventMessage<'a> {
 #[serde(untagged)]
 enum EventData<'a> {
     Empty(Empty),
-    Shutdown { guest: bool, reason: &'static str },
-    DeviceDeleted { device: &'a str, path: &'a str },
+    Shutdown {
+        guest: bool,
+        reason: &'static str,
+    },
+    DeviceDeleted {
+        device: &'a str,
+        path: &'a str,
+    },
+    BlockIoError {
+        device: &'a str,
+        #[serde(rename = "node-name")]
+        node_name: &'a str,
+        operation: &'static str,
+        action: &'static str,
+        nospace: bool,
+        reason: &'a str,
+    },
 }
 
 /// Serializes `message` as one line; these types cannot fail to serialize, but if one ever
@@ -222,6 +252,24 @@ pub(crate) fn event(event: &QmpEvent, timestamp: Timestamp) -> Vec<u8> {
             EventData::Shutdown {
                 guest: false,
                 reason: "host-signal",
+            },
+        ),
+        QmpEvent::BlockIoError {
+            device,
+            node_name,
+            operation,
+            action,
+            nospace,
+            reason,
+        } => (
+            "BLOCK_IO_ERROR",
+            EventData::BlockIoError {
+                device,
+                node_name,
+                operation,
+                action,
+                nospace: *nospace,
+                reason,
             },
         ),
         QmpEvent::DeviceDeleted { id } => (
@@ -296,6 +344,21 @@ mod tests {
         assert_eq!(
             text(event(&QmpEvent::Shutdown(ShutdownReason::HostSignal), ts)),
             "{\"event\":\"SHUTDOWN\",\"data\":{\"guest\":false,\"reason\":\"host-signal\"},\
+             \"timestamp\":{\"seconds\":12,\"microseconds\":34}}\r\n"
+        );
+        let error = QmpEvent::BlockIoError {
+            device: "b0".into(),
+            node_name: "d0".into(),
+            operation: "write",
+            action: "stop",
+            nospace: true,
+            reason: "No space left on device".into(),
+        };
+        assert_eq!(
+            text(event(&error, ts)),
+            "{\"event\":\"BLOCK_IO_ERROR\",\"data\":{\"device\":\"b0\",\"node-name\":\"d0\",\
+             \"operation\":\"write\",\"action\":\"stop\",\"nospace\":true,\
+             \"reason\":\"No space left on device\"},\
              \"timestamp\":{\"seconds\":12,\"microseconds\":34}}\r\n"
         );
         assert_eq!(

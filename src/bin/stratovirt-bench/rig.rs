@@ -22,7 +22,7 @@ use device_model::virtio::driver::{Driver, DriverConfig};
 use device_model::virtio::{
     Block, BlockBackend, BlockBackendConfig, BlockHandle, VirtioDevice, VirtioMmio,
 };
-use util::aio::AioEngine;
+use util::aio::{AioEngine, ErrorAction};
 use util::event_loop::EventLoopThread;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -70,6 +70,8 @@ impl Rig {
             direct: config.direct,
             aio: config.aio,
             serial: None,
+            werror: ErrorAction::Report,
+            rerror: ErrorAction::Report,
         })
         .with_context(|| format!("drive {} aio={}", path.display(), config.aio))?;
         let iothread = EventLoopThread::spawn("bench-iothread").context("device thread")?;

@@ -188,6 +188,63 @@ impl FromStr for AioEngine {
     }
 }
 
+/// What a block device does with a request its engine failed (`werror=`/`rerror=`, QEMU's
+/// error policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorAction {
+    /// Answer the guest with an I/O error.
+    Report,
+    /// Answer the guest as if the request had succeeded.
+    Ignore,
+    /// Keep the request, pause the VM and tell the management; `cont` retries it.
+    Stop,
+    /// `Stop` when the host is out of space (`ENOSPC`), else `Report`.
+    Enospc,
+}
+
+impl ErrorAction {
+    /// The spelling used on the command line and in QMP.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorAction::Report => "report",
+            ErrorAction::Ignore => "ignore",
+            ErrorAction::Stop => "stop",
+            ErrorAction::Enospc => "enospc",
+        }
+    }
+
+    /// What to do with a request that failed with `errno`: `Report`, `Ignore` or `Stop`.
+    pub fn resolve(self, errno: i32) -> ErrorAction {
+        match self {
+            ErrorAction::Enospc if errno == libc::ENOSPC => ErrorAction::Stop,
+            ErrorAction::Enospc => ErrorAction::Report,
+            action => action,
+        }
+    }
+}
+
+impl fmt::Display for ErrorAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ErrorAction {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "report" => Ok(ErrorAction::Report),
+            "ignore" => Ok(ErrorAction::Ignore),
+            "stop" => Ok(ErrorAction::Stop),
+            "enospc" => Ok(ErrorAction::Enospc),
+            other => Err(format!(
+                "unknown error action {other:?}: expected report, ignore, stop or enospc"
+            )),
+        }
+    }
+}
+
 /// Errors of the block engines.
 #[derive(Debug, thiserror::Error)]
 pub enum AioError {

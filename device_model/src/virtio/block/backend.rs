@@ -12,7 +12,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
 
-use util::aio::{self, AioContext, AioEngine, AioOpcode};
+use util::aio::{self, AioContext, AioEngine, AioOpcode, ErrorAction};
 
 use super::request::SECTOR_SIZE;
 use crate::virtio::VirtioError;
@@ -30,6 +30,10 @@ pub struct BlockBackendConfig {
     pub aio: AioEngine,
     /// The serial returned by `VIRTIO_BLK_T_GET_ID` (at most 20 bytes are used).
     pub serial: Option<String>,
+    /// What a failed write, flush, discard or write-zeroes does (`werror=`).
+    pub werror: ErrorAction,
+    /// What a failed read does (`rerror=`).
+    pub rerror: ErrorAction,
 }
 
 /// Requests each engine accepts into the kernel at once; more wait inside the engine.
@@ -43,6 +47,9 @@ pub struct BlockBackend {
     config: BlockBackendConfig,
     capacity_sectors: u64,
     memory_registered: bool,
+    /// A flush failed: later flushes fail too, since Linux forgets a write-back error once
+    /// it has reported it and a later `fdatasync` would claim that lost data is durable.
+    flush_failed: bool,
 }
 
 impl BlockBackend {
@@ -89,6 +96,7 @@ impl BlockBackend {
             config: config.clone(),
             capacity_sectors: bytes / SECTOR_SIZE,
             memory_registered: false,
+            flush_failed: false,
         })
     }
 
@@ -125,14 +133,33 @@ impl BlockBackend {
         }
     }
 
-    /// Makes completed writes durable (`fdatasync`) before the backend goes away.
-    pub(super) fn sync(&self) -> Result<(), VirtioError> {
+    /// Whether a flush of this backend has failed (it then fails every later flush).
+    pub(super) fn flush_failed(&self) -> bool {
+        self.flush_failed
+    }
+
+    /// Records that a flush failed; returns whether this is the first time.
+    pub(super) fn set_flush_failed(&mut self) -> bool {
+        !std::mem::replace(&mut self.flush_failed, true)
+    }
+
+    /// Makes completed writes durable (`fdatasync`) before the backend goes away; fails at once
+    /// if an earlier flush failed (what was lost then cannot be made durable now).
+    pub(super) fn sync(&mut self) -> Result<(), VirtioError> {
         if self.config.readonly {
             return Ok(());
         }
-        self.file.sync_data().map_err(|source| VirtioError::Flush {
-            path: self.config.path.clone(),
-            source,
+        if self.flush_failed {
+            return Err(VirtioError::FlushFailedBefore {
+                path: self.config.path.clone(),
+            });
+        }
+        self.file.sync_data().map_err(|source| {
+            self.flush_failed = true;
+            VirtioError::Flush {
+                path: self.config.path.clone(),
+                source,
+            }
         })
     }
 }

@@ -34,9 +34,9 @@ pub mod request;
 mod state;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use util::aio::AioOpcode;
+use util::aio::{AioOpcode, ErrorAction};
 use util::event_loop::EventLoop;
 
 pub use backend::{BlockBackend, BlockBackendConfig, ENGINE_DEPTH};
@@ -118,13 +118,59 @@ impl Published {
     }
 }
 
-/// The part of a device every thread may read: its id, what its thread published, and the
-/// resets asked for and finished.
+/// Which kind of request failed, as QMP's `BLOCK_IO_ERROR` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoOperation {
+    /// A read.
+    Read,
+    /// A write, flush, discard or write-zeroes (they follow `werror=`).
+    Write,
+}
+
+/// A request the engine failed, and what the device did with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockIoError {
+    /// The device's id.
+    pub device: String,
+    /// Read or write.
+    pub operation: IoOperation,
+    /// What the device did: `Report`, `Ignore` or `Stop` (the request is kept until
+    /// [`BlockHandle::retry`]).
+    pub action: ErrorAction,
+    /// The errno the request failed with.
+    pub errno: i32,
+}
+
+impl BlockIoError {
+    /// Whether the host ran out of space.
+    pub fn nospace(&self) -> bool {
+        self.errno == libc::ENOSPC
+    }
+
+    /// The errno's text.
+    pub fn reason(&self) -> String {
+        std::io::Error::from_raw_os_error(self.errno).to_string()
+    }
+}
+
+/// Where a device reports failed requests (the machine: QMP `BLOCK_IO_ERROR`, and pausing the
+/// VM for `Stop`). Called on the device's thread: it must not wait for another thread.
+pub type ErrorSink = Arc<dyn Fn(BlockIoError) + Send + Sync>;
+
+/// Reports of `Report`/`Ignore` errors sent in full before they thin out to one in
+/// `ERROR_REPORT_EVERY` (a guest can cause them repeatedly); `Stop` errors are always sent.
+const ERROR_REPORTS_SENT: u64 = 16;
+const ERROR_REPORT_EVERY: u64 = 1024;
+
+/// The part of a device every thread may read: its id, what its thread published, the
+/// resets asked for and finished, and where failed requests are reported.
 pub(super) struct Shared {
     pub(super) id: String,
     published: Mutex<Published>,
     resets_asked: AtomicU64,
     resets_done: AtomicU64,
+    error_sink: OnceLock<ErrorSink>,
+    errors_reported: AtomicU64,
 }
 
 impl Shared {
@@ -141,6 +187,25 @@ impl Shared {
     /// Records that the reset numbered `n` has finished.
     pub(super) fn reset_done(&self, n: u64) {
         self.resets_done.store(n, Ordering::Release);
+    }
+
+    /// Tells the error sink (if any) that a request failed with `errno` and what was done.
+    pub(super) fn report_error(&self, operation: IoOperation, action: ErrorAction, errno: i32) {
+        let Some(sink) = self.error_sink.get() else {
+            return;
+        };
+        if action != ErrorAction::Stop {
+            let n = self.errors_reported.fetch_add(1, Ordering::Relaxed) + 1;
+            if n > ERROR_REPORTS_SENT && !n.is_multiple_of(ERROR_REPORT_EVERY) {
+                return;
+            }
+        }
+        sink(BlockIoError {
+            device: self.id.clone(),
+            operation,
+            action,
+            errno,
+        });
     }
 }
 
@@ -171,6 +236,8 @@ impl Block {
             published: Mutex::new(Published::of(backend.as_ref(), 0)),
             resets_asked: AtomicU64::new(0),
             resets_done: AtomicU64::new(0),
+            error_sink: OnceLock::new(),
+            errors_reported: AtomicU64::new(0),
         });
         Block {
             state: BlockState::new(id, backend, shared.clone(), event_loop.clone()),
@@ -246,6 +313,19 @@ impl BlockHandle {
         self.call(BlockState::shutdown)?
     }
 
+    /// Sends the device's failed requests to `sink` from now on (set once; later calls are
+    /// ignored).
+    pub fn set_error_sink(&self, sink: ErrorSink) {
+        let _ = self.shared.error_sink.set(sink);
+    }
+
+    /// Submits again the requests an error stopped (`werror=stop`, `rerror=stop`), without
+    /// waiting: the machine calls it when the VM resumes (QMP `cont`).
+    pub fn retry(&self) {
+        let state = self.state.clone();
+        self.event_loop.post(move || lock(&state).retry_held());
+    }
+
     /// The device's id.
     pub fn id(&self) -> String {
         self.shared.id.clone()
@@ -261,7 +341,8 @@ impl BlockHandle {
         self.shared.published().capacity_sectors
     }
 
-    /// Requests the engine owns right now (asks the device's thread).
+    /// Requests the device has taken and not answered yet: in its engine, or held by an error
+    /// policy for a retry (asks the device's thread).
     pub fn in_flight(&self) -> Result<usize, VirtioError> {
         self.call(|state| state.in_flight())
     }

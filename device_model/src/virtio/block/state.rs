@@ -25,7 +25,7 @@ use std::os::unix::io::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use address_space::GuestMemory;
-use util::aio::{AioCompletion, AioOpcode, AioRequest, Iovec, KeepAlive};
+use util::aio::{AioCompletion, AioOpcode, AioRequest, ErrorAction, Iovec, KeepAlive};
 use util::event_loop::{EventLoop, HandlerAction};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -35,16 +35,25 @@ use super::request::{
     status_address, DiskLimits, Request, RequestKind, Segment, SERIAL_LEN, VIRTIO_BLK_S_IOERR,
     VIRTIO_BLK_S_OK,
 };
-use super::{Shared, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES};
+use super::{IoOperation, Shared, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES};
 use crate::virtio::queue::{Descriptor, QueueError, SplitQueue};
 use crate::virtio::{feature, Interrupt, VirtioError};
 
 /// The most sectors one discard or write-zeroes may cover.
 pub const MAX_RANGE_SECTORS: u32 = 1 << 21;
 
-/// A chain the engine owns.
+/// Whether a failed request may be kept for a retry (`Stop`), or must be answered now because
+/// the backend is going away (hot-replace, shutdown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Policy {
+    Apply,
+    AnswerAll,
+}
+
+/// A chain the engine owns (or that an error policy holds for a retry).
 #[derive(Debug, Clone, Copy)]
 struct InFlight {
+    opcode: AioOpcode,
     status: u64,
     expected: u64,
     used_len: u32,
@@ -55,12 +64,15 @@ pub(super) struct Active {
     queue: SplitQueue,
     mem: Arc<GuestMemory>,
     keep_alive: KeepAlive,
+    shared: Arc<Shared>,
     interrupt: Arc<Interrupt>,
     notify: Arc<EventFd>,
     features: u64,
     broken: bool,
     guest_errors: u64,
     inflight: Vec<Option<InFlight>>,
+    /// Heads of failed requests kept for a retry (`werror=stop`/`rerror=stop`).
+    held: Vec<u16>,
     chain: Vec<Descriptor>,
     segments: Vec<Segment>,
     batch: Vec<AioRequest>,
@@ -117,6 +129,16 @@ impl Active {
             log::error!("virtio-blk: cannot write status at {status:#x}: {e}");
         }
         self.queue.add_used(&self.mem, head, used_len)
+    }
+
+    /// Answers every request an error policy held with an I/O error.
+    fn fail_held(&mut self) -> Result<(), QueueError> {
+        for head in std::mem::take(&mut self.held) {
+            if let Some(req) = self.inflight[usize::from(head)].take() {
+                self.finish(head, req.status, VIRTIO_BLK_S_IOERR, 1)?;
+            }
+        }
+        Ok(())
     }
 
     /// Starts the chain `head`: answers it now (returns `true`) or queues it for the engine.
@@ -197,10 +219,21 @@ impl Active {
             keep_alive: Some(self.keep_alive.clone()),
         };
         self.inflight[usize::from(head)] = Some(InFlight {
+            opcode,
             status,
             expected: aio.nbytes(),
             used_len,
         });
+        if opcode == AioOpcode::Flush && backend.flush_failed() {
+            // Sticky: a flush after a failed one fails without asking the kernel.
+            let failed = AioCompletion {
+                tag: aio.tag,
+                result: -i64::from(libc::EIO),
+            };
+            return self
+                .complete(id, failed, Some(backend), Policy::Apply)
+                .map(|()| true);
+        }
         self.batch.push(aio);
         Ok(false)
     }
@@ -231,12 +264,16 @@ impl Active {
         written as u32
     }
 
-    /// Hands the batch to the engine; what it refuses fails with IOERR.
-    fn submit(&mut self, id: &str, backend: Option<&mut BlockBackend>) -> Result<(), QueueError> {
+    /// Hands the batch to the engine; what it refuses fails (with the error policy).
+    fn submit(
+        &mut self,
+        id: &str,
+        mut backend: Option<&mut BlockBackend>,
+    ) -> Result<(), QueueError> {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let result = match backend {
+        let result = match backend.as_deref_mut() {
             // SAFETY: every iovec was built by `host_address` on `self.mem` for a range inside
             // guest RAM, and every request carries a `KeepAlive` of `self.mem`: the engine
             // holds it until the completion is handed out, and leaks it if it cannot drain,
@@ -249,19 +286,25 @@ impl Active {
         }
         let refused: Vec<u64> = self.batch.drain(..).map(|r| r.tag).collect();
         for tag in refused {
-            self.complete(
-                id,
-                AioCompletion {
-                    tag,
-                    result: -i64::from(libc::EIO),
-                },
-            )?;
+            let failed = AioCompletion {
+                tag,
+                result: -i64::from(libc::EIO),
+            };
+            self.complete(id, failed, backend.as_deref_mut(), Policy::Apply)?;
         }
         Ok(())
     }
 
-    /// Writes the status and used entry of one engine completion.
-    fn complete(&mut self, id: &str, done: AioCompletion) -> Result<(), QueueError> {
+    /// Writes the status and used entry of one engine completion. A failed request follows
+    /// the backend's error policy (`werror=`/`rerror=`): answered with an error, answered as
+    /// a success, or (with `policy` `Apply`) kept for a retry; and it is reported.
+    fn complete(
+        &mut self,
+        id: &str,
+        done: AioCompletion,
+        backend: Option<&mut BlockBackend>,
+        policy: Policy,
+    ) -> Result<(), QueueError> {
         let Some(slot) = usize::try_from(done.tag)
             .ok()
             .and_then(|i| self.inflight.get_mut(i))
@@ -273,21 +316,56 @@ impl Active {
             log::error!("virtio-blk {id}: completion for idle tag {}", done.tag);
             return Ok(());
         };
-        let ok = u64::try_from(done.result).is_ok_and(|n| n == req.expected);
-        let (value, used_len) = if ok {
-            (VIRTIO_BLK_S_OK, req.used_len)
-        } else {
-            // Guests can cause these too (e.g. unaligned buffers with O_DIRECT: EINVAL).
-            self.guest_error(
-                id,
-                format_args!(
-                    "request {} failed: result {} of {} bytes",
-                    done.tag, done.result, req.expected
-                ),
-            );
-            (VIRTIO_BLK_S_IOERR, 1)
+        let head = done.tag as u16;
+        if u64::try_from(done.result).is_ok_and(|n| n == req.expected) {
+            return self.finish(head, req.status, VIRTIO_BLK_S_OK, req.used_len);
+        }
+        // A short transfer the engine could not finish counts as an I/O error.
+        let errno = i32::try_from(-done.result)
+            .ok()
+            .filter(|&e| e > 0)
+            .unwrap_or(libc::EIO);
+        let (operation, configured) = match (req.opcode, backend.as_ref()) {
+            (AioOpcode::Read, Some(b)) => (IoOperation::Read, b.config().rerror),
+            (AioOpcode::Read, None) => (IoOperation::Read, ErrorAction::Report),
+            (_, Some(b)) => (IoOperation::Write, b.config().werror),
+            (_, None) => (IoOperation::Write, ErrorAction::Report),
         };
-        self.finish(done.tag as u16, req.status, value, used_len)
+        if req.opcode == AioOpcode::Flush {
+            if let Some(backend) = backend {
+                if backend.set_flush_failed() {
+                    log::error!(
+                        "virtio-blk {id}: flush failed ({}); every later flush of this drive \
+                         fails until it is reopened",
+                        std::io::Error::from_raw_os_error(errno)
+                    );
+                }
+            }
+        }
+        let action = match (configured.resolve(errno), policy) {
+            (ErrorAction::Stop, Policy::AnswerAll) => ErrorAction::Report,
+            (action, _) => action,
+        };
+        self.shared.report_error(operation, action, errno);
+        match action {
+            ErrorAction::Stop => {
+                self.inflight[usize::from(head)] = Some(req);
+                self.held.push(head);
+                Ok(())
+            }
+            ErrorAction::Ignore => self.finish(head, req.status, VIRTIO_BLK_S_OK, req.used_len),
+            _ => {
+                // Guests can cause these too (e.g. unaligned buffers with O_DIRECT: EINVAL).
+                self.guest_error(
+                    id,
+                    format_args!(
+                        "request {head} failed: result {} of {} bytes",
+                        done.result, req.expected
+                    ),
+                );
+                self.finish(head, req.status, VIRTIO_BLK_S_IOERR, 1)
+            }
+        }
     }
 
     /// Publishes the used ring and interrupts the guest if it asked for it.
@@ -386,6 +464,7 @@ impl BlockState {
         self.active = Some(Active {
             queue,
             keep_alive: KeepAlive::new(mem.clone()),
+            shared: self.shared.clone(),
             mem,
             interrupt,
             notify,
@@ -393,6 +472,7 @@ impl BlockState {
             broken: false,
             guest_errors: 0,
             inflight: vec![None; size],
+            held: Vec::new(),
             chain: Vec::with_capacity(size),
             segments: Vec::with_capacity(size),
             batch: Vec::with_capacity(size),
@@ -446,19 +526,50 @@ impl BlockState {
         self.completions.len()
     }
 
-    /// Drains the engine and answers every drained request in the used ring.
+    /// Drains the engine and answers every drained request, and every request an error
+    /// policy held, in the used ring.
     fn drain_and_answer(&mut self) {
         self.drain_engine();
         let drained = std::mem::take(&mut self.completions);
         if let Some(active) = self.active.as_mut() {
             for done in &drained {
-                if let Err(e) = active.complete(&self.id, *done) {
+                if let Err(e) =
+                    active.complete(&self.id, *done, self.backend.as_mut(), Policy::AnswerAll)
+                {
                     active.break_device(&self.id, e);
                 }
+            }
+            if let Err(e) = active.fail_held() {
+                active.break_device(&self.id, e);
             }
             active.signal(&self.id);
         }
         self.completions = drained;
+    }
+
+    /// Submits the requests an error policy held, again (QMP `cont`).
+    pub(super) fn retry_held(&mut self) {
+        let limits = self.limits();
+        let id = self.id.as_str();
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        if active.held.is_empty() || active.broken {
+            return;
+        }
+        let held = std::mem::take(&mut active.held);
+        log::info!("virtio-blk {id}: retrying {} requests", held.len());
+        let result = (|| {
+            for head in held {
+                active.inflight[usize::from(head)] = None;
+                active.start(id, head, &limits, self.backend.as_mut())?;
+            }
+            active.submit(id, self.backend.as_mut())
+        })();
+        if let Err(e) = result {
+            active.break_device(id, e);
+        }
+        active.signal(id);
     }
 
     /// Registers the engine's eventfd if the device is active and has a backend; offers guest
@@ -518,10 +629,22 @@ impl BlockState {
     fn take_backend(&mut self) -> Result<(), VirtioError> {
         self.drain_and_answer();
         self.detach_engine();
-        let Some(old) = self.backend.take() else {
+        let Some(mut old) = self.backend.take() else {
             return Ok(());
         };
         let synced = old.sync();
+        if let Err(e) = &synced {
+            // The management learns of it (QMP `BLOCK_IO_ERROR`): nobody else will.
+            let errno = match e {
+                VirtioError::Flush { source, .. } => source.raw_os_error(),
+                _ => None,
+            };
+            self.shared.report_error(
+                IoOperation::Write,
+                ErrorAction::Report,
+                errno.unwrap_or(libc::EIO),
+            );
+        }
         log::info!(
             "virtio-blk {}: backend {:?} closed",
             self.id,
@@ -588,7 +711,9 @@ impl BlockState {
         }
         if let Some(active) = self.active.as_mut() {
             for done in &self.completions {
-                if let Err(e) = active.complete(&self.id, *done) {
+                if let Err(e) =
+                    active.complete(&self.id, *done, self.backend.as_mut(), Policy::Apply)
+                {
                     active.break_device(&self.id, e);
                     break;
                 }
@@ -628,7 +753,7 @@ impl BlockState {
         }
     }
 
-    /// Chains the engine owns right now.
+    /// Chains taken and not answered: in the engine, or held for a retry.
     pub(super) fn in_flight(&self) -> usize {
         self.active.as_ref().map_or(0, Active::in_flight)
     }
