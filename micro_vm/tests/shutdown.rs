@@ -9,13 +9,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::Scratch;
+use common::{thread_named, QmpClient, Scratch};
 use device_model::virtio::block::request::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_OUT};
 use device_model::virtio::driver::{Buffer, Driver, DriverConfig};
 use machine_manager::config::{BlkDeviceConfig, DriveConfig, VmConfig};
@@ -32,37 +30,12 @@ const DRIVER_BASE: u64 = 64 << 20;
 const DATA: u64 = 80 << 20;
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The kernel id of this process's thread named `name`.
-fn thread_named(name: &str) -> Option<i32> {
-    std::fs::read_dir("/proc/self/task")
-        .ok()?
-        .flatten()
-        .find(|task| {
-            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim() == name)
-        })
-        .and_then(|task| task.file_name().to_str()?.parse().ok())
-}
-
 /// A QMP client that negotiates, then (on its own thread) sends `quit` and collects every
 /// message until the VMM closes the socket.
 fn quit_over_qmp(path: &Path) -> Vec<Value> {
-    let stream = UnixStream::connect(path).unwrap();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let mut writer = stream.try_clone().unwrap();
-    let mut lines = BufReader::new(stream).lines();
-    let mut next = || -> Option<Value> {
-        let line = lines.next()?.ok()?;
-        Some(serde_json::from_str(&line).unwrap())
-    };
-    assert!(next().unwrap().get("QMP").is_some(), "greeting");
-    writer
-        .write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
-        .unwrap();
-    assert_eq!(next().unwrap()["return"], serde_json::json!({}));
-    writer
-        .write_all(b"{\"execute\":\"quit\",\"id\":7}\n")
-        .unwrap();
-    std::iter::from_fn(next).collect()
+    let mut client = QmpClient::connect(path, TIMEOUT);
+    client.send("quit");
+    std::iter::from_fn(|| client.next()).collect()
 }
 
 fn shut_down_with_requests_in_flight(aio: AioEngine, direct: bool, log: &LogCapture) {

@@ -2,7 +2,12 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, Lines, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
 
 /// Where tiny kernels are loaded and entered.
 pub const LOAD_ADDR: u64 = 0x20_0000;
@@ -64,5 +69,68 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The kernel id of this process's thread named `name`.
+pub fn thread_named(name: &str) -> Option<i32> {
+    std::fs::read_dir("/proc/self/task")
+        .ok()?
+        .flatten()
+        .find(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim() == name)
+        })
+        .and_then(|task| task.file_name().to_str()?.parse().ok())
+}
+
+/// A QMP client over the VMM's socket: one JSON object per line.
+pub struct QmpClient {
+    lines: Lines<BufReader<UnixStream>>,
+    writer: UnixStream,
+}
+
+impl QmpClient {
+    /// Connects, reads the greeting and negotiates.
+    pub fn connect(path: &Path, timeout: Duration) -> QmpClient {
+        let stream = UnixStream::connect(path).unwrap();
+        stream.set_read_timeout(Some(timeout)).unwrap();
+        let writer = stream.try_clone().unwrap();
+        let mut client = QmpClient {
+            lines: BufReader::new(stream).lines(),
+            writer,
+        };
+        assert!(client.next().unwrap().get("QMP").is_some(), "greeting");
+        client.send("qmp_capabilities");
+        assert_eq!(client.next().unwrap()["return"], serde_json::json!({}));
+        client
+    }
+
+    /// Sends `{"execute": command}`.
+    pub fn send(&mut self, command: &str) {
+        let request = serde_json::json!({ "execute": command });
+        self.writer
+            .write_all(format!("{request}\n").as_bytes())
+            .unwrap();
+    }
+
+    /// The next message, `None` once the VMM closed the socket.
+    pub fn next(&mut self) -> Option<Value> {
+        let line = self.lines.next()?.ok()?;
+        Some(serde_json::from_str(&line).unwrap())
+    }
+
+    /// Messages until one satisfies `done` (included); panics if the socket closes first.
+    pub fn until(&mut self, mut done: impl FnMut(&Value) -> bool) -> Vec<Value> {
+        let mut seen = Vec::new();
+        loop {
+            let message = self
+                .next()
+                .unwrap_or_else(|| panic!("QMP closed; received {seen:?}"));
+            let last = done(&message);
+            seen.push(message);
+            if last {
+                return seen;
+            }
+        }
     }
 }
