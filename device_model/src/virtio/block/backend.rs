@@ -5,6 +5,9 @@
 //!   file; its owner drains it first, on the thread that uses the engine.
 //! - Guest RAM is registered with the engine (fixed buffers) only when it is preallocated:
 //!   registering pins every page, which must never be what makes guest RAM resident.
+//! - [`Alignment`] is what the host storage needs of a request, probed once at open:
+//!   `statx(STATX_DIOALIGN)` where the kernel reports it, else the block device's logical
+//!   block size (`BLKSSZGET`), else 512 bytes for `O_DIRECT`; nothing for buffered files.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
@@ -36,6 +39,105 @@ pub struct BlockBackendConfig {
     pub rerror: ErrorAction,
 }
 
+/// What the host storage needs of a request's file offset, length and memory: without
+/// `O_DIRECT` nothing (all 1); with it, the alignment the kernel reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Alignment {
+    /// File offsets and lengths must be multiples of this (the logical block size).
+    pub offset: u64,
+    /// Buffer addresses and lengths must be multiples of this.
+    pub memory: u64,
+    /// The storage's physical block size (for the guest's topology hint).
+    pub physical: u64,
+}
+
+impl Alignment {
+    /// No constraint at all (page cache).
+    pub const NONE: Alignment = Alignment {
+        offset: 1,
+        memory: 1,
+        physical: 1,
+    };
+
+    /// Whether a transfer at `offset` over `iovecs` (`len` bytes in total) meets it.
+    pub fn fits(&self, offset: u64, len: u64, iovecs: &[aio::Iovec]) -> bool {
+        offset.is_multiple_of(self.offset)
+            && len.is_multiple_of(self.offset)
+            && iovecs.iter().all(|iov| {
+                iov.base.is_multiple_of(self.memory) && iov.len.is_multiple_of(self.memory)
+            })
+    }
+
+    /// The block size the guest is told: the logical block size, at least a sector.
+    pub fn guest_block_size(&self) -> u64 {
+        self.offset.max(SECTOR_SIZE)
+    }
+
+    /// What `file` (opened with `O_DIRECT` when `direct`) needs.
+    fn probe(file: &File, direct: bool) -> Alignment {
+        if !direct {
+            return Alignment::NONE;
+        }
+        let (mut offset, mut memory) = dio_align(file).unwrap_or((0, 0));
+        let block = block_sizes(file);
+        if offset == 0 {
+            offset = block.map_or(SECTOR_SIZE, |(logical, _)| logical);
+        }
+        if memory == 0 {
+            memory = offset.min(SECTOR_SIZE);
+        }
+        let physical = block.map_or(offset, |(_, physical)| physical.max(offset));
+        Alignment {
+            offset,
+            memory,
+            physical,
+        }
+    }
+}
+
+/// `STATX_DIOALIGN`: (offset, memory) alignment of `O_DIRECT` on `file`, if the kernel and
+/// file system report it.
+fn dio_align(file: &File) -> Option<(u64, u64)> {
+    // SAFETY: `statx` is plain data; zero is a valid value of every field.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: the fd is open for the call, the empty path with AT_EMPTY_PATH names it, and
+    // `stx` is a valid, writable statx buffer.
+    let ret = unsafe {
+        libc::statx(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            &mut stx,
+        )
+    };
+    if ret != 0 || stx.stx_mask & libc::STATX_DIOALIGN == 0 {
+        return None;
+    }
+    Some((
+        u64::from(stx.stx_dio_offset_align),
+        u64::from(stx.stx_dio_mem_align),
+    ))
+}
+
+/// A block device's logical and physical block sizes (`BLKSSZGET`, `BLKPBSZGET`); `None` for
+/// anything else.
+fn block_sizes(file: &File) -> Option<(u64, u64)> {
+    let kind = file.metadata().ok()?.file_type();
+    if !std::os::unix::fs::FileTypeExt::is_block_device(&kind) {
+        return None;
+    }
+    let mut logical: libc::c_int = 0;
+    let mut physical: libc::c_uint = 0;
+    // SAFETY: both ioctls write one integer of the type given to the pointer passed.
+    let ok = unsafe {
+        libc::ioctl(file.as_raw_fd(), libc::BLKSSZGET, &mut logical) == 0
+            && libc::ioctl(file.as_raw_fd(), libc::BLKPBSZGET, &mut physical) == 0
+    };
+    let logical = u64::try_from(logical).ok().filter(|&l| l > 0)?;
+    ok.then_some((logical, u64::from(physical).max(logical)))
+}
+
 /// Requests each engine accepts into the kernel at once; more wait inside the engine.
 pub const ENGINE_DEPTH: u32 = 256;
 
@@ -46,6 +148,7 @@ pub struct BlockBackend {
     file: File,
     config: BlockBackendConfig,
     capacity_sectors: u64,
+    alignment: Alignment,
     memory_registered: bool,
     /// A flush failed: later flushes fail too, since Linux forgets a write-back error once
     /// it has reported it and a later `fdatasync` would claim that lost data is durable.
@@ -82,6 +185,14 @@ impl BlockBackend {
                 "drive {path:?}: size {bytes} is not a multiple of {SECTOR_SIZE}; the tail is unused"
             );
         }
+        let alignment = Alignment::probe(&file, config.direct);
+        if alignment.offset > SECTOR_SIZE || alignment.memory > SECTOR_SIZE {
+            log::info!(
+                "drive {path:?}: host storage needs {}-byte offsets and {}-byte buffers",
+                alignment.offset,
+                alignment.memory
+            );
+        }
         let engine =
             aio::open_engine(config.aio, file.as_raw_fd(), ENGINE_DEPTH).map_err(|source| {
                 VirtioError::Engine {
@@ -95,6 +206,7 @@ impl BlockBackend {
             file,
             config: config.clone(),
             capacity_sectors: bytes / SECTOR_SIZE,
+            alignment,
             memory_registered: false,
             flush_failed: false,
         })
@@ -103,6 +215,11 @@ impl BlockBackend {
     /// Size of the drive in 512-byte sectors.
     pub fn capacity_sectors(&self) -> u64 {
         self.capacity_sectors
+    }
+
+    /// What the host storage needs of a request (offsets, lengths, buffers).
+    pub fn alignment(&self) -> Alignment {
+        self.alignment
     }
 
     /// How the drive was opened.

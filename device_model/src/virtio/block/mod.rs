@@ -1,6 +1,9 @@
 //! virtio-blk: one request queue, a backend that can be replaced while the guest runs.
 //!
-//! - `backend.rs`: [`BlockBackend`], the open file and its engine.
+//! - `backend.rs`: [`BlockBackend`], the open file and its engine, and what the host storage
+//!   needs of a request ([`Alignment`]).
+//! - `bounce.rs`: requests the storage cannot take as sent, through an aligned buffer
+//!   (read-modify-write for partial blocks).
 //! - [`request`]: parsing a request from a descriptor chain (checks only, no I/O).
 //! - `state.rs`: the device's running half, owned by its event-loop thread.
 //!
@@ -30,6 +33,7 @@
 //! and a read-only backend put in a slot negotiated read-write answers writes with `IOERR`.
 
 mod backend;
+mod bounce;
 pub mod request;
 mod state;
 
@@ -39,7 +43,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use util::aio::{AioOpcode, ErrorAction};
 use util::event_loop::EventLoop;
 
-pub use backend::{BlockBackend, BlockBackendConfig, ENGINE_DEPTH};
+pub use backend::{Alignment, BlockBackend, BlockBackendConfig, ENGINE_DEPTH};
 use request::SECTOR_SIZE;
 use state::{lock, BlockState, MAX_RANGE_SECTORS};
 
@@ -57,6 +61,8 @@ pub const VIRTIO_BLK_F_SEG_MAX: u32 = 2;
 pub const VIRTIO_BLK_F_RO: u32 = 5;
 /// Feature bit: `blk_size` is valid.
 pub const VIRTIO_BLK_F_BLK_SIZE: u32 = 6;
+/// Feature bit: the topology fields (physical block size, I/O sizes) are valid.
+pub const VIRTIO_BLK_F_TOPOLOGY: u32 = 10;
 /// Feature bit: flush is supported.
 pub const VIRTIO_BLK_F_FLUSH: u32 = 9;
 /// Feature bit: discard is supported.
@@ -81,6 +87,14 @@ pub mod config {
     pub const SEG_MAX: usize = 12;
     /// `blk_size`: u32.
     pub const BLK_SIZE: usize = 20;
+    /// `topology.physical_block_exp`: u8, log2 of physical blocks per logical block.
+    pub const PHYSICAL_BLOCK_EXP: usize = 24;
+    /// `topology.alignment_offset`: u8.
+    pub const ALIGNMENT_OFFSET: usize = 25;
+    /// `topology.min_io_size`: u16, in logical blocks.
+    pub const MIN_IO_SIZE: usize = 26;
+    /// `topology.opt_io_size`: u32, in logical blocks.
+    pub const OPT_IO_SIZE: usize = 28;
     /// `num_queues`: u16.
     pub const NUM_QUEUES: usize = 34;
     /// `max_discard_sectors`: u32.
@@ -101,6 +115,10 @@ pub mod config {
 pub(super) struct Published {
     pub(super) backend: Option<BlockBackendConfig>,
     pub(super) capacity_sectors: u64,
+    /// The logical block size the guest is told (`blk_size`).
+    pub(super) block_size: u32,
+    /// log2 of physical blocks per logical block (`topology.physical_block_exp`).
+    pub(super) physical_block_exp: u8,
     pub(super) discard: bool,
     pub(super) write_zeroes: bool,
     pub(super) config_generation: u32,
@@ -108,9 +126,14 @@ pub(super) struct Published {
 
 impl Published {
     fn of(backend: Option<&BlockBackend>, config_generation: u32) -> Published {
+        let alignment = backend.map(BlockBackend::alignment);
+        let block_size = alignment.map_or(SECTOR_SIZE, |a| a.guest_block_size());
+        let physical = alignment.map_or(block_size, |a| a.physical.max(block_size));
         Published {
             backend: backend.map(|b| b.config().clone()),
             capacity_sectors: backend.map_or(0, BlockBackend::capacity_sectors),
+            block_size: u32::try_from(block_size).unwrap_or(u32::MAX),
+            physical_block_exp: (physical / block_size).max(1).ilog2() as u8,
             discard: backend.is_none_or(|b| b.supports(AioOpcode::Discard)),
             write_zeroes: backend.is_none_or(|b| b.supports(AioOpcode::WriteZeroes)),
             config_generation,
@@ -262,20 +285,26 @@ impl Block {
     }
 
     fn config_space(&self) -> [u8; CONFIG_LEN] {
-        let capacity = self.shared.published().capacity_sectors;
+        let published = self.shared.published();
         let mut space = [0u8; CONFIG_LEN];
         let mut put = |at: usize, bytes: &[u8]| space[at..at + bytes.len()].copy_from_slice(bytes);
-        put(config::CAPACITY, &capacity.to_le_bytes());
+        put(config::CAPACITY, &published.capacity_sectors.to_le_bytes());
         put(config::SIZE_MAX, &SIZE_MAX.to_le_bytes());
         put(config::SEG_MAX, &u32::from(QUEUE_SIZE - 2).to_le_bytes());
-        put(config::BLK_SIZE, &(SECTOR_SIZE as u32).to_le_bytes());
+        put(config::BLK_SIZE, &published.block_size.to_le_bytes());
+        put(config::PHYSICAL_BLOCK_EXP, &[published.physical_block_exp]);
+        put(config::MIN_IO_SIZE, &1u16.to_le_bytes());
         put(config::NUM_QUEUES, &1u16.to_le_bytes());
         put(
             config::MAX_DISCARD_SECTORS,
             &MAX_RANGE_SECTORS.to_le_bytes(),
         );
         put(config::MAX_DISCARD_SEG, &1u32.to_le_bytes());
-        put(config::DISCARD_SECTOR_ALIGNMENT, &1u32.to_le_bytes());
+        let block_sectors = published.block_size / SECTOR_SIZE as u32;
+        put(
+            config::DISCARD_SECTOR_ALIGNMENT,
+            &block_sectors.max(1).to_le_bytes(),
+        );
         put(
             config::MAX_WRITE_ZEROES_SECTORS,
             &MAX_RANGE_SECTORS.to_le_bytes(),
@@ -365,6 +394,7 @@ impl VirtioDevice for Block {
             | feature(VIRTIO_BLK_F_SIZE_MAX)
             | feature(VIRTIO_BLK_F_SEG_MAX)
             | feature(VIRTIO_BLK_F_BLK_SIZE)
+            | feature(VIRTIO_BLK_F_TOPOLOGY)
             | feature(VIRTIO_BLK_F_FLUSH);
         if published.backend.as_ref().is_some_and(|b| b.readonly) {
             features |= feature(VIRTIO_BLK_F_RO);

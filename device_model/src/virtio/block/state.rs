@@ -21,6 +21,8 @@
 //! - After [`BlockState::shutdown`] the state has no backend and no handler and ignores every
 //!   later message.
 
+use std::collections::VecDeque;
+use std::ops::Range;
 use std::os::unix::io::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
@@ -31,9 +33,10 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::BlockBackend;
+use super::bounce::{blocks, Bounce, Step};
 use super::request::{
-    status_address, DiskLimits, Request, RequestKind, Segment, SERIAL_LEN, VIRTIO_BLK_S_IOERR,
-    VIRTIO_BLK_S_OK,
+    status_address, DiskLimits, Request, RequestKind, Segment, SECTOR_SIZE, SERIAL_LEN,
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
 };
 use super::{IoOperation, Shared, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES};
 use crate::virtio::queue::{Descriptor, QueueError, SplitQueue};
@@ -51,12 +54,22 @@ enum Policy {
 }
 
 /// A chain the engine owns (or that an error policy holds for a retry).
-#[derive(Debug, Clone, Copy)]
 struct InFlight {
     opcode: AioOpcode,
     status: u64,
+    /// Bytes the engine must move in the current step.
     expected: u64,
     used_len: u32,
+    /// The aligned buffer of a request the storage cannot take as sent.
+    bounce: Option<Box<Bounce>>,
+}
+
+/// A write (or discard, write-zeroes) in flight on storage with blocks larger than a sector,
+/// where a partial-block write is read-modified-written.
+struct TrackedWrite {
+    head: u16,
+    blocks: Range<u64>,
+    read_modify_write: bool,
 }
 
 /// The queue of an activated device.
@@ -73,6 +86,11 @@ pub(super) struct Active {
     inflight: Vec<Option<InFlight>>,
     /// Heads of failed requests kept for a retry (`werror=stop`/`rerror=stop`).
     held: Vec<u16>,
+    /// Writes in flight whose blocks a read-modify-write must not overlap (only on storage
+    /// with blocks larger than a sector).
+    writes: Vec<TrackedWrite>,
+    /// Heads of writes that wait for an overlapping write to finish, oldest first.
+    waiting: VecDeque<u16>,
     chain: Vec<Descriptor>,
     segments: Vec<Segment>,
     batch: Vec<AioRequest>,
@@ -128,14 +146,58 @@ impl Active {
         if let Err(e) = self.mem.write_obj(&value, status) {
             log::error!("virtio-blk: cannot write status at {status:#x}: {e}");
         }
+        self.untrack(head);
         self.queue.add_used(&self.mem, head, used_len)
     }
 
-    /// Answers every request an error policy held with an I/O error.
+    /// Forgets the write `head` (if tracked): writes waiting for it may start.
+    fn untrack(&mut self, head: u16) {
+        if !self.writes.is_empty() {
+            self.writes.retain(|w| w.head != head);
+        }
+    }
+
+    /// Whether a write over `range` must wait: a read-modify-write must not overlap any
+    /// write in flight, nor any write overlap a read-modify-write in flight.
+    fn conflicts(&self, range: &Range<u64>, read_modify_write: bool) -> bool {
+        self.writes.iter().any(|w| {
+            w.blocks.start < range.end
+                && range.start < w.blocks.end
+                && (read_modify_write || w.read_modify_write)
+        })
+    }
+
+    /// Starts the writes that waited for an overlapping one, in order (those that still
+    /// conflict wait again).
+    fn start_waiting(
+        &mut self,
+        id: &str,
+        limits: &DiskLimits,
+        mut backend: Option<&mut BlockBackend>,
+    ) -> Result<(), QueueError> {
+        if self.waiting.is_empty() {
+            return Ok(());
+        }
+        for head in std::mem::take(&mut self.waiting) {
+            self.start(id, head, limits, backend.as_deref_mut())?;
+        }
+        Ok(())
+    }
+
+    /// Answers every request an error policy held, and every write still waiting for an
+    /// overlapping one, with an I/O error (the backend is going away).
     fn fail_held(&mut self) -> Result<(), QueueError> {
         for head in std::mem::take(&mut self.held) {
             if let Some(req) = self.inflight[usize::from(head)].take() {
                 self.finish(head, req.status, VIRTIO_BLK_S_IOERR, 1)?;
+            }
+        }
+        for head in std::mem::take(&mut self.waiting) {
+            // A waiting write never reached the engine; its status address is re-read.
+            self.queue.read_chain(&self.mem, head, &mut self.chain)?;
+            match status_address(&self.chain, &self.mem) {
+                Ok(status) => self.finish(head, status, VIRTIO_BLK_S_IOERR, 1)?,
+                Err(_) => self.queue.add_used(&self.mem, head, 0)?,
             }
         }
         Ok(())
@@ -210,11 +272,74 @@ impl Active {
         } else {
             1
         };
+        let alignment = backend.alignment();
+        let misaligned = transfer && !alignment.fits(request.offset, request.len, &iovecs);
+        let (mut offset, mut len) = (request.offset, request.len);
+        if alignment.offset > SECTOR_SIZE && opcode != AioOpcode::Read && opcode != AioOpcode::Flush
+        {
+            let partial = |offset: u64, len: u64| {
+                !offset.is_multiple_of(alignment.offset) || !len.is_multiple_of(alignment.offset)
+            };
+            match opcode {
+                // Discarding is advisory: only whole blocks are discarded.
+                AioOpcode::Discard if partial(offset, len) => {
+                    let start = offset.next_multiple_of(alignment.offset);
+                    let end = (offset + len) / alignment.offset * alignment.offset;
+                    if end <= start {
+                        self.finish(head, status, VIRTIO_BLK_S_OK, 1)?;
+                        return Ok(true);
+                    }
+                    (offset, len) = (start, end - start);
+                }
+                AioOpcode::WriteZeroes if partial(offset, len) => {
+                    self.guest_error(
+                        id,
+                        format_args!("write-zeroes of partial {}-byte blocks", alignment.offset),
+                    );
+                    self.finish(head, status, VIRTIO_BLK_S_IOERR, 1)?;
+                    return Ok(true);
+                }
+                _ => {}
+            }
+            let range = blocks(offset, len, alignment.offset);
+            let read_modify_write =
+                opcode == AioOpcode::Write && misaligned && partial(offset, len);
+            if self.conflicts(&range, read_modify_write) {
+                self.waiting.push_back(head);
+                return Ok(false);
+            }
+            self.writes.push(TrackedWrite {
+                head,
+                blocks: range,
+                read_modify_write,
+            });
+        }
+        if misaligned {
+            let bounce = Bounce::new(opcode, offset, len, &self.segments, alignment.offset);
+            let Some(mut bounce) = bounce else {
+                log::error!("virtio-blk {id}: no memory for a {len}-byte bounce buffer");
+                self.finish(head, status, VIRTIO_BLK_S_IOERR, 1)?;
+                return Ok(true);
+            };
+            if bounce.step == Step::Write && bounce.copy_from_guest(&self.mem).is_err() {
+                self.finish(head, status, VIRTIO_BLK_S_IOERR, 1)?;
+                return Ok(true);
+            }
+            self.batch.push(bounce.request(u64::from(head)));
+            self.inflight[usize::from(head)] = Some(InFlight {
+                opcode,
+                status,
+                expected: bounce.expected(),
+                used_len,
+                bounce: Some(Box::new(bounce)),
+            });
+            return Ok(false);
+        }
         let aio = AioRequest {
             opcode,
-            offset: request.offset,
+            offset,
             iovecs,
-            len: request.len,
+            len,
             tag: u64::from(head),
             keep_alive: Some(self.keep_alive.clone()),
         };
@@ -223,6 +348,7 @@ impl Active {
             status,
             expected: aio.nbytes(),
             used_len,
+            bounce: None,
         });
         if opcode == AioOpcode::Flush && backend.flush_failed() {
             // Sticky: a flush after a failed one fails without asking the kernel.
@@ -312,13 +438,45 @@ impl Active {
             log::error!("virtio-blk {id}: completion for unknown tag {}", done.tag);
             return Ok(());
         };
-        let Some(req) = slot.take() else {
+        let Some(mut req) = slot.take() else {
             log::error!("virtio-blk {id}: completion for idle tag {}", done.tag);
             return Ok(());
         };
         let head = done.tag as u16;
         if u64::try_from(done.result).is_ok_and(|n| n == req.expected) {
-            return self.finish(head, req.status, VIRTIO_BLK_S_OK, req.used_len);
+            let Some(mut bounce) = req.bounce.take() else {
+                return self.finish(head, req.status, VIRTIO_BLK_S_OK, req.used_len);
+            };
+            let copied = match bounce.step {
+                Step::Read => bounce.copy_to_guest(&self.mem),
+                Step::ReadToModify if policy == Policy::Apply => {
+                    // The blocks are read: put the guest's data in, then write them back.
+                    let copied = bounce.copy_from_guest(&self.mem);
+                    if copied.is_ok() {
+                        bounce.step = Step::Write;
+                        self.batch.push(bounce.request(done.tag));
+                        req.bounce = Some(bounce);
+                        self.inflight[usize::from(head)] = Some(req);
+                        return Ok(());
+                    }
+                    copied
+                }
+                // The backend is going away: the write is not done, say so.
+                Step::ReadToModify => {
+                    return self.finish(head, req.status, VIRTIO_BLK_S_IOERR, 1);
+                }
+                Step::Write => Ok(()),
+            };
+            return match copied {
+                Ok(()) => self.finish(head, req.status, VIRTIO_BLK_S_OK, req.used_len),
+                Err(e) => {
+                    self.guest_error(
+                        id,
+                        format_args!("request {head}: bounce copy failed: {e:?}"),
+                    );
+                    self.finish(head, req.status, VIRTIO_BLK_S_IOERR, 1)
+                }
+            };
         }
         // A short transfer the engine could not finish counts as an I/O error.
         let errno = i32::try_from(-done.result)
@@ -349,6 +507,9 @@ impl Active {
         self.shared.report_error(operation, action, errno);
         match action {
             ErrorAction::Stop => {
+                // The retry starts the request from its chain again.
+                req.bounce = None;
+                self.untrack(head);
                 self.inflight[usize::from(head)] = Some(req);
                 self.held.push(head);
                 Ok(())
@@ -471,8 +632,10 @@ impl BlockState {
             features,
             broken: false,
             guest_errors: 0,
-            inflight: vec![None; size],
+            inflight: std::iter::repeat_with(|| None).take(size).collect(),
             held: Vec::new(),
+            writes: Vec::new(),
+            waiting: VecDeque::new(),
             chain: Vec::with_capacity(size),
             segments: Vec::with_capacity(size),
             batch: Vec::with_capacity(size),
@@ -709,17 +872,22 @@ impl BlockState {
                 log::error!("virtio-blk {}: reap failed: {e}", self.id);
             }
         }
+        let limits = self.limits();
         if let Some(active) = self.active.as_mut() {
-            for done in &self.completions {
-                if let Err(e) =
-                    active.complete(&self.id, *done, self.backend.as_mut(), Policy::Apply)
-                {
-                    active.break_device(&self.id, e);
-                    break;
+            let result = (|| {
+                for done in &self.completions {
+                    active.complete(&self.id, *done, self.backend.as_mut(), Policy::Apply)?;
                 }
+                // Writes that waited for one of these may start now.
+                active.start_waiting(&self.id, &limits, self.backend.as_mut())
+            })();
+            if let Err(e) = result {
+                active.break_device(&self.id, e);
             }
         }
-        // Chains the guest offered while the engine was busy are picked up now.
+        // Chains the guest offered while the engine was busy are picked up now, and go to the
+        // engine in one batch with what the completions started (write halves of
+        // read-modify-writes, waiting writes).
         self.process_queue();
         if let Some(active) = self.active.as_mut() {
             active.signal(&self.id);
