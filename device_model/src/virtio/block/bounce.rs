@@ -118,7 +118,7 @@ impl Bounce {
         let range = blocks(offset, len, block);
         let start = range.start * block;
         let size = usize::try_from((range.end - range.start) * block).ok()?;
-        let partial = offset % block != 0 || (offset + len) % block != 0;
+        let partial = !offset.is_multiple_of(block) || !(offset + len).is_multiple_of(block);
         let step = match opcode {
             AioOpcode::Read => Step::Read,
             _ if partial => Step::ReadToModify,
