@@ -78,7 +78,7 @@ impl fmt::Display for FileKind {
     }
 }
 
-/// Errors of this module.
+/// Errors of opening a file ([`open_checked`]).
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     /// Opening, inspecting or reopening the path failed.
@@ -87,10 +87,12 @@ pub enum FileError {
     /// The path names a kind of file the caller does not accept.
     #[error("it is a {0}")]
     Kind(FileKind),
-    /// A locking mode other than `on`, `off` or `auto`.
-    #[error("unknown locking mode {0:?}: expected on, off or auto")]
-    UnknownLocking(String),
 }
+
+/// A locking mode other than `on`, `off` or `auto` (the error of parsing a [`Locking`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown locking mode {0:?}: expected on, off or auto")]
+pub struct UnknownLocking(pub String);
 
 /// `fstat` of `fd`.
 pub fn fstat(fd: &impl AsFd) -> io::Result<libc::stat> {
@@ -260,14 +262,14 @@ pub enum Locking {
 }
 
 impl FromStr for Locking {
-    type Err = FileError;
+    type Err = UnknownLocking;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "auto" => Ok(Locking::Auto),
             "on" => Ok(Locking::On),
             "off" => Ok(Locking::Off),
-            other => Err(FileError::UnknownLocking(other.to_string())),
+            other => Err(UnknownLocking(other.to_string())),
         }
     }
 }

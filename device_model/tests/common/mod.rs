@@ -18,6 +18,7 @@ use device_model::virtio::{
 };
 use util::aio::AioEngine;
 use util::event_loop::EventLoopThread;
+use util::file::Locking;
 use util::testing::{IoThrottle, LoopDevice};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -67,6 +68,7 @@ impl TempDisk {
             direct,
             aio,
             serial: Some("virtio-test-serial-0123456789".into()),
+            locking: Locking::Auto,
         }
     }
 }

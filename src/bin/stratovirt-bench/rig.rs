@@ -24,6 +24,7 @@ use device_model::virtio::{
 };
 use util::aio::AioEngine;
 use util::event_loop::EventLoopThread;
+use util::file::Locking;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Guest RAM of the bench VM.
@@ -70,6 +71,7 @@ impl Rig {
             direct: config.direct,
             aio: config.aio,
             serial: None,
+            locking: Locking::Auto,
         })
         .with_context(|| format!("drive {} aio={}", path.display(), config.aio))?;
         let iothread = EventLoopThread::spawn("bench-iothread").context("device thread")?;

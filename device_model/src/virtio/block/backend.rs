@@ -5,6 +5,11 @@
 //!   file; its owner drains it first, on the thread that uses the engine.
 //! - Guest RAM is registered with the engine (fixed buffers) only when it is preallocated:
 //!   registering pins every page, which must never be what makes guest RAM resident.
+//! - Only a regular file or a block device is opened, and it is checked before it is opened
+//!   for I/O (`util::file::open_checked`): a FIFO or a character device is refused without
+//!   blocking and without side effects.
+//! - The image locks (`lock.rs`) are taken right after the file is opened and belong to its
+//!   open file description: they last exactly as long as `file`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
@@ -13,11 +18,13 @@ use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
 
 use util::aio::{self, AioContext, AioEngine, AioOpcode};
+use util::file::{self as host_file, FileError, FileKind, Locking};
 
+use super::lock::lock_image;
 use super::request::SECTOR_SIZE;
 use crate::virtio::VirtioError;
 
-/// How to open a drive (`-drive file=...,readonly=,direct=,aio=,serial=`).
+/// How to open a drive (`-drive file=...,readonly=,direct=,aio=,serial=,file.locking=`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockBackendConfig {
     /// The image file or block device.
@@ -30,6 +37,8 @@ pub struct BlockBackendConfig {
     pub aio: AioEngine,
     /// The serial returned by `VIRTIO_BLK_T_GET_ID` (at most 20 bytes are used).
     pub serial: Option<String>,
+    /// Whether to take the image locks (QEMU's protocol, see `lock.rs`).
+    pub locking: Locking,
 }
 
 /// Requests each engine accepts into the kernel at once; more wait inside the engine.
@@ -43,6 +52,7 @@ pub struct BlockBackend {
     config: BlockBackendConfig,
     capacity_sectors: u64,
     memory_registered: bool,
+    locked: bool,
 }
 
 impl BlockBackend {
@@ -57,12 +67,19 @@ impl BlockBackend {
         if config.direct {
             options.custom_flags(libc::O_DIRECT);
         }
-        let mut file = options
-            .open(&path)
-            .map_err(|source| VirtioError::OpenFile {
-                path: path.clone(),
-                source,
+        let mut file =
+            host_file::open_checked(&path, &[FileKind::Regular, FileKind::BlockDevice], &options)
+                .map_err(|e| match e {
+                FileError::Kind(kind) => VirtioError::NotAnImage {
+                    path: path.clone(),
+                    kind,
+                },
+                FileError::Io(source) => VirtioError::OpenFile {
+                    path: path.clone(),
+                    source,
+                },
             })?;
+        let locked = lock_image(&file, &path, config.readonly, config.locking)?;
         // Seeking to the end sizes regular files and block devices alike.
         let bytes = file
             .seek(SeekFrom::End(0))
@@ -89,6 +106,7 @@ impl BlockBackend {
             config: config.clone(),
             capacity_sectors: bytes / SECTOR_SIZE,
             memory_registered: false,
+            locked,
         })
     }
 
@@ -100,6 +118,12 @@ impl BlockBackend {
     /// How the drive was opened.
     pub fn config(&self) -> &BlockBackendConfig {
         &self.config
+    }
+
+    /// Whether the drive holds its image locks (false with `locking=off`, or with
+    /// `locking=auto` where the file system has no OFD locks).
+    pub fn locked(&self) -> bool {
+        self.locked
     }
 
     /// Whether the drive's engine carries `opcode`.
@@ -142,6 +166,7 @@ impl std::fmt::Debug for BlockBackend {
         f.debug_struct("BlockBackend")
             .field("config", &self.config)
             .field("capacity_sectors", &self.capacity_sectors)
+            .field("locked", &self.locked)
             .finish()
     }
 }

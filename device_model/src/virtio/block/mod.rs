@@ -1,6 +1,7 @@
 //! virtio-blk: one request queue, a backend that can be replaced while the guest runs.
 //!
 //! - `backend.rs`: [`BlockBackend`], the open file and its engine.
+//! - `lock.rs`: the image locks (QEMU's protocol) a backend holds on its file.
 //! - [`request`]: parsing a request from a descriptor chain (checks only, no I/O).
 //! - `state.rs`: the device's running half, owned by its event-loop thread.
 //!
@@ -30,6 +31,7 @@
 //! and a read-only backend put in a slot negotiated read-write answers writes with `IOERR`.
 
 mod backend;
+mod lock;
 pub mod request;
 mod state;
 
@@ -40,6 +42,7 @@ use util::aio::AioOpcode;
 use util::event_loop::EventLoop;
 
 pub use backend::{BlockBackend, BlockBackendConfig, ENGINE_DEPTH};
+pub use lock::{lock_bytes, LockConflict};
 use request::SECTOR_SIZE;
 use state::{lock, BlockState, MAX_RANGE_SECTORS};
 
