@@ -322,7 +322,7 @@ pub fn open_backend(drive: &DriveConfig) -> Result<BlockBackend> {
         direct: drive.direct,
         aio: drive.aio,
         serial: drive.serial.clone(),
-        locking: util::file::Locking::Auto,
+        locking: drive.locking,
     })
     .map_err(|source| BlockDevicesError::Open {
         drive: drive.id.clone(),

@@ -13,6 +13,7 @@ use micro_vm::block_devices::{BlockDevices, REPLACEABLE_SLOTS};
 use micro_vm::qmp_handler::MachineQmp;
 use micro_vm::MicroVm;
 use util::aio::AioEngine;
+use util::file::Locking;
 
 use common::Scratch;
 
@@ -38,6 +39,7 @@ fn node(name: &str, path: &Path, aio: AioEngine, direct: bool) -> BlockdevAdd {
         aio: Some(aio),
         direct: Some(direct),
         read_only: false,
+        locking: Locking::Auto,
     }
 }
 

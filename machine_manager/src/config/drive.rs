@@ -4,6 +4,7 @@
 //! - `direct` defaults to on (O_DIRECT). `aio` defaults to `native` when `direct=on` and to
 //!   `off` when `direct=off`, as in StratoVirt; `aio=native` with `direct=off` is refused
 //!   because Linux AIO completes synchronously on buffered files.
+//! - `file.locking=on|off|auto` (QEMU's key, default `auto`) says whether the image is locked.
 //! - Drive ids, device ids and iothread ids are each unique.
 //! - A drive that no `-device` uses gets its own virtio-blk device (the short form), with the
 //!   drive's id as the device id; such a drive may omit `id` and is named `driveN`.
@@ -14,6 +15,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use util::aio::AioEngine;
+use util::file::Locking;
 
 use super::error::{ConfigError, Result};
 use super::kv::{parse_u64, KvList};
@@ -40,11 +42,13 @@ pub struct DriveConfig {
     pub serial: Option<String>,
     /// Most requests per second (`throttling.iops-total=`), if limited.
     pub iops_limit: Option<u64>,
+    /// Whether the image is locked (`file.locking=`, default `auto`).
+    pub locking: Locking,
 }
 
 impl DriveConfig {
     /// A drive on `path` with the defaults: read-write, O_DIRECT, `aio=native`, no serial,
-    /// no limit.
+    /// no limit, `file.locking=auto`.
     pub fn new(id: &str, path: PathBuf) -> DriveConfig {
         DriveConfig {
             id: id.to_string(),
@@ -54,6 +58,7 @@ impl DriveConfig {
             aio: default_aio(true),
             serial: None,
             iops_limit: None,
+            locking: Locking::Auto,
         }
     }
 
@@ -172,6 +177,12 @@ pub(crate) fn parse_drive(text: &str) -> Result<DriveArg> {
                 .ok_or_else(|| kv.invalid("throttling.iops-total", &value, "a number"))?,
         ),
     };
+    let locking = match kv.take("file.locking") {
+        None => Locking::Auto,
+        Some(value) => value
+            .parse::<Locking>()
+            .map_err(|_| kv.invalid("file.locking", &value, "on, off or auto"))?,
+    };
     if let Some(value) = kv.take("if") {
         if value != "none" {
             return Err(kv.invalid("if", &value, "none"));
@@ -192,6 +203,7 @@ pub(crate) fn parse_drive(text: &str) -> Result<DriveArg> {
         aio,
         serial,
         iops_limit,
+        locking,
     };
     config.validate()?;
     Ok(DriveArg { id, config })

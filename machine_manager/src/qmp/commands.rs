@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use util::aio::AioEngine;
+use util::file::Locking;
 
 use super::handler::QmpError;
 use crate::config::{default_aio, BlkDeviceConfig, DriveConfig};
@@ -36,6 +37,8 @@ pub struct BlockdevAdd {
     pub direct: Option<bool>,
     /// `read-only` (default false).
     pub read_only: bool,
+    /// `file.locking`: `on`, `off` or `auto` (default).
+    pub locking: Locking,
 }
 
 impl BlockdevAdd {
@@ -49,6 +52,7 @@ impl BlockdevAdd {
         drive.direct = direct;
         drive.aio = self.aio.unwrap_or(default_aio(direct));
         drive.readonly = self.read_only;
+        drive.locking = self.locking;
         drive
     }
 }
@@ -133,6 +137,8 @@ struct FileArguments {
     filename: String,
     #[serde(default)]
     aio: Option<String>,
+    #[serde(default)]
+    locking: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -254,12 +260,22 @@ fn parse_blockdev_add(args: BlockdevAddArguments) -> Result<Command, QmpError> {
         .map(|name| AioEngine::from_str(&name))
         .transpose()
         .map_err(|e| QmpError::Generic(format!("invalid arguments for '{NAME}': {e}")))?;
+    let locking = args
+        .file
+        .locking
+        .map(|mode| mode.parse::<Locking>())
+        .transpose()
+        .map_err(|e| {
+            QmpError::Generic(format!("invalid arguments for '{NAME}': file.locking: {e}"))
+        })?
+        .unwrap_or_default();
     Ok(Command::BlockdevAdd(BlockdevAdd {
         node_name,
         filename: PathBuf::from(filename),
         aio,
         direct: args.cache.and_then(|cache| cache.direct),
         read_only: args.read_only.unwrap_or(false),
+        locking,
     }))
 }
 
@@ -322,7 +338,8 @@ mod tests {
             let parsed = parse(
                 "blockdev-add",
                 json!({"node-name": "drive-1",
-                       "file": {"driver": "file", "filename": "/tmp/d.img", "aio": spelling},
+                       "file": {"driver": "file", "filename": "/tmp/d.img", "aio": spelling,
+                                "locking": "off"},
                        "cache": {"direct": false}, "read-only": true}),
             )
             .unwrap();
@@ -334,6 +351,7 @@ mod tests {
                     aio: Some(AioEngine::IoUring),
                     direct: Some(false),
                     read_only: true,
+                    locking: Locking::Off,
                 })
             );
         }
@@ -354,6 +372,7 @@ mod tests {
                 aio: None,
                 direct: None,
                 read_only: false,
+                locking: Locking::Auto,
             })
         );
     }
@@ -366,12 +385,14 @@ mod tests {
             aio: None,
             direct: None,
             read_only: true,
+            locking: Locking::On,
         };
         let drive = args.drive_config();
         assert_eq!(
             (drive.id.as_str(), drive.direct, drive.aio, drive.readonly),
             ("n", true, AioEngine::Native, true)
         );
+        assert_eq!(drive.locking, Locking::On);
         assert_eq!(drive.path, PathBuf::from("/img"));
         args.direct = Some(false);
         assert_eq!(args.drive_config().aio, AioEngine::Off);
@@ -414,6 +435,11 @@ mod tests {
             json!({"node-name": "n", "file": {"driver": "file", "filename": "f", "aio": "posix"}}),
         ));
         assert!(desc.contains("posix"), "{desc}");
+        let desc = generic_desc(parse(
+            "blockdev-add",
+            json!({"node-name": "n", "file": {"driver": "file", "filename": "f", "locking": "yes"}}),
+        ));
+        assert!(desc.contains("locking") && desc.contains("yes"), "{desc}");
         let desc = generic_desc(parse(
             "blockdev-add",
             json!({"node-name": "n", "file": {"driver": "nbd", "filename": "f"}}),
