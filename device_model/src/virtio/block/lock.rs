@@ -35,19 +35,24 @@ use util::file::{self as host_file, LockHolder, LockKind, Locking};
 use crate::virtio::VirtioError;
 
 /// Byte of permission `i`'s holders (QEMU's `RAW_LOCK_PERM_BASE`).
-pub const LOCK_PERM_BASE: u64 = 100;
+const LOCK_PERM_BASE: u64 = 100;
 /// Byte of the users not sharing permission `i` (QEMU's `RAW_LOCK_SHARED_BASE`).
-pub const LOCK_SHARED_BASE: u64 = 200;
+const LOCK_SHARED_BASE: u64 = 200;
 /// QEMU's `BLK_PERM_CONSISTENT_READ`.
-pub const PERM_CONSISTENT_READ: u64 = 0x01;
+const PERM_CONSISTENT_READ: u64 = 0x01;
 /// QEMU's `BLK_PERM_WRITE`.
-pub const PERM_WRITE: u64 = 0x02;
+const PERM_WRITE: u64 = 0x02;
 /// QEMU's `BLK_PERM_WRITE_UNCHANGED`.
-pub const PERM_WRITE_UNCHANGED: u64 = 0x04;
+const PERM_WRITE_UNCHANGED: u64 = 0x04;
 /// QEMU's `BLK_PERM_RESIZE`.
-pub const PERM_RESIZE: u64 = 0x08;
+const PERM_RESIZE: u64 = 0x08;
 /// Every permission QEMU knows (`BLK_PERM_ALL`).
-pub const PERM_ALL: u64 = 0x0f;
+const PERM_ALL: u64 = 0x0f;
+
+/// The bit numbers of QEMU's permissions (its `PERM_FOREACH`).
+fn perm_bits() -> impl Iterator<Item = u32> {
+    (0..u64::BITS).take_while(|bit| 1u64 << bit <= PERM_ALL)
+}
 
 /// The permissions a drive holds and those it shares, as QEMU's virtio-blk device.
 fn permissions(readonly: bool) -> (u64, u64) {
@@ -60,22 +65,17 @@ fn permissions(readonly: bool) -> (u64, u64) {
     (held, shared)
 }
 
-/// The bytes a drive locks: one per permission it holds, one per permission it does not
-/// share.
+/// The bytes a drive (`readonly` or not) locks: one per permission it holds, one per
+/// permission it does not share.
 pub fn lock_bytes(readonly: bool) -> Vec<u64> {
     let (held, shared) = permissions(readonly);
-    let mut bytes = Vec::new();
-    for bit in 0..PERM_ALL.count_ones() {
-        if held & (1 << bit) != 0 {
-            bytes.push(LOCK_PERM_BASE + u64::from(bit));
-        }
-    }
-    for bit in 0..PERM_ALL.count_ones() {
-        if shared & (1 << bit) == 0 {
-            bytes.push(LOCK_SHARED_BASE + u64::from(bit));
-        }
-    }
-    bytes
+    let holds = perm_bits()
+        .filter(|bit| held & (1 << bit) != 0)
+        .map(|bit| LOCK_PERM_BASE + u64::from(bit));
+    let refuses = perm_bits()
+        .filter(|bit| shared & (1 << bit) == 0)
+        .map(|bit| LOCK_SHARED_BASE + u64::from(bit));
+    holds.chain(refuses).collect()
 }
 
 /// Who is in the way of a drive that wants an image.
