@@ -30,10 +30,40 @@ fn missing_kernel_file_is_a_one_line_error() {
 
 #[test]
 fn unreadable_kernel_is_a_one_line_error() {
-    // A directory opens but cannot be read, even as root.
+    // A directory is refused before it is opened.
     let dir = scratch_dir("unreadable");
     let path = dir.path().to_str().unwrap();
     quick_failure(&["-kernel", path], path);
+    quick_failure(
+        &["-kernel", path],
+        "is a directory: the kernel must be a regular file",
+    );
+}
+
+/// A FIFO opened for reading waits for a writer: `-kernel` and `-initrd` on one must fail at
+/// once instead (the timeout only catches a hang).
+#[test]
+fn a_fifo_kernel_or_initrd_is_refused_at_once() {
+    let dir = scratch_dir("fifo-kernel");
+    let fifo = dir.join("fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let kernel = dir.join("spin.elf");
+    write_tiny_elf(&kernel, 0x20_0000, &[0xeb, 0xfe]);
+    let fifo = fifo.to_str().unwrap();
+    for args in [
+        vec!["-kernel", fifo],
+        vec!["-kernel", kernel.to_str().unwrap(), "-initrd", fifo],
+    ] {
+        let mut cmd = stratovirt();
+        cmd.args(&args).args(["-m", "128"]);
+        let outcome = run(cmd, Duration::from_secs(20));
+        outcome.assert_one_line_error(&format!("{fifo} is a FIFO"));
+        eprintln!("{args:?} refused after {:?}", outcome.elapsed);
+    }
 }
 
 #[test]
@@ -205,5 +235,60 @@ fn sigterm_ends_the_vmm_in_order_and_removes_the_pid_file() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "stderr: {stderr}");
     assert!(stderr.is_empty(), "stderr: {stderr}");
+    assert!(!pidfile.exists(), "pid file removed at exit");
+}
+
+/// The pid file is locked: a second VMM given it is refused with the first one's pid, and a
+/// stale one (left by a VMM that was killed, so nobody holds its lock) is taken over.
+#[test]
+fn a_pid_file_held_by_a_running_vmm_is_refused() {
+    let dir = scratch_dir("pidfile-held");
+    let kernel = dir.join("spin.elf");
+    write_tiny_elf(&kernel, 0x20_0000, &[0xeb, 0xfe]); // jmp $
+    let pidfile = dir.join("vm.pid");
+    std::fs::write(&pidfile, "4194303\n").unwrap();
+    let vmm = || {
+        let mut cmd = stratovirt();
+        cmd.arg("-kernel")
+            .arg(&kernel)
+            .arg("-pidfile")
+            .arg(&pidfile)
+            .args(["-m", "128"]);
+        cmd
+    };
+    let mut first = vmm().spawn().expect("spawn stratovirt");
+    let deadline = std::time::Instant::now() + QUICK;
+    let first_pid = first.id().to_string();
+    loop {
+        let text = std::fs::read_to_string(&pidfile).unwrap_or_default();
+        if text == format!("{first_pid}\n") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stale pid file was not taken over: {text:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let second = run(vmm(), QUICK);
+    second.assert_one_line_error(&format!(
+        "pid file {} is held by a running VMM (pid {first_pid})",
+        pidfile.display()
+    ));
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap(),
+        format!("{first_pid}\n"),
+        "the holder's pid file is untouched"
+    );
+    assert_eq!(first.try_wait().unwrap(), None, "the first VMM still runs");
+
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &first_pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let output = first.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
     assert!(!pidfile.exists(), "pid file removed at exit");
 }

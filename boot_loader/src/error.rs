@@ -16,6 +16,17 @@ pub enum BootError {
         #[source]
         source: std::io::Error,
     },
+    /// The kernel or initrd path names something other than a regular file (checked without
+    /// opening it for reading, so a FIFO or a device is never waited on).
+    #[error("{} is a {kind}: the {what} must be a regular file", path.display())]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// `"kernel"` or `"initrd"`.
+        what: &'static str,
+        /// What it names.
+        kind: util::file::FileKind,
+    },
     /// Reading the kernel or initrd file failed.
     #[error("cannot read {}", path.display())]
     Read {

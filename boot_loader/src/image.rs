@@ -1,14 +1,16 @@
 //! Bounds-checked reads from a kernel or initrd file, and the byte views of boot structures.
 //!
-//! Invariant: no read goes past the file size measured when the file was opened; a read
+//! Invariants: no read goes past the file size measured when the file was opened; a read
 //! that would is a [`BootError::Truncated`] naming what was being read. Nothing here panics
-//! on file content.
+//! on file content. Only a regular file is opened for reading (a FIFO named as the kernel is
+//! refused at once instead of blocking the VMM).
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use address_space::{ByteValued, GuestMemory};
+use util::file::{self, FileError, FileKind};
 
 use crate::error::{guest_write, BootError, Result};
 
@@ -23,13 +25,24 @@ pub(crate) struct ImageFile {
 }
 
 impl ImageFile {
-    /// Opens `path` and records its size.
-    pub(crate) fn open(path: &Path) -> Result<ImageFile> {
+    /// Opens `path`, the `what` (`"kernel"` or `"initrd"`), and records its size. Anything but
+    /// a regular file is refused before it is opened for reading.
+    pub(crate) fn open(path: &Path, what: &'static str) -> Result<ImageFile> {
         let open_error = |source| BootError::Open {
             path: path.to_path_buf(),
             source,
         };
-        let file = File::open(path).map_err(open_error)?;
+        let mut options = OpenOptions::new();
+        options.read(true);
+        let file =
+            file::open_checked(path, &[FileKind::Regular], &options).map_err(|e| match e {
+                FileError::Kind(kind) => BootError::NotAFile {
+                    path: path.to_path_buf(),
+                    what,
+                    kind,
+                },
+                FileError::Io(source) => open_error(source),
+            })?;
         let len = file.metadata().map_err(open_error)?.len();
         Ok(ImageFile {
             file,

@@ -115,7 +115,7 @@ pub fn load_linux(mem: &GuestMemory, config: &BootConfig) -> Result<BootLayout> 
     let low_end = low_ram_end(mem)?;
     let e820 = e820_map(mem)?;
     mptable::write_mp_table(mem, config.cpu_count)?;
-    let kernel_file = ImageFile::open(&config.kernel)?;
+    let kernel_file = ImageFile::open(&config.kernel, "kernel")?;
     let (kind, kernel) = load_kernel(&kernel_file, mem, low_end)?;
 
     let mut params = BootParams::default();
@@ -208,7 +208,7 @@ fn load_initrd(
     kernel: &LoadedKernel,
     low_end: u64,
 ) -> Result<(u32, u32)> {
-    let file = ImageFile::open(path)?;
+    let file = ImageFile::open(path, "initrd")?;
     let size = file.len();
     let limit = (u64::from(kernel.header.initrd_addr_max) + 1).min(low_end);
     let kernel_end = kernel.end.next_multiple_of(PAGE_SIZE);

@@ -366,6 +366,56 @@ fn files_that_are_not_kernels_are_refused() {
     assert!(matches!(err, BootError::Open { .. }), "{err}");
 }
 
+/// Runs `load_linux` on another thread, failing if it has not returned within 5 s (a FIFO
+/// opened for reading would wait for a writer forever).
+fn load_within_seconds(kernel: &Path, initrd: Option<&Path>) -> BootError {
+    let cfg = config(kernel, initrd, "");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mem = guest(256 * MIB);
+        let _ = tx.send(load_linux(&mem, &cfg).map(|_| ()));
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(5)) {
+        Ok(result) => result.expect_err("loaded a kernel that is not a regular file"),
+        Err(_) => panic!("load_linux blocked on {}", kernel.display()),
+    }
+}
+
+#[test]
+fn only_regular_files_are_kernels_and_initrds() {
+    let kernel = TempFile::new("kernel", &elf(0x100_0000, &[kernel_segment()]));
+    let fifo = TempFile(kernel.0.with_extension("fifo"));
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo.0)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    for (kernel, initrd, path, what, kind) in [
+        (&fifo.0, None, &fifo.0, "kernel", "FIFO"),
+        (&kernel.0, Some(&fifo.0), &fifo.0, "initrd", "FIFO"),
+        (
+            &PathBuf::from("/dev/zero"),
+            None,
+            &PathBuf::from("/dev/zero"),
+            "kernel",
+            "character device",
+        ),
+    ] {
+        let err = load_within_seconds(kernel, initrd.map(PathBuf::as_path));
+        assert!(matches!(err, BootError::NotAFile { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{} is a {kind}: the {what} must be a regular file",
+                path.display()
+            )
+        );
+    }
+    let dir = std::env::temp_dir();
+    let err = load_within_seconds(&dir, None);
+    assert!(err.to_string().contains("is a directory"), "{err}");
+}
+
 #[test]
 fn malformed_elf_files_are_refused() {
     let good = elf(0x100_0000, &[kernel_segment()]);

@@ -35,13 +35,11 @@ fn config(
     werror: ErrorAction,
 ) -> BlockBackendConfig {
     BlockBackendConfig {
-        path: path.to_path_buf(),
-        readonly: false,
         direct,
         aio,
-        serial: None,
         werror,
         rerror: ErrorAction::Report,
+        ..BlockBackendConfig::new(path)
     }
 }
 

@@ -113,8 +113,8 @@ fn unknown_and_missing_argument_members_are_named_in_the_error() {
             "size",
         ),
         (
-            json!({"node-name": "d", "file": {"driver": "file", "filename": "/x", "locking": "off"}}),
-            "locking",
+            json!({"node-name": "d", "file": {"driver": "file", "filename": "/x", "aio-max-batch": 4}}),
+            "aio-max-batch",
         ),
         (
             json!({"node-name": "d", "file": {"driver": "file"}}),

@@ -349,6 +349,7 @@ pub fn open_backend(drive: &DriveConfig) -> Result<BlockBackend> {
         serial: drive.serial.clone(),
         werror: drive.werror,
         rerror: drive.rerror,
+        locking: drive.locking,
     })
     .map_err(|source| BlockDevicesError::Open {
         drive: drive.id.clone(),

@@ -136,6 +136,30 @@ pub enum MachineError {
         #[source]
         source: std::io::Error,
     },
+    /// The pid file is locked by a running VMM.
+    #[error("pid file {} is held by a running VMM ({})", path.display(), held_by(*pid))]
+    PidFileHeld {
+        /// The file.
+        path: PathBuf,
+        /// The pid written in it, if it holds one yet.
+        pid: Option<u32>,
+    },
+    /// The pid file's path names a symbolic link (never followed) or something else that is
+    /// not a regular file.
+    #[error("pid file {} is a {kind}: it must be a regular file (symbolic links are not followed)", path.display())]
+    PidFileKind {
+        /// The file.
+        path: PathBuf,
+        /// What the path names.
+        kind: util::file::FileKind,
+    },
+}
+
+fn held_by(pid: Option<u32>) -> String {
+    match pid {
+        Some(pid) => format!("pid {pid}"),
+        None => "its pid is not written yet".to_string(),
+    }
 }
 
 /// Result of this crate.

@@ -3,8 +3,8 @@
 //!
 //! Invariants:
 //! - Every failure is a QMP error for the client; the VM keeps running.
-//! - A node (`blockdev-add`) is opened at once, so a bad file or engine is refused by
-//!   `blockdev-add` itself. A node belongs to at most one device; `device_del` closes its file
+//! - A node (`blockdev-add`) is opened, and its image locked, at once, so a bad file, an image
+//!   another user holds or a bad engine is refused by `blockdev-add` itself. A node belongs to at most one device; `device_del` closes its file
 //!   (draining in-flight requests first, on the device's thread) but keeps the node, reopened
 //!   by the next `device_add`, until `blockdev-del`. The nodes belong to the machine's
 //!   [`BlockDevices`], which closes them at shutdown.

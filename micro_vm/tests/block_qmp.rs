@@ -9,10 +9,11 @@ use std::sync::{Arc, Mutex};
 
 use machine_manager::config::{BlkDeviceConfig, DriveConfig, VmConfig};
 use machine_manager::qmp::{BlockdevAdd, DeviceAdd, QmpError, QmpHandler, VmRunState};
-use micro_vm::block_devices::{BlockDevices, REPLACEABLE_SLOTS};
+use micro_vm::block_devices::{open_backend, BlockDevices, REPLACEABLE_SLOTS};
 use micro_vm::qmp_handler::MachineQmp;
 use micro_vm::MicroVm;
 use util::aio::AioEngine;
+use util::file::Locking;
 
 use common::Scratch;
 
@@ -40,6 +41,7 @@ fn node(name: &str, path: &Path, aio: AioEngine, direct: bool) -> BlockdevAdd {
         read_only: false,
         werror: None,
         rerror: None,
+        locking: Locking::Auto,
     }
 }
 
@@ -182,6 +184,56 @@ fn qmp_block_commands_follow_the_node_and_slot_rules() {
     qmp.device_add(plug("b", 0)).err().unwrap(); // b is still in slot 3
     qmp.device_del("b").unwrap();
     qmp.device_add(plug("b", 0)).unwrap();
+}
+
+#[test]
+fn image_locks_follow_the_backend_through_hot_replace() {
+    let dir = Scratch::new("locks");
+    let root = dir.disk("root.img", 1 << 20);
+    let config = VmConfig {
+        kernel: Some(dir.spin_kernel()),
+        mem_size: 128 << 20,
+        drives: vec![drive("root", &root, AioEngine::IoUring)],
+        blk_devices: vec![device("rootdev", "root", None)],
+        ..VmConfig::default()
+    };
+    let mut vm = MicroVm::new(&config).unwrap();
+    let blocks = Arc::new(Mutex::new(BlockDevices::attach(&mut vm, &config).unwrap()));
+    let vm = Arc::new(vm);
+    let mut qmp = MachineQmp::new(&vm, &blocks);
+    let locked = |desc: String, path: &Path| {
+        assert!(
+            desc.contains(&format!("image {} is locked", path.display())),
+            "{desc}"
+        );
+    };
+
+    // The running VM's root image cannot be opened a second time.
+    locked(
+        generic(qmp.blockdev_add(node("r2", &root, AioEngine::IoUring, true))),
+        &root,
+    );
+
+    // A plugged node holds its image; device_del lets it go, and the next device_add takes
+    // it again, or is refused if someone took it meanwhile (the slot stays empty).
+    let a = dir.disk("a.img", 1 << 20);
+    qmp.blockdev_add(node("a", &a, AioEngine::IoUring, true))
+        .unwrap();
+    qmp.device_add(plug("a", 1)).unwrap();
+    assert!(open_backend(&drive("outside", &a, AioEngine::Off)).is_err());
+    qmp.device_del("a").unwrap();
+    let mut outside = drive("outside", &a, AioEngine::IoUring);
+    outside.readonly = true;
+    let outsider = open_backend(&outside).unwrap();
+    locked(generic(qmp.device_add(plug("a", 1))), &a);
+    assert!(blocks.lock().unwrap().slots()[1].occupant.is_none());
+    drop(outsider);
+    qmp.device_add(plug("a", 1)).unwrap();
+
+    // Once the root device is gone, its image is free for QMP.
+    qmp.device_del("rootdev").unwrap();
+    qmp.blockdev_add(node("r2", &root, AioEngine::IoUring, true))
+        .unwrap();
 }
 
 #[test]

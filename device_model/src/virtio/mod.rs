@@ -102,6 +102,38 @@ pub enum VirtioError {
         #[source]
         source: std::io::Error,
     },
+    /// A drive's path names something other than a regular file or a block device (checked
+    /// without opening it for I/O).
+    #[error(
+        "{} is a {kind}: only regular files and block devices can be disk images",
+        path.display()
+    )]
+    NotAnImage {
+        /// The path.
+        path: PathBuf,
+        /// What it names.
+        kind: util::file::FileKind,
+    },
+    /// Another user (process or drive) holds the image in a way this drive cannot share.
+    #[error("image {} is locked: {conflict}", path.display())]
+    ImageLocked {
+        /// The image.
+        path: PathBuf,
+        /// Who holds it, and how.
+        conflict: block::LockConflict,
+    },
+    /// The image could not be locked (`file.locking=on` on a file system without OFD locks,
+    /// or an unexpected error of the lock call).
+    #[error("cannot lock image {} (file.locking={locking})", path.display())]
+    Lock {
+        /// The image.
+        path: PathBuf,
+        /// The locking mode asked for.
+        locking: util::file::Locking,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Finding the size of a drive's file failed.
     #[error("cannot find the size of drive file {path:?}")]
     FileSize {

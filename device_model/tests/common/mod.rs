@@ -62,13 +62,11 @@ impl TempDisk {
 
     pub fn config(&self, aio: AioEngine, direct: bool) -> BlockBackendConfig {
         BlockBackendConfig {
-            path: self.path.clone(),
-            readonly: false,
             direct,
             aio,
             serial: Some("virtio-test-serial-0123456789".into()),
             werror: ErrorAction::Report,
-            rerror: ErrorAction::Report,
+            ..BlockBackendConfig::new(self.path.clone())
         }
     }
 }

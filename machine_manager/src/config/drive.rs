@@ -4,6 +4,7 @@
 //! - `direct` defaults to on (O_DIRECT). `aio` defaults to `native` when `direct=on` and to
 //!   `off` when `direct=off`, as in StratoVirt; `aio=native` with `direct=off` is refused
 //!   because Linux AIO completes synchronously on buffered files.
+//! - `file.locking=on|off|auto` (QEMU's key, default `auto`) says whether the image is locked.
 //! - Drive ids, device ids and iothread ids are each unique.
 //! - A drive that no `-device` uses gets its own virtio-blk device (the short form), with the
 //!   drive's id as the device id; such a drive may omit `id` and is named `driveN`.
@@ -14,6 +15,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use util::aio::{AioEngine, ErrorAction};
+use util::file::Locking;
 
 use super::error::{ConfigError, Result};
 use super::kv::{parse_u64, KvList};
@@ -44,11 +46,13 @@ pub struct DriveConfig {
     pub werror: ErrorAction,
     /// What a failed read does (`rerror=`, default `report`, as in QEMU).
     pub rerror: ErrorAction,
+    /// Whether the image is locked (`file.locking=`, default `auto`).
+    pub locking: Locking,
 }
 
 impl DriveConfig {
     /// A drive on `path` with the defaults: read-write, O_DIRECT, `aio=native`, no serial,
-    /// no limit.
+    /// no limit, `file.locking=auto`.
     pub fn new(id: &str, path: PathBuf) -> DriveConfig {
         DriveConfig {
             id: id.to_string(),
@@ -60,6 +64,7 @@ impl DriveConfig {
             iops_limit: None,
             werror: ErrorAction::Enospc,
             rerror: ErrorAction::Report,
+            locking: Locking::Auto,
         }
     }
 
@@ -195,6 +200,12 @@ pub(crate) fn parse_drive(text: &str) -> Result<DriveArg> {
                 .ok_or_else(|| kv.invalid("throttling.iops-total", &value, "a number"))?,
         ),
     };
+    let locking = match kv.take("file.locking") {
+        None => Locking::Auto,
+        Some(value) => value
+            .parse::<Locking>()
+            .map_err(|_| kv.invalid("file.locking", &value, "on, off or auto"))?,
+    };
     if let Some(value) = kv.take("if") {
         if value != "none" {
             return Err(kv.invalid("if", &value, "none"));
@@ -217,6 +228,7 @@ pub(crate) fn parse_drive(text: &str) -> Result<DriveArg> {
         iops_limit,
         werror,
         rerror,
+        locking,
     };
     config.validate()?;
     Ok(DriveArg { id, config })

@@ -14,7 +14,8 @@
 //! - A missing `-kernel` is not a parse error: the machine refuses to build without one.
 //! - Block rules are on [`DriveConfig`] and [`BlkDeviceConfig`]'s module (`drive.rs`):
 //!   direct defaults to on, aio to native (off with direct=off), aio=native needs direct=on,
-//!   ids are unique, and a drive no `-device` uses gets its own device (id `driveN` if none).
+//!   `file.locking` defaults to auto, ids are unique, and a drive no `-device` uses gets its
+//!   own device (id `driveN` if none).
 
 mod drive;
 mod error;
@@ -153,10 +154,14 @@ Usage: stratovirt [OPTIONS]
   -cpu host[,-FEAT][,+FEAT]   vCPU model and CPUID features to hide or show
   -serial stdio               16550 UART (port 0x3f8, IRQ 4) on stdin/stdout
   -drive id=ID,file=PATH[,readonly=on|off][,direct=on|off][,aio=off|native|io_uring]
-         [,serial=S][,throttling.iops-total=N][,if=none][,format=raw]
-                              block backend; direct defaults to on, aio to native
-                              (to off with direct=off); a drive no -device uses gets
-                              its own virtio-blk device, and may then omit id
+         [,serial=S][,throttling.iops-total=N][,file.locking=on|off|auto][,if=none]
+         [,format=raw]
+                              block backend (a regular file or a block device);
+                              direct defaults to on, aio to native (to off with
+                              direct=off); file.locking (default auto) takes QEMU's
+                              image locks: one writer or many readers; a drive no
+                              -device uses gets its own virtio-blk device, and may
+                              then omit id
   -device virtio-blk-device,drive=ID,id=DEVID[,serial=S][,iothread=T]
                               virtio-mmio block device on drive ID
   -object iothread,id=T       an I/O thread for devices

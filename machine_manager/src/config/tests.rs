@@ -2,6 +2,7 @@
 
 use super::*;
 use util::aio::{AioEngine, ErrorAction};
+use util::file::Locking;
 
 fn parse(line: &str) -> Result<VmConfig> {
     parse_args(line.split_whitespace().map(String::from))
@@ -38,7 +39,7 @@ fn a_full_command_line() {
         "-initrd", "/k/initrd.img", "-m", "1G", "-mem-prealloc", "-smp", "cpus=2", "-cpu", "host,-cx16,+x2apic",
         "-serial", "stdio", "-D", "/tmp/vm.log", "-name", "vm1", "-daemonize", "-pidfile",
         "/tmp/vm.pid", "-S", "-object", "iothread,id=io0", "-drive",
-        "id=rootfs,file=/img/root.ext4,readonly=off,direct=on,aio=io_uring,serial=ROOT1,throttling.iops-total=5000,if=none,format=raw,werror=stop,rerror=ignore",
+        "id=rootfs,file=/img/root.ext4,readonly=off,direct=on,aio=io_uring,serial=ROOT1,throttling.iops-total=5000,file.locking=on,if=none,format=raw,werror=stop,rerror=ignore",
         "-device", "virtio-blk-device,drive=rootfs,id=blk0,serial=DEV1,iothread=io0",
         "-qmp", "unix:/tmp/qmp.sock,server,nowait",
     ];
@@ -70,6 +71,7 @@ fn a_full_command_line() {
             iops_limit: Some(5000),
             werror: ErrorAction::Stop,
             rerror: ErrorAction::Ignore,
+            locking: Locking::On,
         }]
     );
     assert_eq!(
@@ -177,6 +179,26 @@ fn drive_defaults_follow_direct() {
     // QEMU's error-policy defaults.
     assert_eq!(config.drives[0].werror, ErrorAction::Enospc);
     assert_eq!(config.drives[0].rerror, ErrorAction::Report);
+}
+
+#[test]
+fn file_locking_is_qemus_key_and_defaults_to_auto() {
+    let config = parse("-drive id=d,file=/a -drive id=e,file=/b,file.locking=off").unwrap();
+    assert_eq!(config.drives[0].locking, Locking::Auto);
+    assert_eq!(config.drives[1].locking, Locking::Off);
+    for (value, locking) in [("on", Locking::On), ("auto", Locking::Auto)] {
+        let line = format!("-drive id=d,file=/a,file.locking={value}");
+        assert_eq!(parse(&line).unwrap().drives[0].locking, locking);
+    }
+    assert!(matches!(
+        parse_err("-drive id=d,file=/a,file.locking=yes"),
+        ConfigError::InvalidValue { key, value, .. } if key == "file.locking" && value == "yes"
+    ));
+    // QEMU's -drive has no top-level `locking` either (it belongs to the file node).
+    assert!(matches!(
+        parse_err("-drive id=d,file=/a,locking=off"),
+        ConfigError::UnknownKey { key, .. } if key == "locking"
+    ));
 }
 
 #[test]

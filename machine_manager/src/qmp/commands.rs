@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use util::aio::{AioEngine, ErrorAction};
+use util::file::Locking;
 
 use super::handler::QmpError;
 use crate::config::{default_aio, BlkDeviceConfig, DriveConfig};
@@ -40,6 +41,8 @@ pub struct BlockdevAdd {
     pub werror: Option<ErrorAction>,
     /// `rerror`: what a failed read does, `None` for `-drive`'s default (`report`).
     pub rerror: Option<ErrorAction>,
+    /// `file.locking`: `on`, `off` or `auto` (default).
+    pub locking: Locking,
 }
 
 impl BlockdevAdd {
@@ -55,6 +58,7 @@ impl BlockdevAdd {
         drive.readonly = self.read_only;
         drive.werror = self.werror.unwrap_or(drive.werror);
         drive.rerror = self.rerror.unwrap_or(drive.rerror);
+        drive.locking = self.locking;
         drive
     }
 }
@@ -143,6 +147,8 @@ struct FileArguments {
     filename: String,
     #[serde(default)]
     aio: Option<String>,
+    #[serde(default)]
+    locking: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -270,6 +276,15 @@ fn parse_blockdev_add(args: BlockdevAddArguments) -> Result<Command, QmpError> {
             .transpose()
             .map_err(|e| QmpError::Generic(format!("invalid arguments for '{NAME}': {e}")))
     };
+    let locking = args
+        .file
+        .locking
+        .map(|mode| mode.parse::<Locking>())
+        .transpose()
+        .map_err(|e| {
+            QmpError::Generic(format!("invalid arguments for '{NAME}': file.locking: {e}"))
+        })?
+        .unwrap_or_default();
     Ok(Command::BlockdevAdd(BlockdevAdd {
         node_name,
         filename: PathBuf::from(filename),
@@ -278,6 +293,7 @@ fn parse_blockdev_add(args: BlockdevAddArguments) -> Result<Command, QmpError> {
         read_only: args.read_only.unwrap_or(false),
         werror: error_action(args.werror)?,
         rerror: error_action(args.rerror)?,
+        locking,
     }))
 }
 
@@ -340,7 +356,8 @@ mod tests {
             let parsed = parse(
                 "blockdev-add",
                 json!({"node-name": "drive-1",
-                       "file": {"driver": "file", "filename": "/tmp/d.img", "aio": spelling},
+                       "file": {"driver": "file", "filename": "/tmp/d.img", "aio": spelling,
+                                "locking": "off"},
                        "cache": {"direct": false}, "read-only": true,
                        "werror": "stop", "rerror": "ignore"}),
             )
@@ -355,6 +372,7 @@ mod tests {
                     read_only: true,
                     werror: Some(ErrorAction::Stop),
                     rerror: Some(ErrorAction::Ignore),
+                    locking: Locking::Off,
                 })
             );
         }
@@ -377,6 +395,7 @@ mod tests {
                 read_only: false,
                 werror: None,
                 rerror: None,
+                locking: Locking::Auto,
             })
         );
         assert!(parse(
@@ -397,12 +416,14 @@ mod tests {
             read_only: true,
             werror: None,
             rerror: None,
+            locking: Locking::On,
         };
         let drive = args.drive_config();
         assert_eq!(
             (drive.id.as_str(), drive.direct, drive.aio, drive.readonly),
             ("n", true, AioEngine::Native, true)
         );
+        assert_eq!(drive.locking, Locking::On);
         assert_eq!(drive.path, PathBuf::from("/img"));
         args.direct = Some(false);
         assert_eq!(args.drive_config().aio, AioEngine::Off);
@@ -445,6 +466,11 @@ mod tests {
             json!({"node-name": "n", "file": {"driver": "file", "filename": "f", "aio": "posix"}}),
         ));
         assert!(desc.contains("posix"), "{desc}");
+        let desc = generic_desc(parse(
+            "blockdev-add",
+            json!({"node-name": "n", "file": {"driver": "file", "filename": "f", "locking": "yes"}}),
+        ));
+        assert!(desc.contains("locking") && desc.contains("yes"), "{desc}");
         let desc = generic_desc(parse(
             "blockdev-add",
             json!({"node-name": "n", "file": {"driver": "nbd", "filename": "f"}}),

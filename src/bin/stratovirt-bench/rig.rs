@@ -65,13 +65,10 @@ impl Rig {
         };
         let mem = Arc::new(GuestMemory::with_options(&[(0, RAM)], &options).context("guest RAM")?);
         let backend = BlockBackend::open(&BlockBackendConfig {
-            path: path.to_path_buf(),
-            readonly: false,
             direct: config.direct,
             aio: config.aio,
-            serial: None,
             werror: ErrorAction::Report,
-            rerror: ErrorAction::Report,
+            ..BlockBackendConfig::new(path)
         })
         .with_context(|| format!("drive {} aio={}", path.display(), config.aio))?;
         let iothread = EventLoopThread::spawn("bench-iothread").context("device thread")?;

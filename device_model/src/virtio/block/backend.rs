@@ -8,6 +8,11 @@
 //! - [`Alignment`] is what the host storage needs of a request, probed once at open:
 //!   `statx(STATX_DIOALIGN)` where the kernel reports it, else the block device's logical
 //!   block size (`BLKSSZGET`), else 512 bytes for `O_DIRECT`; nothing for buffered files.
+//! - Only a regular file or a block device is opened, and it is checked before it is opened
+//!   for I/O (`util::file::open_checked`): a FIFO or a character device is refused without
+//!   blocking and without side effects.
+//! - The image locks (`lock.rs`) are taken right after the file is opened and belong to its
+//!   open file description: they last exactly as long as `file`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
@@ -16,11 +21,13 @@ use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
 
 use util::aio::{self, AioContext, AioEngine, AioOpcode, ErrorAction};
+use util::file::{self as host_file, FileError, FileKind, Locking};
 
+use super::lock::lock_image;
 use super::request::SECTOR_SIZE;
 use crate::virtio::VirtioError;
 
-/// How to open a drive (`-drive file=...,readonly=,direct=,aio=,serial=`).
+/// How to open a drive (`-drive file=...,readonly=,direct=,aio=,serial=,file.locking=`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockBackendConfig {
     /// The image file or block device.
@@ -37,6 +44,26 @@ pub struct BlockBackendConfig {
     pub werror: ErrorAction,
     /// What a failed read does (`rerror=`).
     pub rerror: ErrorAction,
+    /// Whether to take the image locks (QEMU's protocol, see `lock.rs`).
+    pub locking: Locking,
+}
+
+impl BlockBackendConfig {
+    /// `path` with `-drive`'s defaults: read-write, `O_DIRECT`, `aio=native`, no serial,
+    /// QEMU's error policy (`werror=enospc`, `rerror=report`), `locking=auto`. Change what
+    /// differs with struct update syntax.
+    pub fn new(path: impl Into<PathBuf>) -> BlockBackendConfig {
+        BlockBackendConfig {
+            path: path.into(),
+            readonly: false,
+            direct: true,
+            aio: AioEngine::Native,
+            serial: None,
+            werror: ErrorAction::Enospc,
+            rerror: ErrorAction::Report,
+            locking: Locking::Auto,
+        }
+    }
 }
 
 /// What the host storage needs of a request's file offset, length and memory: without
@@ -153,6 +180,7 @@ pub struct BlockBackend {
     /// A flush failed: later flushes fail too, since Linux forgets a write-back error once
     /// it has reported it and a later `fdatasync` would claim that lost data is durable.
     flush_failed: bool,
+    locked: bool,
 }
 
 impl BlockBackend {
@@ -167,12 +195,19 @@ impl BlockBackend {
         if config.direct {
             options.custom_flags(libc::O_DIRECT);
         }
-        let mut file = options
-            .open(&path)
-            .map_err(|source| VirtioError::OpenFile {
-                path: path.clone(),
-                source,
+        let mut file =
+            host_file::open_checked(&path, &[FileKind::Regular, FileKind::BlockDevice], &options)
+                .map_err(|e| match e {
+                FileError::Kind(kind) => VirtioError::NotAnImage {
+                    path: path.clone(),
+                    kind,
+                },
+                FileError::Io(source) => VirtioError::OpenFile {
+                    path: path.clone(),
+                    source,
+                },
             })?;
+        let locked = lock_image(&file, &path, config.readonly, config.locking)?;
         // Seeking to the end sizes regular files and block devices alike.
         let bytes = file
             .seek(SeekFrom::End(0))
@@ -209,6 +244,7 @@ impl BlockBackend {
             alignment,
             memory_registered: false,
             flush_failed: false,
+            locked,
         })
     }
 
@@ -225,6 +261,12 @@ impl BlockBackend {
     /// How the drive was opened.
     pub fn config(&self) -> &BlockBackendConfig {
         &self.config
+    }
+
+    /// Whether the drive holds its image locks (false with `locking=off`, or with
+    /// `locking=auto` where the file system has no OFD locks).
+    pub fn locked(&self) -> bool {
+        self.locked
     }
 
     /// Whether the drive's engine carries `opcode`.
@@ -286,6 +328,7 @@ impl std::fmt::Debug for BlockBackend {
         f.debug_struct("BlockBackend")
             .field("config", &self.config)
             .field("capacity_sectors", &self.capacity_sectors)
+            .field("locked", &self.locked)
             .finish()
     }
 }

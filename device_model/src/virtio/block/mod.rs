@@ -4,6 +4,7 @@
 //!   needs of a request ([`Alignment`]).
 //! - `bounce.rs`: requests the storage cannot take as sent, through an aligned buffer
 //!   (read-modify-write for partial blocks).
+//! - `lock.rs`: the image locks (QEMU's protocol) a backend holds on its file.
 //! - [`request`]: parsing a request from a descriptor chain (checks only, no I/O).
 //! - `state.rs`: the device's running half, owned by its event-loop thread.
 //!
@@ -34,6 +35,7 @@
 
 mod backend;
 mod bounce;
+mod lock;
 pub mod request;
 mod state;
 
@@ -44,6 +46,7 @@ use util::aio::{AioOpcode, ErrorAction};
 use util::event_loop::EventLoop;
 
 pub use backend::{Alignment, BlockBackend, BlockBackendConfig, ENGINE_DEPTH};
+pub use lock::{lock_bytes, LockConflict};
 use request::SECTOR_SIZE;
 use state::{lock, BlockState, MAX_RANGE_SECTORS};
 
