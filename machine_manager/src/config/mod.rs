@@ -155,11 +155,13 @@ Usage: stratovirt [OPTIONS]
   -serial stdio               16550 UART (port 0x3f8, IRQ 4) on stdin/stdout
   -drive id=ID,file=PATH[,readonly=on|off][,direct=on|off][,aio=off|native|io_uring]
          [,serial=S][,throttling.iops-total=N][,file.locking=on|off|auto][,if=none]
-         [,format=raw]
+         [,format=raw][,werror=report|ignore|stop|enospc][,rerror=report|ignore|stop]
                               block backend (a regular file or a block device);
                               direct defaults to on, aio to native (to off with
                               direct=off); file.locking (default auto) takes QEMU's
-                              image locks: one writer or many readers; a drive no
+                              image locks: one writer or many readers; werror
+                              (default enospc) and rerror (default report) say what
+                              a failed request does (stop pauses the VM); a drive no
                               -device uses gets its own virtio-blk device, and may
                               then omit id
   -device virtio-blk-device,drive=ID,id=DEVID[,serial=S][,iothread=T]
