@@ -12,8 +12,8 @@ use device_model::virtio::block::request::{
 };
 use device_model::virtio::block::{VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES};
 use device_model::virtio::driver::{Buffer, DriverConfig, DriverError};
-use device_model::virtio::{feature, BlockBackend, VIRTIO_F_RING_EVENT_IDX};
-use util::aio::AioEngine;
+use device_model::virtio::{feature, BlockBackend, BlockBackendConfig, VIRTIO_F_RING_EVENT_IDX};
+use util::aio::{AioEngine, DetectZeroes, Discard};
 
 const SECTOR: u64 = 512;
 const MAX_SECTORS: u64 = 64;
@@ -329,7 +329,13 @@ fn one_interrupt_per_batch_with_event_idx() {
 fn discard_and_write_zeroes_where_the_engine_supports_them() {
     for (aio, direct) in MODES {
         let disk = TempDisk::new(&vec![0x5au8; 1 << 20]);
-        let mut rig = Rig::with_disk(&disk, aio, direct, 64);
+        let config = BlockBackendConfig {
+            discard: Discard::Unmap,
+            detect_zeroes: DetectZeroes::On,
+            ..disk.config(aio, direct)
+        };
+        let backend = BlockBackend::open(&config).unwrap();
+        let mut rig = Rig::new(Some(backend), DriverConfig::new(DRIVER_BASE, 64));
         let features = rig.driver.features();
         let supported = aio != AioEngine::Native;
         assert_eq!(

@@ -9,7 +9,7 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use common::TempDisk;
@@ -20,6 +20,15 @@ use util::file::{conflicting_lock, FileKind, LockKind, Locking};
 use util::testing::LoopDevice;
 
 const IMAGE_BYTES: usize = 1 << 20;
+
+/// Runs the tests of this file one at a time. A child that another test forks (qemu-io,
+/// losetup, mkfifo) holds every open file description of the process between its fork and
+/// its exec, and with them their OFD locks: a test that checks a lock is gone after a close
+/// would see it linger.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 fn config(disk: &TempDisk, readonly: bool, locking: Locking) -> BlockBackendConfig {
     let mut config = disk.config(AioEngine::Off, false);
@@ -52,6 +61,7 @@ fn refused(result: Result<BlockBackend, VirtioError>, path: &Path) -> LockConfli
 
 #[test]
 fn readers_share_a_writer_is_alone() {
+    let _turn = one_at_a_time();
     let disk = TempDisk::new(&vec![0; IMAGE_BYTES]);
     let path = disk.path.clone();
 
@@ -90,6 +100,7 @@ fn readers_share_a_writer_is_alone() {
 
 #[test]
 fn the_locks_are_qemus_bytes_and_go_with_the_file() {
+    let _turn = one_at_a_time();
     let disk = TempDisk::new(&vec![0; IMAGE_BYTES]);
     let probe = std::fs::File::open(&disk.path).unwrap();
     let held = |byte| conflicting_lock(&probe, LockKind::Exclusive, byte, 1).unwrap();
@@ -112,6 +123,7 @@ fn the_locks_are_qemus_bytes_and_go_with_the_file() {
 
 #[test]
 fn locking_off_takes_and_checks_nothing() {
+    let _turn = one_at_a_time();
     let disk = TempDisk::new(&vec![0; IMAGE_BYTES]);
     let writer = open(&disk, false).unwrap();
     // The newcomer does not look...
@@ -132,6 +144,7 @@ fn locking_off_takes_and_checks_nothing() {
 
 #[test]
 fn a_block_device_is_locked_like_a_file() {
+    let _turn = one_at_a_time();
     let disk = TempDisk::new(&vec![0; IMAGE_BYTES]);
     let device = LoopDevice::attach(&disk.path, None).unwrap();
     let mut on_device = config(&disk, false, Locking::Auto);
@@ -174,6 +187,7 @@ fn not_an_image(path: &Path, readonly: bool) -> FileKind {
 
 #[test]
 fn fifos_devices_and_directories_are_not_images() {
+    let _turn = one_at_a_time();
     let dir = std::env::temp_dir().join(format!("blk-kinds-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -227,6 +241,7 @@ const QEMU_READ_ONLY: &[&str] = &["-r", "-f", "raw", "-c", "read 0 512"];
 
 #[test]
 fn qemu_tools_see_our_locks() {
+    let _turn = one_at_a_time();
     let disk = TempDisk::new(&vec![0; IMAGE_BYTES]);
     let image = disk.path.as_path();
     let copy = image.with_extension("copy");
@@ -324,6 +339,7 @@ impl Drop for QemuIo {
 
 #[test]
 fn we_see_qemus_locks() {
+    let _turn = one_at_a_time();
     let disk = TempDisk::new(&vec![0; IMAGE_BYTES]);
 
     let qemu_writer = QemuIo::open(&disk.path, false);

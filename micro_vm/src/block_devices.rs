@@ -339,9 +339,9 @@ fn probe_engines(drives: &[DriveConfig]) -> Result<()> {
     Ok(())
 }
 
-/// Opens the file of `drive` with its engine (also used by QMP `blockdev-add`).
-pub fn open_backend(drive: &DriveConfig) -> Result<BlockBackend> {
-    BlockBackend::open(&BlockBackendConfig {
+/// How the device opens `drive` (its `-drive` or `blockdev-add` options).
+pub fn backend_config(drive: &DriveConfig) -> BlockBackendConfig {
+    BlockBackendConfig {
         path: drive.path.clone(),
         readonly: drive.readonly,
         direct: drive.direct,
@@ -350,8 +350,15 @@ pub fn open_backend(drive: &DriveConfig) -> Result<BlockBackend> {
         werror: drive.werror,
         rerror: drive.rerror,
         locking: drive.locking,
-    })
-    .map_err(|source| BlockDevicesError::Open {
+        discard: drive.discard,
+        detect_zeroes: drive.detect_zeroes,
+        throttle: drive.throttle,
+    }
+}
+
+/// Opens the file of `drive` with its engine (also used by QMP `blockdev-add`).
+pub fn open_backend(drive: &DriveConfig) -> Result<BlockBackend> {
+    BlockBackend::open(&backend_config(drive)).map_err(|source| BlockDevicesError::Open {
         drive: drive.id.clone(),
         path: drive.path.clone(),
         source,

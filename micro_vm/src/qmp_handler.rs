@@ -18,9 +18,11 @@ use std::time::{Duration, Instant};
 
 use machine_manager::config::VmConfig;
 use machine_manager::qmp::{
-    BlockdevAdd, CpuInfo, DeviceAdd, QmpError, QmpEvent, QmpEventSender, QmpHandler, QmpServer,
-    QmpServerError, ShutdownReason, VmRunState,
+    BlockInfo, BlockStatsCounters, BlockStatsInfo, BlockdevAdd, CpuInfo, DeviceAdd, InsertedImage,
+    QmpError, QmpEvent, QmpEventSender, QmpHandler, QmpServer, QmpServerError, ShutdownReason,
+    VmRunState,
 };
+use util::aio::ThrottleConfig;
 
 use crate::block_devices::{open_backend, BlockDevices, Node, Occupant};
 use crate::{MicroVm, VmExit, VmState};
@@ -220,6 +222,96 @@ impl QmpHandler for MachineQmp {
             );
             Ok(())
         })
+    }
+
+    fn block_set_io_throttle(
+        &mut self,
+        id: &str,
+        throttle: ThrottleConfig,
+    ) -> Result<(), QmpError> {
+        self.with_blocks(|blocks| {
+            let slot = blocks
+                .find_device(id)
+                .ok_or_else(|| QmpError::DeviceNotFound(format!("device {id} not found")))?;
+            slot.device.set_throttle(throttle).map_err(generic)?;
+            log::info!("qmp: device {id}: I/O limits changed");
+            Ok(())
+        })
+    }
+
+    fn query_block(&self) -> Vec<BlockInfo> {
+        self.with_blocks(|blocks| {
+            Ok(blocks
+                .slots()
+                .iter()
+                .map(|slot| {
+                    let occupant = slot.occupant.as_ref();
+                    let inserted = slot.device.backend_config().map(|config| {
+                        InsertedImage::raw(
+                            config.path.clone(),
+                            occupant.map(|o| o.node.clone()).unwrap_or_default(),
+                            config.readonly,
+                            config.direct,
+                            config.aio,
+                            config.detect_zeroes,
+                            &config.throttle,
+                            slot.device.capacity_sectors() * 512,
+                        )
+                    });
+                    BlockInfo {
+                        device: occupant.map(|o| o.node.clone()).unwrap_or_default(),
+                        qdev: occupant
+                            .map(|o| o.device.clone())
+                            .unwrap_or_else(|| slot.device.id()),
+                        locked: false,
+                        removable: false,
+                        kind: "unknown",
+                        inserted,
+                    }
+                })
+                .collect())
+        })
+        .unwrap_or_default()
+    }
+
+    fn query_blockstats(&self) -> Vec<BlockStatsInfo> {
+        self.with_blocks(|blocks| {
+            Ok(blocks
+                .slots()
+                .iter()
+                .map(|slot| {
+                    let occupant = slot.occupant.as_ref();
+                    let s = slot.device.stats();
+                    let node = occupant.map(|o| o.node.clone()).unwrap_or_default();
+                    BlockStatsInfo {
+                        device: node.clone(),
+                        qdev: occupant
+                            .map(|o| o.device.clone())
+                            .unwrap_or_else(|| slot.device.id()),
+                        node_name: node,
+                        stats: BlockStatsCounters {
+                            rd_bytes: s.rd_bytes,
+                            wr_bytes: s.wr_bytes,
+                            unmap_bytes: s.unmap_bytes,
+                            rd_operations: s.rd_operations,
+                            wr_operations: s.wr_operations,
+                            flush_operations: s.flush_operations,
+                            unmap_operations: s.unmap_operations,
+                            rd_total_time_ns: s.rd_total_time_ns,
+                            wr_total_time_ns: s.wr_total_time_ns,
+                            flush_total_time_ns: s.flush_total_time_ns,
+                            unmap_total_time_ns: s.unmap_total_time_ns,
+                            failed_rd_operations: s.failed_rd_operations,
+                            failed_wr_operations: s.failed_wr_operations,
+                            failed_flush_operations: s.failed_flush_operations,
+                            failed_unmap_operations: s.failed_unmap_operations,
+                            account_failed: true,
+                        },
+                    }
+                })
+                .collect())
+        })
+        .unwrap_or_default()
     }
 
     fn device_del(&mut self, id: &str) -> Result<(), QmpError> {

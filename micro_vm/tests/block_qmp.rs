@@ -13,7 +13,6 @@ use micro_vm::block_devices::{open_backend, BlockDevices, REPLACEABLE_SLOTS};
 use micro_vm::qmp_handler::MachineQmp;
 use micro_vm::MicroVm;
 use util::aio::AioEngine;
-use util::file::Locking;
 
 use common::Scratch;
 
@@ -34,14 +33,9 @@ fn device(id: &str, drive: &str, iothread: Option<&str>) -> BlkDeviceConfig {
 
 fn node(name: &str, path: &Path, aio: AioEngine, direct: bool) -> BlockdevAdd {
     BlockdevAdd {
-        node_name: name.into(),
-        filename: path.to_path_buf(),
         aio: Some(aio),
         direct: Some(direct),
-        read_only: false,
-        werror: None,
-        rerror: None,
-        locking: Locking::Auto,
+        ..BlockdevAdd::new(name, path)
     }
 }
 

@@ -178,6 +178,12 @@ pub enum VirtioError {
         /// The file.
         path: PathBuf,
     },
+    /// The device has no backend (an empty slot).
+    #[error("block device {id} has no backend")]
+    NoBackend {
+        /// The device.
+        id: String,
+    },
     /// The device was shut down and takes no more backends.
     #[error("block device {id} is shut down")]
     ShutDown {

@@ -46,8 +46,14 @@ pub struct TempDisk {
 
 impl TempDisk {
     pub fn new(contents: &[u8]) -> TempDisk {
+        TempDisk::new_in(&std::env::temp_dir(), contents)
+    }
+
+    /// An image in `dir`: tests that measure rates put theirs in memory
+    /// (`/dev/shm`) so that the host disk is never the limit.
+    pub fn new_in(dir: &std::path::Path, contents: &[u8]) -> TempDisk {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
+        let path = dir.join(format!(
             "virtio-blk-test-{}-{}.img",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::SeqCst)

@@ -14,7 +14,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
-use util::aio::{AioEngine, ErrorAction};
+use util::aio::{AioEngine, DetectZeroes, Discard, ErrorAction, ThrottleConfig};
 use util::file::Locking;
 
 use super::error::{ConfigError, Result};
@@ -40,8 +40,12 @@ pub struct DriveConfig {
     pub aio: AioEngine,
     /// Serial number reported to the guest, unless the device sets its own.
     pub serial: Option<String>,
-    /// Most requests per second (`throttling.iops-total=`), if limited.
-    pub iops_limit: Option<u64>,
+    /// The I/O limits (`throttling.*`, QEMU's names; 0 = no limit).
+    pub throttle: ThrottleConfig,
+    /// Whether the guest may discard (`discard=ignore|unmap`, default `ignore`).
+    pub discard: Discard,
+    /// Whether zero writes become write-zeroes (`detect-zeroes=off|on|unmap`, default `off`).
+    pub detect_zeroes: DetectZeroes,
     /// What a failed write does (`werror=`, default `enospc`, as in QEMU).
     pub werror: ErrorAction,
     /// What a failed read does (`rerror=`, default `report`, as in QEMU).
@@ -61,11 +65,19 @@ impl DriveConfig {
             direct: true,
             aio: default_aio(true),
             serial: None,
-            iops_limit: None,
+            throttle: ThrottleConfig::default(),
+            discard: Discard::Ignore,
+            detect_zeroes: DetectZeroes::Off,
             werror: ErrorAction::Enospc,
             rerror: ErrorAction::Report,
             locking: Locking::Auto,
         }
+    }
+
+    /// Parses the value of one `-drive` on its own, as a tool that opens drives the way the
+    /// VMM does needs (the benchmark's `--drive-options`).
+    pub fn parse(text: &str) -> Result<DriveConfig> {
+        parse_drive(text).map(|arg| arg.config)
     }
 
     /// Checks the rules every drive obeys, however it was created (command line or QMP
@@ -90,15 +102,12 @@ impl DriveConfig {
                 "report, ignore or stop",
             ));
         }
-        if self.iops_limit == Some(0) {
-            return Err(invalid(
-                "-drive",
-                "throttling.iops-total",
-                "0",
-                "at least 1 (omit it for no limit)",
-            ));
-        }
-        Ok(())
+        self.throttle
+            .validate()
+            .map_err(|reason| ConfigError::Throttling {
+                drive: self.id.clone(),
+                reason,
+            })
     }
 }
 
@@ -193,12 +202,18 @@ pub(crate) fn parse_drive(text: &str) -> Result<DriveArg> {
     };
     let werror = error_action("werror", ErrorAction::Enospc)?;
     let rerror = error_action("rerror", ErrorAction::Report)?;
-    let iops_limit = match kv.take("throttling.iops-total") {
-        None => None,
-        Some(value) => Some(
-            parse_u64(&value)
-                .ok_or_else(|| kv.invalid("throttling.iops-total", &value, "a number"))?,
-        ),
+    let throttle = parse_throttling(&mut kv)?;
+    let discard = match kv.take("discard") {
+        None => Discard::Ignore,
+        Some(value) => value
+            .parse::<Discard>()
+            .map_err(|_| kv.invalid("discard", &value, "ignore or unmap"))?,
+    };
+    let detect_zeroes = match kv.take("detect-zeroes") {
+        None => DetectZeroes::Off,
+        Some(value) => value
+            .parse::<DetectZeroes>()
+            .map_err(|_| kv.invalid("detect-zeroes", &value, "off, on or unmap"))?,
     };
     let locking = match kv.take("file.locking") {
         None => Locking::Auto,
@@ -225,13 +240,49 @@ pub(crate) fn parse_drive(text: &str) -> Result<DriveArg> {
         direct,
         aio,
         serial,
-        iops_limit,
+        throttle,
+        discard,
+        detect_zeroes,
         werror,
         rerror,
         locking,
     };
     config.validate()?;
     Ok(DriveArg { id, config })
+}
+
+/// The `throttling.*` keys of a `-drive` (QEMU's names): for each of `iops-total`,
+/// `iops-read`, `iops-write`, `bps-total`, `bps-read`, `bps-write`, the average, its `-max`
+/// burst and `-max-length`; and `iops-size`.
+fn parse_throttling(kv: &mut KvList) -> Result<ThrottleConfig> {
+    let mut throttle = ThrottleConfig::default();
+    let number = |kv: &mut KvList, key: &str| -> Result<Option<u64>> {
+        match kv.take(key) {
+            None => Ok(None),
+            Some(value) => parse_u64(&value)
+                .map(Some)
+                .ok_or_else(|| kv.invalid(key, &value, "a number")),
+        }
+    };
+    for (name, _) in ThrottleConfig::default().limits() {
+        let mut limit = throttle.limit_mut(name).map(|l| *l).unwrap_or_default();
+        if let Some(avg) = number(kv, &format!("throttling.{name}"))? {
+            limit.avg = avg;
+        }
+        if let Some(max) = number(kv, &format!("throttling.{name}-max"))? {
+            limit.max = max;
+        }
+        if let Some(length) = number(kv, &format!("throttling.{name}-max-length"))? {
+            limit.max_length = length;
+        }
+        if let Some(slot) = throttle.limit_mut(name) {
+            *slot = limit;
+        }
+    }
+    if let Some(size) = number(kv, "throttling.iops-size")? {
+        throttle.iops_size = size;
+    }
+    Ok(throttle)
 }
 
 /// Parses the value of one `-device`.

@@ -98,7 +98,15 @@ pub enum ConfigError {
         /// The iothread id it names.
         iothread: String,
     },
-    /// A CPU feature both enabled and disabled.
+    /// A drive's I/O limits break one of QEMU's rules.
+    #[error("drive {drive:?}: throttling: {reason}")]
+    Throttling {
+        /// The drive id.
+        drive: String,
+        /// Which rule the limits break.
+        reason: String,
+    },
+    /// A CPU feature is both enabled and disabled on `-cpu`.
     #[error("-cpu: feature {0:?} is both enabled and disabled")]
     ConflictingCpuFeature(String),
 }

@@ -1,7 +1,7 @@
 //! One test per command-line rule.
 
 use super::*;
-use util::aio::{AioEngine, ErrorAction};
+use util::aio::{AioEngine, DetectZeroes, Discard, ErrorAction, Limit, ThrottleConfig};
 use util::file::Locking;
 
 fn parse(line: &str) -> Result<VmConfig> {
@@ -68,7 +68,15 @@ fn a_full_command_line() {
             direct: true,
             aio: AioEngine::IoUring,
             serial: Some("ROOT1".into()),
-            iops_limit: Some(5000),
+            throttle: ThrottleConfig {
+                iops_total: Limit {
+                    avg: 5000,
+                    ..Limit::default()
+                },
+                ..ThrottleConfig::default()
+            },
+            discard: Discard::Ignore,
+            detect_zeroes: DetectZeroes::Off,
             werror: ErrorAction::Stop,
             rerror: ErrorAction::Ignore,
             locking: Locking::On,
@@ -176,6 +184,33 @@ fn drive_defaults_follow_direct() {
     assert!(config.drives[0].readonly);
     let config = parse("-drive id=d,file=/a,direct=off,aio=io_uring").unwrap();
     assert_eq!(config.drives[0].aio, AioEngine::IoUring);
+    // QEMU's defaults: no limit (0 too), no discard, no zero detection.
+    let config = parse(
+        "-drive id=d,file=/a,throttling.iops-total=0,throttling.bps-write=1048576,\
+         throttling.bps-write-max=4194304,throttling.bps-write-max-length=3,\
+         throttling.iops-size=8192,discard=unmap,detect-zeroes=unmap",
+    )
+    .unwrap();
+    let drive = &config.drives[0];
+    assert!(!drive.throttle.iops_total.is_set());
+    assert_eq!(
+        drive.throttle.bps_write,
+        Limit {
+            avg: 1 << 20,
+            max: 4 << 20,
+            max_length: 3
+        }
+    );
+    assert_eq!(drive.throttle.iops_size, 8192);
+    assert_eq!(
+        (drive.discard, drive.detect_zeroes),
+        (Discard::Unmap, DetectZeroes::Unmap)
+    );
+    let config = parse("-drive id=d,file=/a").unwrap();
+    assert_eq!(config.drives[0].throttle, ThrottleConfig::default());
+    assert_eq!(config.drives[0].discard, Discard::Ignore);
+    assert_eq!(config.drives[0].detect_zeroes, DetectZeroes::Off);
+    let config = parse("-drive id=d,file=/a,direct=off,aio=io_uring").unwrap();
     // QEMU's error-policy defaults.
     assert_eq!(config.drives[0].werror, ErrorAction::Enospc);
     assert_eq!(config.drives[0].rerror, ErrorAction::Report);
@@ -215,17 +250,20 @@ fn native_aio_needs_direct_io() {
 #[test]
 fn drive_keys_and_values_are_checked() {
     for line in [
-        "-drive id=d",                                      // no file
-        "-drive id=d,file=/a,aio=posix",                    // unknown engine
-        "-drive id=d,file=/a,readonly=yes-please",          // bad boolean
-        "-drive id=d,file=/a,cache=none",                   // unknown key
-        "-drive id=d,file=/a,file=/b",                      // duplicate key
-        "-drive id=d,file=/a,format=qcow2",                 // only raw
-        "-drive id=d,file=/a,if=virtio",                    // only if=none
-        "-drive id=d,file=/a,serial=123456789012345678901", // serial too long
-        "-drive id=d,file=/a,werror=panic",                 // unknown error action
-        "-drive id=d,file=/a,rerror=enospc",                // reads cannot run out of space
-        "-drive id=d,file=/a,throttling.iops-total=0",      // zero limit
+        "-drive id=d",                                                         // no file
+        "-drive id=d,file=/a,aio=posix",                                       // unknown engine
+        "-drive id=d,file=/a,readonly=yes-please",                             // bad boolean
+        "-drive id=d,file=/a,cache=none",                                      // unknown key
+        "-drive id=d,file=/a,file=/b",                                         // duplicate key
+        "-drive id=d,file=/a,format=qcow2",                                    // only raw
+        "-drive id=d,file=/a,if=virtio",                                       // only if=none
+        "-drive id=d,file=/a,serial=123456789012345678901",                    // serial too long
+        "-drive id=d,file=/a,werror=panic", // unknown error action
+        "-drive id=d,file=/a,rerror=enospc", // reads cannot run out of space
+        "-drive id=d,file=/a,throttling.iops-total=9,throttling.iops-read=5", // total with read
+        "-drive id=d,file=/a,throttling.bps-read=9,throttling.bps-read-max=5", // burst below average
+        "-drive id=d,file=/a,discard=sometimes",
+        "-drive id=d,file=/a,detect-zeroes=maybe",
         "-drive id=d,file=/a,throttling.iops-total=-5",
         "-drive id=d,file=/a,throttling.iops-total=99999999999999999999999",
         "-drive id=1d,file=/a", // id starts with a digit

@@ -17,7 +17,7 @@ use std::str::FromStr;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use util::aio::{AioEngine, ErrorAction};
+use util::aio::{AioEngine, DetectZeroes, Discard, ErrorAction, Limit, ThrottleConfig};
 use util::file::Locking;
 
 use super::handler::QmpError;
@@ -41,11 +41,35 @@ pub struct BlockdevAdd {
     pub werror: Option<ErrorAction>,
     /// `rerror`: what a failed read does, `None` for `-drive`'s default (`report`).
     pub rerror: Option<ErrorAction>,
+    /// `discard`: `ignore` (default) or `unmap`.
+    pub discard: Discard,
+    /// `detect-zeroes`: `off` (default), `on` or `unmap`.
+    pub detect_zeroes: DetectZeroes,
+    /// `throttling`: the I/O limits, members named as `-drive`'s `throttling.*` keys.
+    pub throttle: ThrottleConfig,
     /// `file.locking`: `on`, `off` or `auto` (default).
     pub locking: Locking,
 }
 
 impl BlockdevAdd {
+    /// A node `node_name` on `filename` with nothing else given (every option at `-drive`'s
+    /// default).
+    pub fn new(node_name: &str, filename: impl Into<PathBuf>) -> BlockdevAdd {
+        BlockdevAdd {
+            node_name: node_name.to_string(),
+            filename: filename.into(),
+            aio: None,
+            direct: None,
+            read_only: false,
+            werror: None,
+            rerror: None,
+            discard: Discard::Ignore,
+            detect_zeroes: DetectZeroes::Off,
+            throttle: ThrottleConfig::default(),
+            locking: Locking::Auto,
+        }
+    }
+
     /// The backend as a `-drive` would describe it, with `-drive`'s defaults for what was not
     /// given (`direct` on; `aio` native with `direct`, off without). Check it with
     /// [`DriveConfig::validate`], the one place the drive rules live (`aio=native` needs
@@ -56,6 +80,9 @@ impl BlockdevAdd {
         drive.direct = direct;
         drive.aio = self.aio.unwrap_or(default_aio(direct));
         drive.readonly = self.read_only;
+        drive.discard = self.discard;
+        drive.detect_zeroes = self.detect_zeroes;
+        drive.throttle = self.throttle;
         drive.werror = self.werror.unwrap_or(drive.werror);
         drive.rerror = self.rerror.unwrap_or(drive.rerror);
         drive.locking = self.locking;
@@ -109,6 +136,12 @@ pub(crate) enum Command {
     DeviceAdd(DeviceAdd),
     /// `device_del` with its `id`.
     DeviceDel(String),
+    /// `block_set_io_throttle`: the device id and its new limits.
+    BlockSetIoThrottle(String, ThrottleConfig),
+    /// `query-block`.
+    QueryBlock,
+    /// `query-blockstats`.
+    QueryBlockstats,
 }
 
 /// The one command accepted before capabilities negotiation.
@@ -138,6 +171,56 @@ struct BlockdevAddArguments {
     werror: Option<String>,
     #[serde(default)]
     rerror: Option<String>,
+    #[serde(default)]
+    discard: Option<String>,
+    #[serde(default)]
+    detect_zeroes: Option<String>,
+    #[serde(default)]
+    throttling: Option<Map<String, Value>>,
+}
+
+/// `block_set_io_throttle`, QEMU's members.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ThrottleArguments {
+    #[serde(default)]
+    device: Option<String>,
+    #[serde(default)]
+    id: Option<String>,
+    bps: u64,
+    bps_rd: u64,
+    bps_wr: u64,
+    iops: u64,
+    iops_rd: u64,
+    iops_wr: u64,
+    #[serde(default)]
+    bps_max: u64,
+    #[serde(default)]
+    bps_rd_max: u64,
+    #[serde(default)]
+    bps_wr_max: u64,
+    #[serde(default)]
+    iops_max: u64,
+    #[serde(default)]
+    iops_rd_max: u64,
+    #[serde(default)]
+    iops_wr_max: u64,
+    #[serde(default)]
+    bps_max_length: u64,
+    #[serde(default)]
+    bps_rd_max_length: u64,
+    #[serde(default)]
+    bps_wr_max_length: u64,
+    #[serde(default)]
+    iops_max_length: u64,
+    #[serde(default)]
+    iops_rd_max_length: u64,
+    #[serde(default)]
+    iops_wr_max_length: u64,
+    #[serde(default)]
+    iops_size: u64,
+    #[serde(default)]
+    group: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -221,6 +304,9 @@ impl Command {
                 let args: IdArguments = deserialize(name, arguments)?;
                 Ok(Command::DeviceDel(non_empty(name, "id", args.id)?))
             }
+            "block_set_io_throttle" => parse_block_set_io_throttle(deserialize(name, arguments)?),
+            "query-block" => no_arguments(name, arguments, Command::QueryBlock),
+            "query-blockstats" => no_arguments(name, arguments, Command::QueryBlockstats),
             other => Err(QmpError::CommandNotFound(format!(
                 "The command {other} has not been found"
             ))),
@@ -285,6 +371,23 @@ fn parse_blockdev_add(args: BlockdevAddArguments) -> Result<Command, QmpError> {
             QmpError::Generic(format!("invalid arguments for '{NAME}': file.locking: {e}"))
         })?
         .unwrap_or_default();
+    let discard = args
+        .discard
+        .map(|v| Discard::from_str(&v))
+        .transpose()
+        .map_err(|e| QmpError::Generic(format!("invalid arguments for '{NAME}': {e}")))?
+        .unwrap_or_default();
+    let detect_zeroes = args
+        .detect_zeroes
+        .map(|v| DetectZeroes::from_str(&v))
+        .transpose()
+        .map_err(|e| QmpError::Generic(format!("invalid arguments for '{NAME}': {e}")))?
+        .unwrap_or_default();
+    let throttle = match args.throttling {
+        None => ThrottleConfig::default(),
+        Some(members) => parse_throttling(members)
+            .map_err(|e| QmpError::Generic(format!("invalid arguments for '{NAME}': {e}")))?,
+    };
     Ok(Command::BlockdevAdd(BlockdevAdd {
         node_name,
         filename: PathBuf::from(filename),
@@ -293,8 +396,74 @@ fn parse_blockdev_add(args: BlockdevAddArguments) -> Result<Command, QmpError> {
         read_only: args.read_only.unwrap_or(false),
         werror: error_action(args.werror)?,
         rerror: error_action(args.rerror)?,
+        discard,
+        detect_zeroes,
+        throttle,
         locking,
     }))
+}
+
+/// `blockdev-add`'s `throttling` object: members named as `-drive`'s `throttling.*` keys
+/// (`iops-total`, `iops-total-max`, `iops-total-max-length`, ..., `iops-size`), numbers.
+fn parse_throttling(members: Map<String, Value>) -> Result<ThrottleConfig, String> {
+    let mut throttle = ThrottleConfig::default();
+    for (key, value) in members {
+        let number = value
+            .as_u64()
+            .ok_or_else(|| format!("throttling.{key} must be a non-negative integer"))?;
+        if key == "iops-size" {
+            throttle.iops_size = number;
+            continue;
+        }
+        let (name, field) = if let Some(name) = key.strip_suffix("-max-length") {
+            (name, 2)
+        } else if let Some(name) = key.strip_suffix("-max") {
+            (name, 1)
+        } else {
+            (key.as_str(), 0)
+        };
+        let limit = throttle
+            .limit_mut(name)
+            .ok_or_else(|| format!("unknown member throttling.{key}"))?;
+        match field {
+            0 => limit.avg = number,
+            1 => limit.max = number,
+            _ => limit.max_length = number,
+        }
+    }
+    throttle.validate()?;
+    Ok(throttle)
+}
+
+fn parse_block_set_io_throttle(args: ThrottleArguments) -> Result<Command, QmpError> {
+    const NAME: &str = "block_set_io_throttle";
+    let id = args.id.or(args.device).ok_or_else(|| {
+        QmpError::Generic(format!("invalid arguments for '{NAME}': 'id' is missing"))
+    })?;
+    let id = non_empty(NAME, "id", id)?;
+    if args.group.is_some() {
+        return Err(QmpError::Generic(format!(
+            "invalid arguments for '{NAME}': throttle groups are not supported"
+        )));
+    }
+    let limit = |avg, max, max_length| Limit {
+        avg,
+        max,
+        max_length,
+    };
+    let throttle = ThrottleConfig {
+        iops_total: limit(args.iops, args.iops_max, args.iops_max_length),
+        iops_read: limit(args.iops_rd, args.iops_rd_max, args.iops_rd_max_length),
+        iops_write: limit(args.iops_wr, args.iops_wr_max, args.iops_wr_max_length),
+        bps_total: limit(args.bps, args.bps_max, args.bps_max_length),
+        bps_read: limit(args.bps_rd, args.bps_rd_max, args.bps_rd_max_length),
+        bps_write: limit(args.bps_wr, args.bps_wr_max, args.bps_wr_max_length),
+        iops_size: args.iops_size,
+    };
+    throttle
+        .validate()
+        .map_err(|e| QmpError::Generic(format!("invalid arguments for '{NAME}': {e}")))?;
+    Ok(Command::BlockSetIoThrottle(id, throttle))
 }
 
 fn parse_device_add(args: DeviceAddArguments) -> Result<Command, QmpError> {
@@ -372,6 +541,9 @@ mod tests {
                     read_only: true,
                     werror: Some(ErrorAction::Stop),
                     rerror: Some(ErrorAction::Ignore),
+                    discard: Discard::Ignore,
+                    detect_zeroes: DetectZeroes::Off,
+                    throttle: ThrottleConfig::default(),
                     locking: Locking::Off,
                 })
             );
@@ -395,6 +567,9 @@ mod tests {
                 read_only: false,
                 werror: None,
                 rerror: None,
+                discard: Discard::Ignore,
+                detect_zeroes: DetectZeroes::Off,
+                throttle: ThrottleConfig::default(),
                 locking: Locking::Auto,
             })
         );
@@ -416,6 +591,9 @@ mod tests {
             read_only: true,
             werror: None,
             rerror: None,
+            discard: Discard::Ignore,
+            detect_zeroes: DetectZeroes::Off,
+            throttle: ThrottleConfig::default(),
             locking: Locking::On,
         };
         let drive = args.drive_config();

@@ -7,6 +7,9 @@
 
 use serde::Serialize;
 
+use util::aio::ThrottleConfig;
+
+use super::block::{BlockInfo, BlockStatsInfo};
 use super::commands::{BlockdevAdd, DeviceAdd};
 
 /// A failed command, as the client sees it: an error class and a human-readable description.
@@ -96,6 +99,13 @@ pub trait QmpHandler: Send {
     /// Empties the slot holding device `id` (`device_del`); [`QmpError::DeviceNotFound`] if
     /// no device has that id.
     fn device_del(&mut self, id: &str) -> Result<(), QmpError>;
+    /// Changes the I/O limits of device `id` (`block_set_io_throttle`).
+    fn block_set_io_throttle(&mut self, id: &str, throttle: ThrottleConfig)
+        -> Result<(), QmpError>;
+    /// The block devices (`query-block`).
+    fn query_block(&self) -> Vec<BlockInfo>;
+    /// The block devices' I/O counters (`query-blockstats`).
+    fn query_blockstats(&self) -> Vec<BlockStatsInfo>;
 }
 
 /// The `query-status` return value.

@@ -63,6 +63,8 @@ pub(crate) enum ReturnValue {
     Status(StatusInfo),
     /// The `query-cpus` list.
     Cpus(Vec<CpuInfoReply>),
+    /// Any other reply, already in its JSON shape.
+    Json(Value),
 }
 
 impl ReturnValue {

@@ -14,6 +14,7 @@
 //! - Every message the server writes is one JSON object followed by `\r\n`, shaped exactly as
 //!   `shared/COMPAT.md` ("QMP") says; `docs/qmp.md` is the user reference.
 
+mod block;
 mod commands;
 mod decoder;
 mod events;
@@ -22,6 +23,10 @@ mod message;
 mod server;
 mod session;
 
+pub use block::{
+    BlockInfo, BlockStatsCounters, BlockStatsInfo, CacheInfo, ImageInfo, InsertedImage,
+    ThrottleMembers,
+};
 pub use commands::{BlockdevAdd, DeviceAdd};
 pub use events::QmpEventSender;
 pub use handler::{CpuInfo, QmpError, QmpHandler, VmRunState};

@@ -175,8 +175,20 @@ impl Session {
                 let result = empty(handler.device_del(&id));
                 (result, Some(QmpEvent::DeviceDeleted { id }))
             }
+            Command::BlockSetIoThrottle(id, throttle) => {
+                (empty(handler.block_set_io_throttle(&id, throttle)), None)
+            }
+            Command::QueryBlock => (json(&handler.query_block()), None),
+            Command::QueryBlockstats => (json(&handler.query_blockstats()), None),
         }
     }
+}
+
+/// A reply value from a serializable one.
+fn json<T: serde::Serialize>(value: &T) -> Result<ReturnValue, QmpError> {
+    serde_json::to_value(value)
+        .map(ReturnValue::Json)
+        .map_err(|e| QmpError::Generic(format!("cannot encode the reply: {e}")))
 }
 
 /// Checks the request's members and returns the command name and its arguments.
@@ -269,6 +281,19 @@ mod tests {
         }
         fn device_del(&mut self, id: &str) -> Result<(), QmpError> {
             Err(QmpError::DeviceNotFound(format!("no device {id}")))
+        }
+        fn block_set_io_throttle(
+            &mut self,
+            id: &str,
+            _: util::aio::ThrottleConfig,
+        ) -> Result<(), QmpError> {
+            Err(QmpError::DeviceNotFound(format!("no device {id}")))
+        }
+        fn query_block(&self) -> Vec<crate::qmp::BlockInfo> {
+            Vec::new()
+        }
+        fn query_blockstats(&self) -> Vec<crate::qmp::BlockStatsInfo> {
+            Vec::new()
         }
     }
 

@@ -13,9 +13,11 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use machine_manager::qmp::{
-    BlockdevAdd, CpuInfo, DeviceAdd, QmpError, QmpEventSender, QmpHandler, QmpServer, VmRunState,
+    BlockInfo, BlockStatsCounters, BlockStatsInfo, BlockdevAdd, CpuInfo, DeviceAdd, QmpError,
+    QmpEventSender, QmpHandler, QmpServer, VmRunState,
 };
 use serde_json::Value;
+use util::aio::ThrottleConfig;
 use util::event_loop::EventLoop;
 
 /// Slots of the test machine (the micro VM has 4 hot-replace slots).
@@ -153,6 +155,51 @@ impl QmpHandler for TestVm {
             .ok_or_else(|| QmpError::DeviceNotFound(format!("no device {id}")))?;
         *slot = None;
         Ok(())
+    }
+
+    fn block_set_io_throttle(
+        &mut self,
+        id: &str,
+        throttle: ThrottleConfig,
+    ) -> Result<(), QmpError> {
+        self.calls.push(format!(
+            "block_set_io_throttle {id} {}",
+            throttle.iops_total.avg
+        ));
+        self.slots
+            .iter()
+            .flatten()
+            .any(|(dev, _)| dev == id)
+            .then_some(())
+            .ok_or_else(|| QmpError::DeviceNotFound(format!("no device {id}")))
+    }
+
+    fn query_block(&self) -> Vec<BlockInfo> {
+        self.slots
+            .iter()
+            .flatten()
+            .map(|(dev, node)| BlockInfo {
+                device: node.clone(),
+                qdev: dev.clone(),
+                locked: false,
+                removable: false,
+                kind: "unknown",
+                inserted: None,
+            })
+            .collect()
+    }
+
+    fn query_blockstats(&self) -> Vec<BlockStatsInfo> {
+        self.slots
+            .iter()
+            .flatten()
+            .map(|(dev, node)| BlockStatsInfo {
+                device: node.clone(),
+                qdev: dev.clone(),
+                node_name: node.clone(),
+                stats: BlockStatsCounters::default(),
+            })
+            .collect()
     }
 }
 

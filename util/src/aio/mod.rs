@@ -35,11 +35,14 @@
 //!
 //! Files: [`sync`] (`aio=off`), [`libaio`] (`aio=native`, on [`abi`]), [`uring`]
 //! (`aio=io_uring`, on [`crate::io_uring`]); `inflight` holds the per-request bookkeeping and
-//! the short-transfer rules the three share.
+//! the short-transfer rules the three share; `options` the per-drive options that shape what a
+//! device asks of its engine (error policy, discard, detect-zeroes, throttling), shared by the
+//! command line, QMP and the device.
 
 pub mod abi;
 mod inflight;
 pub mod libaio;
+mod options;
 pub mod sync;
 pub mod uring;
 
@@ -48,6 +51,8 @@ use std::fmt;
 use std::os::unix::io::RawFd;
 use std::str::FromStr;
 use std::sync::Arc;
+
+pub use options::{DetectZeroes, Discard, ErrorAction, Limit, ThrottleConfig};
 
 /// One contiguous piece of a request's buffer in host virtual memory.
 /// Same layout as the kernel's `struct iovec`.
@@ -184,63 +189,6 @@ impl FromStr for AioEngine {
             "native" => Ok(AioEngine::Native),
             "io_uring" | "iouring" => Ok(AioEngine::IoUring),
             other => Err(AioError::UnknownEngine(other.to_string())),
-        }
-    }
-}
-
-/// What a block device does with a request its engine failed (`werror=`/`rerror=`, QEMU's
-/// error policy).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorAction {
-    /// Answer the guest with an I/O error.
-    Report,
-    /// Answer the guest as if the request had succeeded.
-    Ignore,
-    /// Keep the request, pause the VM and tell the management; `cont` retries it.
-    Stop,
-    /// `Stop` when the host is out of space (`ENOSPC`), else `Report`.
-    Enospc,
-}
-
-impl ErrorAction {
-    /// The spelling used on the command line and in QMP.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorAction::Report => "report",
-            ErrorAction::Ignore => "ignore",
-            ErrorAction::Stop => "stop",
-            ErrorAction::Enospc => "enospc",
-        }
-    }
-
-    /// What to do with a request that failed with `errno`: `Report`, `Ignore` or `Stop`.
-    pub fn resolve(self, errno: i32) -> ErrorAction {
-        match self {
-            ErrorAction::Enospc if errno == libc::ENOSPC => ErrorAction::Stop,
-            ErrorAction::Enospc => ErrorAction::Report,
-            action => action,
-        }
-    }
-}
-
-impl fmt::Display for ErrorAction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ErrorAction {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "report" => Ok(ErrorAction::Report),
-            "ignore" => Ok(ErrorAction::Ignore),
-            "stop" => Ok(ErrorAction::Stop),
-            "enospc" => Ok(ErrorAction::Enospc),
-            other => Err(format!(
-                "unknown error action {other:?}: expected report, ignore, stop or enospc"
-            )),
         }
     }
 }

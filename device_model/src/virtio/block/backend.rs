@@ -20,7 +20,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
 
-use util::aio::{self, AioContext, AioEngine, AioOpcode, ErrorAction};
+use util::aio::{
+    self, AioContext, AioEngine, AioOpcode, DetectZeroes, Discard, ErrorAction, ThrottleConfig,
+};
 use util::file::{self as host_file, FileError, FileKind, Locking};
 
 use super::lock::lock_image;
@@ -46,6 +48,12 @@ pub struct BlockBackendConfig {
     pub rerror: ErrorAction,
     /// Whether to take the image locks (QEMU's protocol, see `lock.rs`).
     pub locking: Locking,
+    /// Whether the guest may discard (`discard=`).
+    pub discard: Discard,
+    /// Whether zero writes become write-zeroes (`detect-zeroes=`).
+    pub detect_zeroes: DetectZeroes,
+    /// The I/O limits (`throttling.*`).
+    pub throttle: ThrottleConfig,
 }
 
 impl BlockBackendConfig {
@@ -62,6 +70,9 @@ impl BlockBackendConfig {
             werror: ErrorAction::Enospc,
             rerror: ErrorAction::Report,
             locking: Locking::Auto,
+            discard: Discard::Ignore,
+            detect_zeroes: DetectZeroes::Off,
+            throttle: ThrottleConfig::default(),
         }
     }
 }
@@ -251,6 +262,27 @@ impl BlockBackend {
     /// Size of the drive in 512-byte sectors.
     pub fn capacity_sectors(&self) -> u64 {
         self.capacity_sectors
+    }
+
+    /// Changes the I/O limits (QMP `block_set_io_throttle`).
+    pub(super) fn set_throttle(&mut self, throttle: ThrottleConfig) {
+        self.config.throttle = throttle;
+    }
+
+    /// Whether discards reach the image (`discard=unmap` and an engine that can).
+    pub(super) fn discards(&self) -> bool {
+        self.config.discard == Discard::Unmap && self.supports(AioOpcode::Discard)
+    }
+
+    /// Whether the guest is offered write-zeroes (`detect-zeroes=on|unmap`, as StratoVirt,
+    /// and an engine that can).
+    pub(super) fn writes_zeroes(&self) -> bool {
+        self.config.detect_zeroes != DetectZeroes::Off && self.supports(AioOpcode::WriteZeroes)
+    }
+
+    /// Whether a write-zeroes may punch a hole (`detect-zeroes=unmap` with `discard=unmap`).
+    pub(super) fn zeroes_may_unmap(&self) -> bool {
+        self.config.detect_zeroes == DetectZeroes::Unmap && self.discards()
     }
 
     /// What the host storage needs of a request (offsets, lengths, buffers).

@@ -38,17 +38,20 @@ mod bounce;
 mod lock;
 pub mod request;
 mod state;
+mod stats;
+mod throttle;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use util::aio::{AioOpcode, ErrorAction};
+use util::aio::{ErrorAction, ThrottleConfig};
 use util::event_loop::EventLoop;
 
 pub use backend::{Alignment, BlockBackend, BlockBackendConfig, ENGINE_DEPTH};
 pub use lock::{lock_bytes, LockConflict};
 use request::SECTOR_SIZE;
 use state::{lock, BlockState, MAX_RANGE_SECTORS};
+pub use stats::BlockStats;
 
 use super::queue::{QueueError, SplitQueue};
 use super::{
@@ -110,6 +113,8 @@ pub mod config {
     pub const MAX_WRITE_ZEROES_SECTORS: usize = 48;
     /// `max_write_zeroes_seg`: u32.
     pub const MAX_WRITE_ZEROES_SEG: usize = 52;
+    /// `write_zeroes_may_unmap`: u8.
+    pub const WRITE_ZEROES_MAY_UNMAP: usize = 56;
 }
 
 /// What the device's thread publishes for the threads that may not touch its state: the
@@ -124,6 +129,7 @@ pub(super) struct Published {
     pub(super) physical_block_exp: u8,
     pub(super) discard: bool,
     pub(super) write_zeroes: bool,
+    pub(super) zeroes_may_unmap: bool,
     pub(super) config_generation: u32,
 }
 
@@ -137,8 +143,11 @@ impl Published {
             capacity_sectors: backend.map_or(0, BlockBackend::capacity_sectors),
             block_size: u32::try_from(block_size).unwrap_or(u32::MAX),
             physical_block_exp: (physical / block_size).max(1).ilog2() as u8,
-            discard: backend.is_none_or(|b| b.supports(AioOpcode::Discard)),
-            write_zeroes: backend.is_none_or(|b| b.supports(AioOpcode::WriteZeroes)),
+            // An empty slot offers both: features cannot change under a running driver, and
+            // the backend plugged in later decides what the requests do.
+            discard: backend.is_none_or(BlockBackend::discards),
+            write_zeroes: backend.is_none_or(BlockBackend::writes_zeroes),
+            zeroes_may_unmap: backend.is_some_and(BlockBackend::zeroes_may_unmap),
             config_generation,
         }
     }
@@ -197,6 +206,7 @@ pub(super) struct Shared {
     resets_done: AtomicU64,
     error_sink: OnceLock<ErrorSink>,
     errors_reported: AtomicU64,
+    pub(super) stats: stats::Stats,
 }
 
 impl Shared {
@@ -208,6 +218,12 @@ impl Shared {
     pub(super) fn publish(&self, backend: Option<&BlockBackend>) {
         let mut published = self.published();
         *published = Published::of(backend, published.config_generation.wrapping_add(1));
+    }
+
+    /// Publishes the backend's changed configuration (I/O limits), which the guest does not
+    /// see: no new configuration generation.
+    pub(super) fn publish_config(&self, backend: &BlockBackend) {
+        self.published().backend = Some(backend.config().clone());
     }
 
     /// Records that the reset numbered `n` has finished.
@@ -264,6 +280,7 @@ impl Block {
             resets_done: AtomicU64::new(0),
             error_sink: OnceLock::new(),
             errors_reported: AtomicU64::new(0),
+            stats: stats::Stats::default(),
         });
         Block {
             state: BlockState::new(id, backend, shared.clone(), event_loop.clone()),
@@ -313,6 +330,10 @@ impl Block {
             &MAX_RANGE_SECTORS.to_le_bytes(),
         );
         put(config::MAX_WRITE_ZEROES_SEG, &1u32.to_le_bytes());
+        put(
+            config::WRITE_ZEROES_MAY_UNMAP,
+            &[u8::from(published.zeroes_may_unmap)],
+        );
         space
     }
 }
@@ -356,6 +377,18 @@ impl BlockHandle {
     pub fn retry(&self) {
         let state = self.state.clone();
         self.event_loop.post(move || lock(&state).retry_held());
+    }
+
+    /// Changes the I/O limits of the current backend while the guest runs (QMP
+    /// `block_set_io_throttle`); waits for the device's thread. Requests held back by the old
+    /// limits are measured against the new ones.
+    pub fn set_throttle(&self, throttle: ThrottleConfig) -> Result<(), VirtioError> {
+        self.call(move |state| state.set_throttle(throttle))?
+    }
+
+    /// The device's I/O counters (QMP `query-blockstats`).
+    pub fn stats(&self) -> BlockStats {
+        self.shared.stats.snapshot()
     }
 
     /// The device's id.

@@ -130,6 +130,8 @@ pub struct Request {
     pub len: u64,
     /// Guest address of the status byte.
     pub status: u64,
+    /// A write-zeroes that may unmap (`VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP`).
+    pub unmap: bool,
 }
 
 /// Why a request is refused.
@@ -357,6 +359,7 @@ impl Request {
             offset,
             len,
             status,
+            unmap: false,
         };
         match kind {
             VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => {
@@ -446,11 +449,14 @@ impl Request {
                 } else {
                     RequestKind::WriteZeroes
                 };
-                Ok(request(
-                    kind,
-                    seg.sector * SECTOR_SIZE,
-                    u64::from(seg.num_sectors) * SECTOR_SIZE,
-                ))
+                Ok(Request {
+                    unmap: seg.flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0,
+                    ..request(
+                        kind,
+                        seg.sector * SECTOR_SIZE,
+                        u64::from(seg.num_sectors) * SECTOR_SIZE,
+                    )
+                })
             }
             other => Err(RequestError::Unsupported(other)),
         }

@@ -25,12 +25,17 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::os::unix::io::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 use address_space::GuestMemory;
-use util::aio::{AioCompletion, AioOpcode, AioRequest, ErrorAction, Iovec, KeepAlive};
+use util::aio::{
+    AioCompletion, AioOpcode, AioRequest, DetectZeroes, ErrorAction, Iovec, KeepAlive,
+    ThrottleConfig,
+};
 use util::event_loop::{EventLoop, HandlerAction};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::backend::BlockBackend;
 use super::bounce::{blocks, Bounce, Step};
@@ -38,6 +43,8 @@ use super::request::{
     status_address, DiskLimits, Request, RequestKind, Segment, SECTOR_SIZE, SERIAL_LEN,
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
 };
+use super::stats::Kind;
+use super::throttle::Throttle;
 use super::{IoOperation, Shared, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES};
 use crate::virtio::queue::{Descriptor, QueueError, SplitQueue};
 use crate::virtio::{feature, Interrupt, VirtioError};
@@ -56,10 +63,15 @@ enum Policy {
 /// A chain the engine owns (or that an error policy holds for a retry).
 struct InFlight {
     opcode: AioOpcode,
+    /// The guest's kind of request, for the counters.
+    kind: Kind,
     status: u64,
     /// Bytes the engine must move in the current step.
     expected: u64,
+    /// The request's length (what the counters add).
+    bytes: u64,
     used_len: u32,
+    started: Instant,
     /// The aligned buffer of a request the storage cannot take as sent.
     bounce: Option<Box<Bounce>>,
 }
@@ -91,6 +103,14 @@ pub(super) struct Active {
     writes: Vec<TrackedWrite>,
     /// Heads of writes that wait for an overlapping write to finish, oldest first.
     waiting: VecDeque<u16>,
+    /// The I/O limits and their levels, if the backend has any.
+    throttle: Option<Throttle>,
+    /// Reads (0) and writes (1) the limits hold back: head and bytes, oldest first.
+    held_back: [VecDeque<(u16, u64)>; 2],
+    /// Which kind goes first when both wait (they alternate).
+    next_kind: usize,
+    /// Fires when the first held-back request may go (`<id>-throttle`).
+    throttle_timer: TimerFd,
     chain: Vec<Descriptor>,
     segments: Vec<Segment>,
     batch: Vec<AioRequest>,
@@ -179,9 +199,15 @@ impl Active {
             return Ok(());
         }
         for head in std::mem::take(&mut self.waiting) {
-            self.start(id, head, limits, backend.as_deref_mut())?;
+            self.start(id, head, limits, backend.as_deref_mut(), false)?;
         }
         Ok(())
+    }
+
+    /// Adds a request that succeeded to the device's counters.
+    fn count_done(&self, req: &InFlight) {
+        let ns = u64::try_from(req.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.shared.stats.done(req.kind, req.bytes, ns);
     }
 
     /// Answers every request an error policy held, and every write still waiting for an
@@ -203,13 +229,17 @@ impl Active {
         Ok(())
     }
 
-    /// Starts the chain `head`: answers it now (returns `true`) or queues it for the engine.
+    /// Starts the chain `head`: answers it now (returns `true`), or queues it for the engine,
+    /// or keeps it for later (throttled, or waiting for an overlapping write). `fresh` is true
+    /// for a chain just popped from the ring: only those are measured against the I/O limits
+    /// (a restarted one was counted when it first went).
     fn start(
         &mut self,
         id: &str,
         head: u16,
         limits: &DiskLimits,
         backend: Option<&mut BlockBackend>,
+        fresh: bool,
     ) -> Result<bool, QueueError> {
         if self.inflight[usize::from(head)].is_some() {
             return Err(QueueError::HeadInFlight { head });
@@ -232,17 +262,17 @@ impl Active {
                     return Ok(true);
                 }
             };
-        let opcode = match request.kind {
+        let (mut opcode, kind) = match request.kind {
             RequestKind::GetId => {
                 let written = self.write_serial(backend.as_deref());
                 self.finish(head, status, VIRTIO_BLK_S_OK, written + 1)?;
                 return Ok(true);
             }
-            RequestKind::Read => AioOpcode::Read,
-            RequestKind::Write => AioOpcode::Write,
-            RequestKind::Flush => AioOpcode::Flush,
-            RequestKind::Discard => AioOpcode::Discard,
-            RequestKind::WriteZeroes => AioOpcode::WriteZeroes,
+            RequestKind::Read => (AioOpcode::Read, Kind::Read),
+            RequestKind::Write => (AioOpcode::Write, Kind::Write),
+            RequestKind::Flush => (AioOpcode::Flush, Kind::Flush),
+            RequestKind::Discard => (AioOpcode::Discard, Kind::Discard),
+            RequestKind::WriteZeroes => (AioOpcode::WriteZeroes, Kind::Write),
         };
         let transfer = matches!(opcode, AioOpcode::Read | AioOpcode::Write);
         let Some(backend) = backend.filter(|_| !transfer || request.len > 0) else {
@@ -250,6 +280,34 @@ impl Active {
             self.finish(head, status, VIRTIO_BLK_S_OK, 1)?;
             return Ok(true);
         };
+        if opcode == AioOpcode::Discard && !backend.discards() {
+            // `discard=ignore`: discarding is advisory, the request does nothing.
+            self.finish(head, status, VIRTIO_BLK_S_OK, 1)?;
+            return Ok(true);
+        }
+        if transfer && fresh && self.throttled(head, opcode == AioOpcode::Write, request.len) {
+            return Ok(false);
+        }
+        let used_len = if opcode == AioOpcode::Read {
+            u32::try_from(request.len + 1).unwrap_or(u32::MAX)
+        } else {
+            1
+        };
+        let zero_write = opcode == AioOpcode::Write
+            && backend.config().detect_zeroes != DetectZeroes::Off
+            && self.data_is_zero();
+        if zero_write || (opcode == AioOpcode::WriteZeroes && request.unmap) {
+            // Zeroes become write-zeroes (`detect-zeroes=`); those that may unmap punch a hole
+            // when the drive allows it (`detect-zeroes=unmap`, `discard=unmap`).
+            opcode = if backend.zeroes_may_unmap() {
+                AioOpcode::Discard
+            } else if backend.supports(AioOpcode::WriteZeroes) {
+                AioOpcode::WriteZeroes
+            } else {
+                opcode
+            };
+        }
+        let transfer = matches!(opcode, AioOpcode::Read | AioOpcode::Write);
         // A buffer a finished request gave back: no allocation per request.
         let mut iovecs = backend.engine().iovec_buffer();
         if transfer {
@@ -267,11 +325,6 @@ impl Active {
                 }
             }
         }
-        let used_len = if opcode == AioOpcode::Read {
-            u32::try_from(request.len + 1).unwrap_or(u32::MAX)
-        } else {
-            1
-        };
         let alignment = backend.alignment();
         let misaligned = transfer && !alignment.fits(request.offset, request.len, &iovecs);
         let (mut offset, mut len) = (request.offset, request.len);
@@ -314,6 +367,16 @@ impl Active {
                 read_modify_write,
             });
         }
+        let mut in_flight = InFlight {
+            opcode,
+            kind,
+            status,
+            expected: 0,
+            bytes: request.len,
+            used_len,
+            started: Instant::now(),
+            bounce: None,
+        };
         if misaligned {
             let bounce = Bounce::new(opcode, offset, len, &self.segments, alignment.offset);
             let Some(mut bounce) = bounce else {
@@ -326,30 +389,21 @@ impl Active {
                 return Ok(true);
             }
             self.batch.push(bounce.request(u64::from(head)));
-            self.inflight[usize::from(head)] = Some(InFlight {
-                opcode,
-                status,
-                expected: bounce.expected(),
-                used_len,
-                bounce: Some(Box::new(bounce)),
-            });
+            in_flight.expected = bounce.expected();
+            in_flight.bounce = Some(Box::new(bounce));
+            self.inflight[usize::from(head)] = Some(in_flight);
             return Ok(false);
         }
         let aio = AioRequest {
             opcode,
             offset,
-            iovecs,
+            iovecs: if transfer { iovecs } else { Vec::new() },
             len,
             tag: u64::from(head),
             keep_alive: Some(self.keep_alive.clone()),
         };
-        self.inflight[usize::from(head)] = Some(InFlight {
-            opcode,
-            status,
-            expected: aio.nbytes(),
-            used_len,
-            bounce: None,
-        });
+        in_flight.expected = aio.nbytes();
+        self.inflight[usize::from(head)] = Some(in_flight);
         if opcode == AioOpcode::Flush && backend.flush_failed() {
             // Sticky: a flush after a failed one fails without asking the kernel.
             let failed = AioCompletion {
@@ -362,6 +416,111 @@ impl Active {
         }
         self.batch.push(aio);
         Ok(false)
+    }
+
+    /// Whether every byte the guest asks to write (the request's segments) is zero.
+    fn data_is_zero(&self) -> bool {
+        let mut chunk = [0u8; 4096];
+        self.segments.iter().all(|seg| {
+            let mut at = 0;
+            while at < seg.len {
+                let n = (seg.len - at).min(chunk.len() as u64) as usize;
+                if self.mem.read(&mut chunk[..n], seg.gpa + at).is_err()
+                    || chunk[..n].iter().any(|&b| b != 0)
+                {
+                    return false;
+                }
+                at += n as u64;
+            }
+            true
+        })
+    }
+
+    /// With I/O limits: whether the read (or write) `head` of `bytes` must wait; if so it is
+    /// queued, and the timer is set for when the first queued request may go. Requests of one
+    /// kind go in order: once one waits, the next of its kind waits behind it.
+    fn throttled(&mut self, head: u16, write: bool, bytes: u64) -> bool {
+        let Some(throttle) = self.throttle.as_mut() else {
+            return false;
+        };
+        let queue = &mut self.held_back[usize::from(write)];
+        if queue.is_empty() && throttle.wait(Instant::now(), write).is_zero() {
+            throttle.account(write, bytes);
+            return false;
+        }
+        let first_waiting = queue.is_empty();
+        queue.push_back((head, bytes));
+        // Behind others of its kind, it goes after them: the timer is set for the first.
+        if first_waiting {
+            self.arm_throttle_timer();
+        }
+        true
+    }
+
+    /// Starts the requests the I/O limits now allow, alternating between reads and writes
+    /// while both wait, then sets the timer for the next one (if any is left).
+    fn release_throttled(
+        &mut self,
+        id: &str,
+        limits: &DiskLimits,
+        mut backend: Option<&mut BlockBackend>,
+    ) -> Result<(), QueueError> {
+        while let Some(throttle) = self.throttle.as_mut() {
+            let now = Instant::now();
+            let first = self.next_kind;
+            let ready = [first, 1 - first].into_iter().find(|&kind| {
+                !self.held_back[kind].is_empty() && throttle.wait(now, kind == 1).is_zero()
+            });
+            let Some(kind) = ready else {
+                break;
+            };
+            let Some((head, bytes)) = self.held_back[kind].pop_front() else {
+                break;
+            };
+            throttle.account(kind == 1, bytes);
+            self.next_kind = 1 - kind;
+            self.start(id, head, limits, backend.as_deref_mut(), false)?;
+        }
+        self.arm_throttle_timer();
+        Ok(())
+    }
+
+    /// Starts every request the I/O limits hold back, now (the backend is going away: they
+    /// are answered by its drain).
+    fn release_all_throttled(
+        &mut self,
+        id: &str,
+        limits: &DiskLimits,
+        mut backend: Option<&mut BlockBackend>,
+    ) -> Result<(), QueueError> {
+        for kind in 0..2 {
+            for (head, _) in std::mem::take(&mut self.held_back[kind]) {
+                self.start(id, head, limits, backend.as_deref_mut(), false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the throttle timer for when the first held-back request may go, or disarms it.
+    fn arm_throttle_timer(&mut self) {
+        let now = Instant::now();
+        let wait = match self.throttle.as_mut() {
+            Some(throttle) => (0..2)
+                .filter(|&kind| !self.held_back[kind].is_empty())
+                .map(|kind| throttle.retry_in(now, kind == 1))
+                .min(),
+            None => None,
+        };
+        // A zero duration would disarm the timer: wait at least a microsecond.
+        let armed = match wait {
+            Some(wait) => self
+                .throttle_timer
+                .reset(wait.max(Duration::from_micros(1)), None),
+            None => self.throttle_timer.clear(),
+        };
+        if let Err(e) = armed {
+            log::error!("virtio-blk: cannot set the throttle timer: {e}");
+        }
     }
 
     /// Writes up to 20 bytes of serial (zero-padded) into the GET_ID buffer; returns the count.
@@ -445,6 +604,7 @@ impl Active {
         let head = done.tag as u16;
         if u64::try_from(done.result).is_ok_and(|n| n == req.expected) {
             let Some(mut bounce) = req.bounce.take() else {
+                self.count_done(&req);
                 return self.finish(head, req.status, VIRTIO_BLK_S_OK, req.used_len);
             };
             let copied = match bounce.step {
@@ -468,7 +628,10 @@ impl Active {
                 Step::Write => Ok(()),
             };
             return match copied {
-                Ok(()) => self.finish(head, req.status, VIRTIO_BLK_S_OK, req.used_len),
+                Ok(()) => {
+                    self.count_done(&req);
+                    self.finish(head, req.status, VIRTIO_BLK_S_OK, req.used_len)
+                }
                 Err(e) => {
                     self.guest_error(
                         id,
@@ -514,8 +677,12 @@ impl Active {
                 self.held.push(head);
                 Ok(())
             }
-            ErrorAction::Ignore => self.finish(head, req.status, VIRTIO_BLK_S_OK, req.used_len),
+            ErrorAction::Ignore => {
+                self.shared.stats.failed(req.kind);
+                self.finish(head, req.status, VIRTIO_BLK_S_OK, req.used_len)
+            }
             _ => {
+                self.shared.stats.failed(req.kind);
                 // Guests can cause these too (e.g. unaligned buffers with O_DIRECT: EINVAL).
                 self.guest_error(
                     id,
@@ -622,6 +789,19 @@ impl BlockState {
                 }),
             )
             .map_err(VirtioError::EventLoop)?;
+        let throttle_timer = match self.add_throttle_timer() {
+            Ok(timer) => timer,
+            Err(e) => {
+                if let Err(e) = self.event_loop.remove(notify.as_raw_fd()) {
+                    log::error!("virtio-blk {}: {e}", self.id);
+                }
+                return Err(e);
+            }
+        };
+        let throttle = self
+            .backend
+            .as_ref()
+            .and_then(|b| Throttle::new(&b.config().throttle, Instant::now()));
         self.active = Some(Active {
             queue,
             keep_alive: KeepAlive::new(mem.clone()),
@@ -636,6 +816,10 @@ impl BlockState {
             held: Vec::new(),
             writes: Vec::new(),
             waiting: VecDeque::new(),
+            throttle,
+            held_back: [VecDeque::new(), VecDeque::new()],
+            next_kind: 0,
+            throttle_timer,
             chain: Vec::with_capacity(size),
             segments: Vec::with_capacity(size),
             batch: Vec::with_capacity(size),
@@ -644,6 +828,70 @@ impl BlockState {
             self.deactivate();
             return Err(e);
         }
+        Ok(())
+    }
+
+    /// A timer for the I/O limits, registered as `<id>-throttle`.
+    fn add_throttle_timer(&self) -> Result<TimerFd, VirtioError> {
+        let timer = TimerFd::new().map_err(|e| VirtioError::EventFd(e.into()))?;
+        // Non-blocking: the timer is read also when it has not fired (new limits).
+        // SAFETY: F_SETFL on a descriptor this function owns; no memory is involved.
+        if unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } < 0 {
+            return Err(VirtioError::EventFd(std::io::Error::last_os_error()));
+        }
+        let weak = self.this.clone();
+        self.event_loop
+            .add(
+                &format!("{}-throttle", self.id),
+                timer.as_raw_fd(),
+                EventSet::IN,
+                Box::new(move |_| match weak.upgrade() {
+                    Some(state) => {
+                        lock(&state).on_throttle_timer();
+                        HandlerAction::Keep
+                    }
+                    None => HandlerAction::Remove,
+                }),
+            )
+            .map_err(VirtioError::EventLoop)?;
+        Ok(timer)
+    }
+
+    /// The throttle timer fired: start what the limits allow now.
+    fn on_throttle_timer(&mut self) {
+        let limits = self.limits();
+        let id = self.id.as_str();
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        // Reading clears the expiry count; a timer re-armed meanwhile reads 0.
+        let _ = active.throttle_timer.wait();
+        if active.broken {
+            return;
+        }
+        let result = active
+            .release_throttled(id, &limits, self.backend.as_mut())
+            .and_then(|()| active.submit(id, self.backend.as_mut()));
+        if let Err(e) = result {
+            active.break_device(id, e);
+        }
+        active.signal(id);
+    }
+
+    /// Changes the current backend's I/O limits (QMP `block_set_io_throttle`): the levels
+    /// start afresh and held-back requests are measured against the new limits.
+    pub(super) fn set_throttle(&mut self, throttle: ThrottleConfig) -> Result<(), VirtioError> {
+        let Some(backend) = self.backend.as_mut() else {
+            return Err(VirtioError::NoBackend {
+                id: self.id.clone(),
+            });
+        };
+        backend.set_throttle(throttle);
+        self.shared.publish_config(backend);
+        if let Some(active) = self.active.as_mut() {
+            active.throttle = Throttle::new(&throttle, Instant::now());
+        }
+        self.on_throttle_timer();
         Ok(())
     }
 
@@ -669,8 +917,10 @@ impl BlockState {
         }
         self.detach_engine();
         if let Some(active) = self.active.take() {
-            if let Err(e) = self.event_loop.remove(active.notify.as_raw_fd()) {
-                log::error!("virtio-blk {}: {e}", self.id);
+            for fd in [active.notify.as_raw_fd(), active.throttle_timer.as_raw_fd()] {
+                if let Err(e) = self.event_loop.remove(fd) {
+                    log::error!("virtio-blk {}: {e}", self.id);
+                }
             }
         }
     }
@@ -692,6 +942,16 @@ impl BlockState {
     /// Drains the engine and answers every drained request, and every request an error
     /// policy held, in the used ring.
     fn drain_and_answer(&mut self) {
+        // What the I/O limits hold back goes now, to be answered by the drain.
+        let limits = self.limits();
+        if let Some(active) = self.active.as_mut() {
+            let released = active
+                .release_all_throttled(&self.id, &limits, self.backend.as_mut())
+                .and_then(|()| active.submit(&self.id, self.backend.as_mut()));
+            if let Err(e) = released {
+                active.break_device(&self.id, e);
+            }
+        }
         self.drain_engine();
         let drained = std::mem::take(&mut self.completions);
         if let Some(active) = self.active.as_mut() {
@@ -725,7 +985,7 @@ impl BlockState {
         let result = (|| {
             for head in held {
                 active.inflight[usize::from(head)] = None;
-                active.start(id, head, &limits, self.backend.as_mut())?;
+                active.start(id, head, &limits, self.backend.as_mut(), false)?;
             }
             active.submit(id, self.backend.as_mut())
         })();
@@ -832,6 +1092,12 @@ impl BlockState {
         }
         self.backend = backend;
         self.backend_generation += 1;
+        if let Some(active) = self.active.as_mut() {
+            active.throttle = self
+                .backend
+                .as_ref()
+                .and_then(|b| Throttle::new(&b.config().throttle, Instant::now()));
+        }
         let attached = self.attach_engine();
         if attached.is_err() {
             self.backend = None;
@@ -906,7 +1172,7 @@ impl BlockState {
         }
         let result = (|| loop {
             while let Some(head) = active.queue.pop_avail(&active.mem)? {
-                active.start(id, head, &limits, self.backend.as_mut())?;
+                active.start(id, head, &limits, self.backend.as_mut(), true)?;
             }
             if !active.queue.enable_notification(&active.mem)? {
                 return active.submit(id, self.backend.as_mut());
