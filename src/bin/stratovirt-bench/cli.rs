@@ -7,6 +7,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use util::aio::AioEngine;
 
 use crate::backing::Backing;
+use crate::drive::DriveOptions;
 use crate::workload::{Pattern, Window};
 
 /// The usage text.
@@ -30,6 +31,9 @@ pattern and queue depth asked for, and fio on the same files as the host's ceili
   --no-event-idx    do not negotiate VIRTIO_F_RING_EVENT_IDX
   --mem-prealloc    also run io_uring with guest RAM preallocated, as -mem-prealloc does
                     (registered as fixed buffers), interleaved with the other engines
+  --drive-options KEY=VALUE,...
+                    -drive keys for every engine's device: throttling.*, discard,
+                    detect-zeroes, direct (wins over the backing's), werror, ...
   --no-fio          skip the fio ceiling
   --label TEXT      a note stored with the results (e.g. what changed)
   --json PATH       write every cell as JSON
@@ -63,6 +67,8 @@ pub struct Options {
     pub event_idx: bool,
     /// Add the `io_uring+prealloc` variant (preallocated guest RAM, fixed buffers).
     pub prealloc: bool,
+    /// `-drive` keys every device is given.
+    pub drive: DriveOptions,
     /// Run fio as the ceiling.
     pub fio: bool,
     /// Free text stored with the results.
@@ -94,6 +100,7 @@ impl Default for Options {
             repeat: 1,
             event_idx: true,
             prealloc: false,
+            drive: DriveOptions::default(),
             fio: true,
             label: String::new(),
             json: None,
@@ -187,6 +194,7 @@ pub fn parse(args: &[String]) -> Result<Options> {
             }
             "--no-event-idx" => opts.event_idx = false,
             "--mem-prealloc" => opts.prealloc = true,
+            "--drive-options" => opts.drive = DriveOptions::parse(value()?)?,
             "--no-fio" => opts.fio = false,
             "--label" => opts.label = value()?.to_string(),
             "--json" => opts.json = Some(PathBuf::from(value()?)),
@@ -278,6 +286,7 @@ mod tests {
             "--bogus",
             "--json",
             "--repeat 0",
+            "--drive-options aio=native",
         ] {
             assert!(parse(&args(bad)).is_err(), "{bad}");
         }

@@ -11,6 +11,7 @@
 
 mod backing;
 mod cli;
+mod drive;
 mod fio;
 mod plot;
 mod report;
@@ -79,6 +80,7 @@ fn meta(opts: &Options) -> Meta {
         size: opts.size,
         repeat: opts.repeat,
         event_idx: opts.event_idx,
+        drive_options: opts.drive.text.clone(),
         command: std::iter::once("stratovirt-bench".to_string())
             .chain(std::env::args().skip(1))
             .collect::<Vec<_>>()
@@ -114,10 +116,8 @@ fn vmm_cell(
     qd: u16,
 ) -> Result<Cell> {
     let mut rig = Rig::new(
-        path,
+        &opts.drive.backend(path, engine.aio, backing),
         RigConfig {
-            aio: engine.aio,
-            direct: backing.direct(),
             event_idx: opts.event_idx,
             prealloc: engine.prealloc,
         },
@@ -188,7 +188,7 @@ fn fio_cell(
     let r = fio::run(
         path,
         opts.size,
-        backing.direct(),
+        opts.drive.direct(backing),
         engine,
         pattern,
         qd,
@@ -227,7 +227,7 @@ fn run_row(
     let mut engines: Vec<VmmEngine> = opts
         .engines
         .iter()
-        .filter(|&&e| backing.direct() || e != AioEngine::Native)
+        .filter(|&&e| opts.drive.direct(backing) || e != AioEngine::Native)
         .map(|&aio| VmmEngine {
             aio,
             prealloc: false,

@@ -82,6 +82,8 @@ pub struct Meta {
     pub repeat: u32,
     /// Whether `VIRTIO_F_RING_EVENT_IDX` was negotiated.
     pub event_idx: bool,
+    /// The `--drive-options` every device was given (empty: none).
+    pub drive_options: String,
     /// The command line.
     pub command: String,
 }
@@ -237,7 +239,7 @@ impl Report {
         let m = &self.meta;
         format!(
             "{} UTC, commit {}, kernel {}, {} CPUs, load {} → {}, {:.1} s warm-up + {:.1} s per \
-             cell{}, {} MiB files, EVENT_IDX {}{}",
+             cell{}, {} MiB files, EVENT_IDX {}{}{}",
             m.date,
             m.commit,
             m.kernel,
@@ -253,6 +255,11 @@ impl Report {
             },
             m.size >> 20,
             if m.event_idx { "on" } else { "off" },
+            if m.drive_options.is_empty() {
+                String::new()
+            } else {
+                format!(", drive options {}", m.drive_options)
+            },
             if m.label.is_empty() {
                 String::new()
             } else {
@@ -352,6 +359,7 @@ mod tests {
                 size: 1 << 30,
                 repeat: 1,
                 event_idx: true,
+                drive_options: "throttling.iops-total=5000".into(),
                 command: String::new(),
             },
             cells,
@@ -372,6 +380,14 @@ mod tests {
             row,
             "| shm | randread | 32 | - | 100K | 130K | 200K | 100K | 1.30 | 0.65 |"
         );
+    }
+
+    #[test]
+    fn conditions_name_the_drive_options() {
+        let r = report(Vec::new());
+        assert!(r
+            .conditions()
+            .contains("drive options throttling.iops-total=5000"));
     }
 
     #[test]

@@ -13,7 +13,6 @@
 //! exactly the work the VMM does for the device (the kernel's share of its system calls
 //! included), and nothing the driver does.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use address_space::{GuestMemory, MemoryOptions};
@@ -22,7 +21,6 @@ use device_model::virtio::driver::{Driver, DriverConfig};
 use device_model::virtio::{
     Block, BlockBackend, BlockBackendConfig, BlockHandle, VirtioDevice, VirtioMmio,
 };
-use util::aio::{AioEngine, ErrorAction};
 use util::event_loop::EventLoopThread;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -38,10 +36,6 @@ pub const QUEUE_SIZE: u16 = device_model::virtio::block::QUEUE_SIZE;
 /// How the drive and the driver are set up for one cell.
 #[derive(Debug, Clone, Copy)]
 pub struct RigConfig {
-    /// The engine of the drive.
-    pub aio: AioEngine,
-    /// Open the file with `O_DIRECT`.
-    pub direct: bool,
     /// Negotiate `VIRTIO_F_RING_EVENT_IDX` (notification and interrupt suppression).
     pub event_idx: bool,
     /// Preallocate guest RAM (`-mem-prealloc`): an io_uring drive then registers it as fixed
@@ -58,19 +52,14 @@ pub struct Rig {
 }
 
 impl Rig {
-    /// Opens `path` as the drive and brings the device up to `DRIVER_OK`.
-    pub fn new(path: &Path, config: RigConfig) -> Result<Rig> {
+    /// Opens `drive` and brings the device up to `DRIVER_OK`.
+    pub fn new(drive: &BlockBackendConfig, config: RigConfig) -> Result<Rig> {
         let options = MemoryOptions {
             prealloc: config.prealloc,
         };
         let mem = Arc::new(GuestMemory::with_options(&[(0, RAM)], &options).context("guest RAM")?);
-        let backend = BlockBackend::open(&BlockBackendConfig {
-            direct: config.direct,
-            aio: config.aio,
-            werror: ErrorAction::Report,
-            ..BlockBackendConfig::new(path)
-        })
-        .with_context(|| format!("drive {} aio={}", path.display(), config.aio))?;
+        let backend = BlockBackend::open(drive)
+            .with_context(|| format!("drive {} aio={}", drive.path.display(), drive.aio))?;
         let iothread = EventLoopThread::spawn("bench-iothread").context("device thread")?;
         let block = Block::new(
             "bench0".into(),

@@ -294,7 +294,8 @@ pub fn run(
 mod tests {
     use super::*;
     use crate::rig::RigConfig;
-    use util::aio::AioEngine;
+    use device_model::virtio::BlockBackendConfig;
+    use util::aio::{AioEngine, ErrorAction};
 
     /// A real device, real engines and a real file: a short cell of each pattern completes
     /// requests, counts them and measures the device thread.
@@ -318,12 +319,16 @@ mod tests {
         ] {
             for pattern in Pattern::ALL {
                 let config = RigConfig {
-                    aio,
-                    direct,
                     event_idx: pattern != Pattern::Mixed,
                     prealloc: false,
                 };
-                let mut rig = Rig::new(&path, config).unwrap();
+                let drive = BlockBackendConfig {
+                    aio,
+                    direct,
+                    werror: ErrorAction::Report,
+                    ..BlockBackendConfig::new(&path)
+                };
+                let mut rig = Rig::new(&drive, config).unwrap();
                 let mut m = run(&mut rig, pattern, 8, (4 << 20) / BLOCK, window).unwrap();
                 assert!(m.ios > 0, "{aio} {pattern:?}: no I/O");
                 assert_eq!(m.errors, 0, "{aio} {pattern:?}");
@@ -341,12 +346,15 @@ mod tests {
         let path = std::env::temp_dir().join(format!("sv-bench-zero-{}.img", std::process::id()));
         std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
         let config = RigConfig {
-            aio: AioEngine::Off,
-            direct: false,
             event_idx: true,
             prealloc: false,
         };
-        let mut rig = Rig::new(&path, config).unwrap();
+        let drive = BlockBackendConfig {
+            aio: AioEngine::Off,
+            direct: false,
+            ..BlockBackendConfig::new(&path)
+        };
+        let mut rig = Rig::new(&drive, config).unwrap();
         let window = Window {
             warmup: Duration::ZERO,
             measure: Duration::from_millis(10),
