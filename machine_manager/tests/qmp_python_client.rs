@@ -1,7 +1,7 @@
 //! QEMU's own Python QMP client (`qemu.qmp` from PyPI) against our server: greeting,
 //! negotiation, commands, error classes and events as a real QMP client library sees them.
 //!
-//! Needs `python3` with the package: `python3 -m pip install 'qemu.qmp==0.0.6'`.
+//! Needs the virtual environment with the package that `scripts/setup-host.sh` makes.
 
 mod qmp_common;
 
@@ -9,25 +9,14 @@ use std::path::Path;
 use std::process::Command;
 
 use qmp_common::Harness;
-
-/// Install command printed when the client library is missing.
-const INSTALL: &str = "python3 -m pip install 'qemu.qmp==0.0.6'";
+use util::testing::qmp_python;
 
 #[test]
 fn qemu_qmp_python_client_drives_the_server() {
-    let probe = Command::new("python3")
-        .args(["-c", "import qemu.qmp"])
-        .output()
-        .unwrap_or_else(|e| panic!("python3 is needed for this test ({e}); then run: {INSTALL}"));
-    assert!(
-        probe.status.success(),
-        "the Python package qemu.qmp is missing; install it with: {INSTALL}\n{}",
-        String::from_utf8_lossy(&probe.stderr)
-    );
-
+    let python = qmp_python();
     let harness = Harness::start("python");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/qmp_client.py");
-    let output = Command::new("python3")
+    let output = Command::new(python)
         .arg(&script)
         .arg(&harness.path)
         .output()
