@@ -2,8 +2,11 @@
 //! boots from a copy of the test root image on /dev/vda (`root=/dev/vda rw`, the kernel
 //! mounts it and writes its superblock), runs a write-then-verify fio job (crc32c) on a
 //! scratch disk (/dev/vdb), and sees a small MBR-partitioned disk read-only (/dev/vdc) with
-//! its partition. The fourth replaceable slot (/dev/vdd) is empty: capacity 0. The native run
-//! also keeps a QMP client connected, which sees the guest's reboot as `SHUTDOWN`.
+//! its partition. The fourth replaceable slot (/dev/vdd) is empty: capacity 0. The root
+//! drive keeps the defaults (`discard=ignore`, `detect-zeroes=off`): the guest kernel sees no
+//! discard and no write-zeroes; the io_uring run's scratch drive has `discard=unmap` and
+//! `detect-zeroes=unmap` and the guest sees both. The native run also keeps a QMP client
+//! connected, which sees the guest's reboot as `SHUTDOWN`.
 //!
 //! Each boot takes minutes on a PVM host (the guest kernel is emulated). They need the test
 //! guest: `scripts/guest/build.sh` (or `STRATOVIRT_GUEST_DIR`).
@@ -59,7 +62,7 @@ fn boot_with_engine(aio: &str, iothread: bool, watch_qmp: bool) {
         cmd.args(["-object", "iothread,id=io1"])
             .arg("-drive")
             .arg(format!(
-                "id=scratch,file={},aio={aio},if=none",
+                "id=scratch,file={},aio={aio},if=none,discard=unmap,detect-zeroes=unmap",
                 scratch.display()
             ))
             .args([
@@ -111,6 +114,12 @@ fn boot_with_engine(aio: &str, iothread: bool, watch_qmp: bool) {
     assert_eq!(blk::field(disk("vda"), "ro"), Some("0"), "{report}");
     assert_eq!(blk::field(disk("vdb"), "ro"), Some("0"), "{report}");
     assert_eq!(blk::field(disk("vdc"), "ro"), Some("1"), "{report}");
+    // Discard and write-zeroes only where the drive asks for them.
+    assert_eq!(blk::field(disk("vda"), "discard"), Some("0"), "{report}");
+    assert_eq!(blk::field(disk("vda"), "wzeroes"), Some("0"), "{report}");
+    let offered = |key| blk::field(disk("vdb"), key).is_some_and(|v| v != "0");
+    assert_eq!(offered("discard"), iothread, "vdb discard\n{report}");
+    assert_eq!(offered("wzeroes"), iothread, "vdb write-zeroes\n{report}");
     if iothread {
         assert_eq!(
             blk::field(disk("vdb"), "serial"),

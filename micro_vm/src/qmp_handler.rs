@@ -230,8 +230,15 @@ impl QmpHandler for MachineQmp {
         throttle: ThrottleConfig,
     ) -> Result<(), QmpError> {
         self.with_blocks(|blocks| {
+            // QEMU's `id` names the device, its `device` the drive: either finds it.
             let slot = blocks
-                .find_device(id)
+                .slots()
+                .iter()
+                .find(|s| {
+                    s.occupant
+                        .as_ref()
+                        .is_some_and(|o| o.device == id || o.node == id)
+                })
                 .ok_or_else(|| QmpError::DeviceNotFound(format!("device {id} not found")))?;
             slot.device.set_throttle(throttle).map_err(generic)?;
             log::info!("qmp: device {id}: I/O limits changed");

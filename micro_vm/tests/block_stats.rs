@@ -1,7 +1,8 @@
 //! A drive's counters over QMP, read by QEMU's own client library (`qemu.qmp`): after the
 //! in-process guest driver has sent a known mix of reads, writes, flushes and one request out
 //! of range to a running VM's device on real KVM (io_uring, on an iothread),
-//! `query-blockstats` reports exactly those numbers and `query-block` the drive's settings.
+//! `query-blockstats` reports exactly those numbers and `query-block` the drive's settings,
+//! which `block_set_io_throttle` then changes.
 
 mod common;
 
@@ -150,6 +151,12 @@ fn query_blockstats_counts_exactly_what_the_driver_sent() {
     assert_eq!(inserted["cache"]["direct"], true, "{block}");
     assert_eq!(inserted["image"]["virtual-size"], IMAGE, "{block}");
 
+    let after = &answer["block_after"][0]["inserted"];
+    assert_eq!(after["iops"], 500, "{after}");
+    assert_eq!(after["iops_max"], 1000, "{after}");
+    assert_eq!(after["iops_max_length"], 2, "{after}");
+    assert_eq!(answer["unknown"], "DeviceNotFound", "{answer}");
+
     let entry = &answer["blockstats"][0];
     assert_eq!(entry["device"], "d0", "{entry}");
     assert_eq!(entry["node-name"], "d0", "{entry}");
@@ -178,7 +185,11 @@ fn query_blockstats_counts_exactly_what_the_driver_sent() {
     for (name, value) in expected {
         assert_eq!(stats[name], value, "{name} in {stats}");
     }
-    for name in ["rd_total_time_ns", "wr_total_time_ns", "flush_total_time_ns"] {
+    for name in [
+        "rd_total_time_ns",
+        "wr_total_time_ns",
+        "flush_total_time_ns",
+    ] {
         assert!(stats[name].as_u64().unwrap() > 0, "{name} in {stats}");
     }
 }

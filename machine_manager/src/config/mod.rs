@@ -154,16 +154,22 @@ Usage: stratovirt [OPTIONS]
   -cpu host[,-FEAT][,+FEAT]   vCPU model and CPUID features to hide or show
   -serial stdio               16550 UART (port 0x3f8, IRQ 4) on stdin/stdout
   -drive id=ID,file=PATH[,readonly=on|off][,direct=on|off][,aio=off|native|io_uring]
-         [,serial=S][,throttling.iops-total=N][,file.locking=on|off|auto][,if=none]
-         [,format=raw][,werror=report|ignore|stop|enospc][,rerror=report|ignore|stop]
+         [,serial=S][,file.locking=on|off|auto][,if=none][,format=raw]
+         [,werror=report|ignore|stop|enospc][,rerror=report|ignore|stop]
+         [,discard=ignore|unmap][,detect-zeroes=off|on|unmap]
+         [,throttling.{iops,bps}-{total,read,write}[-max[-length]]=N]
+         [,throttling.iops-size=N]
                               block backend (a regular file or a block device);
                               direct defaults to on, aio to native (to off with
                               direct=off); file.locking (default auto) takes QEMU's
                               image locks: one writer or many readers; werror
                               (default enospc) and rerror (default report) say what
-                              a failed request does (stop pauses the VM); a drive no
-                              -device uses gets its own virtio-blk device, and may
-                              then omit id
+                              a failed request does (stop pauses the VM); discard
+                              (default ignore) and detect-zeroes (default off) as
+                              in QEMU; throttling.* limits requests or bytes per
+                              second (0 = no limit), -max a burst rate held for
+                              -max-length seconds; a drive no -device uses gets its
+                              own virtio-blk device, and may then omit id
   -device virtio-blk-device,drive=ID,id=DEVID[,serial=S][,iothread=T]
                               virtio-mmio block device on drive ID
   -object iothread,id=T       an I/O thread for devices

@@ -229,7 +229,68 @@ impl ThrottleConfig {
             if limit.max_length > 1 && limit.max == 0 {
                 return Err(format!("{name}-max-length needs {name}-max"));
             }
+            if limit.avg > LIMIT_MAX || limit.max > LIMIT_MAX {
+                return Err(format!("{name} and {name}-max must be at most {LIMIT_MAX}"));
+            }
+            if limit.max > 0 && limit.max_length > LIMIT_MAX / limit.max {
+                return Err(format!(
+                    "{name}-max-length is too long for {name}-max (their product is at most {LIMIT_MAX})"
+                ));
+            }
+        }
+        if self.iops_size > LIMIT_MAX {
+            return Err(format!("iops-size must be at most {LIMIT_MAX}"));
         }
         Ok(())
+    }
+}
+
+/// The largest number a limit may hold (QEMU's `THROTTLE_VALUE_MAX`, 10^15).
+pub const LIMIT_MAX: u64 = 1_000_000_000_000_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(name: &str, limit: Limit) -> ThrottleConfig {
+        let mut config = ThrottleConfig::default();
+        *config.limit_mut(name).unwrap() = limit;
+        config
+    }
+
+    #[test]
+    fn throttle_rules_are_qemus() {
+        let limit = |avg, max, max_length| Limit {
+            avg,
+            max,
+            max_length,
+        };
+        let good = [
+            limit(100, 0, 0),
+            limit(100, 200, 10),
+            limit(LIMIT_MAX, LIMIT_MAX, 1),
+        ];
+        for l in good {
+            assert_eq!(with("bps-read", l).validate(), Ok(()), "{l:?}");
+        }
+        let bad = [
+            (limit(100, 50, 0), "must not be below"),
+            (limit(0, 50, 0), "needs iops-write"),
+            (limit(100, 0, 5), "needs iops-write-max"),
+            (limit(LIMIT_MAX + 1, 0, 0), "at most"),
+            (limit(100, 1_000_000, 1_000_000_000_000), "too long"),
+        ];
+        for (l, words) in bad {
+            let error = with("iops-write", l).validate().unwrap_err();
+            assert!(error.contains(words), "{l:?}: {error}");
+        }
+        let mut both = with("iops-total", limit(10, 0, 0));
+        both.iops_read.avg = 5;
+        assert!(both.validate().unwrap_err().contains("cannot be set with"));
+        let size = ThrottleConfig {
+            iops_size: LIMIT_MAX + 1,
+            ..ThrottleConfig::default()
+        };
+        assert!(size.validate().is_err());
     }
 }
