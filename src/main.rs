@@ -62,7 +62,8 @@ fn run() -> anyhow::Result<()> {
 }
 
 /// `-D FILE` logs to FILE, `-D` to stderr, both at `info`; without `-D` only warnings and
-/// errors reach stderr. `STRATOVIRT_LOG` overrides the level.
+/// errors reach stderr. `STRATOVIRT_LOG_LEVEL` (StratoVirt's variable; `STRATOVIRT_LOG` is
+/// still read when it is unset) overrides the level, wherever the lines go.
 fn init_logging(config: &VmConfig) -> anyhow::Result<()> {
     let (path, level): (Option<&Path>, LevelFilter) = match &config.log {
         None => (None, LevelFilter::Warn),
