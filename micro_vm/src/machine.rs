@@ -184,6 +184,8 @@ impl MicroVm {
 
         let options = MemoryOptions {
             prealloc: config.mem_prealloc,
+            shared: config.mem_share,
+            exclude_from_core_dump: !config.dump_guest_core,
         };
         let mem = Arc::new(
             GuestMemory::with_options(&boot_loader::ram_layout(config.mem_size), &options)

@@ -62,6 +62,7 @@ impl Rig {
     pub fn new(path: &Path, config: RigConfig) -> Result<Rig> {
         let options = MemoryOptions {
             prealloc: config.prealloc,
+            ..MemoryOptions::default()
         };
         let mem = Arc::new(GuestMemory::with_options(&[(0, RAM)], &options).context("guest RAM")?);
         let backend = BlockBackend::open(&BlockBackendConfig {
