@@ -77,6 +77,35 @@ fn unknown_cpu_feature_is_refused() {
 }
 
 #[test]
+fn a_raw_flat_kernel_is_entered_at_16_mib() {
+    // A flat image (no ELF or bzImage header): i8042 reset (out 0xfe to port 0x64), then the
+    // Linux banner that marks it as a raw kernel image.
+    let dir = scratch_dir("raw-kernel");
+    let kernel = dir.join("vmlinux.bin");
+    let mut image = vec![0xb0, 0xfe, 0xe6, 0x64, 0xeb, 0xfe];
+    image.resize(0x100, 0x90);
+    image.extend_from_slice(b"Linux version 0.0 (raw image test)");
+    std::fs::write(&kernel, image).unwrap();
+    let log = dir.join("vmm.log");
+    let mut cmd = stratovirt();
+    cmd.args(["-kernel", kernel.to_str().unwrap(), "-m", "128", "-D"])
+        .arg(&log);
+    let outcome = run(cmd, QUICK);
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        outcome.status.and_then(|s| s.code()),
+        Some(0),
+        "the guest's reset ends the VMM\n{}\n{log}",
+        outcome.report()
+    );
+    assert!(
+        log.contains("Raw kernel loaded, entry 0x1000000"),
+        "{log}"
+    );
+    assert!(log.contains("GuestReset"), "{log}");
+}
+
+#[test]
 fn a_guest_that_triple_faults_ends_the_vmm_with_the_reason() {
     let dir = scratch_dir("ud2");
     let kernel = dir.join("ud2.elf");
