@@ -98,10 +98,7 @@ fn a_raw_flat_kernel_is_entered_at_16_mib() {
         "the guest's reset ends the VMM\n{}\n{log}",
         outcome.report()
     );
-    assert!(
-        log.contains("Raw kernel loaded, entry 0x1000000"),
-        "{log}"
-    );
+    assert!(log.contains("Raw kernel loaded, entry 0x1000000"), "{log}");
     assert!(log.contains("GuestReset"), "{log}");
 }
 

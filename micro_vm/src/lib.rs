@@ -39,6 +39,14 @@ pub enum MachineError {
     /// No `-kernel` was given.
     #[error("no kernel given (use -kernel FILE)")]
     NoKernel,
+    /// A topology whose vCPU count is not the configuration's (the parser never makes one).
+    #[error("{cpus} vCPUs cannot be arranged as {topology:?}")]
+    Topology {
+        /// The vCPU count.
+        cpus: u8,
+        /// The topology.
+        topology: machine_manager::config::CpuTopology,
+    },
     /// `/dev/kvm` could not be opened.
     #[error("cannot open /dev/kvm")]
     OpenKvm(#[source] kvm_ioctls::Error),

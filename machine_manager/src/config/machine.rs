@@ -194,6 +194,11 @@ impl CpuTopology {
             threads: 1,
         }
     }
+
+    /// Number of vCPUs: `sockets * cores * threads`.
+    pub fn cpus(&self) -> usize {
+        usize::from(self.sockets) * usize::from(self.cores) * usize::from(self.threads)
+    }
 }
 
 /// `-smp [cpus=]N[,maxcpus=M][,sockets=S][,dies=1][,clusters=1][,cores=C][,threads=T]`,

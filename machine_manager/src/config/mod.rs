@@ -77,8 +77,9 @@ pub struct VmConfig {
     pub mem_prealloc: bool,
     /// Number of vCPUs (`-smp`).
     pub cpus: u8,
-    /// How the vCPUs are arranged in sockets, cores and threads (`-smp`'s topology keys).
-    pub topology: CpuTopology,
+    /// How the vCPUs are arranged in sockets, cores and threads (`-smp`, completed from its
+    /// topology keys); `None`: one socket of `cpus` single-thread cores.
+    pub topology: Option<CpuTopology>,
     /// The vCPU model and feature changes (`-cpu`).
     pub cpu: CpuConfig,
     /// A 16550 UART on stdio (`-serial stdio`).
@@ -123,7 +124,7 @@ impl Default for VmConfig {
             dump_guest_core: true,
             mem_prealloc: false,
             cpus: 1,
-            topology: CpuTopology::flat(1),
+            topology: None,
             cpu: CpuConfig::default(),
             serial_stdio: false,
             log: None,
@@ -443,7 +444,11 @@ fn apply(
         "initrd" => config.initrd = Some(PathBuf::from(required(value)?)),
         "m" => config.mem_size = machine::parse_memory(&required(value)?)?,
         "mem-prealloc" => config.mem_prealloc = true,
-        "smp" => (config.cpus, config.topology) = machine::parse_smp(&required(value)?)?,
+        "smp" => {
+            let (cpus, topology) = machine::parse_smp(&required(value)?)?;
+            config.cpus = cpus;
+            config.topology = Some(topology);
+        }
         "cpu" => config.cpu = machine::parse_cpu(&required(value)?)?,
         "serial" => config.serial_stdio = machine::parse_serial(&required(value)?)?,
         "D" => {

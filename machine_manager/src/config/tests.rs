@@ -567,10 +567,15 @@ fn machine_keys_reach_the_config() {
     assert_eq!(config.cpus, 4);
     assert_eq!(
         config.topology,
-        CpuTopology {
+        Some(CpuTopology {
             sockets: 2,
             cores: 1,
             threads: 2
-        }
+        })
     );
+    assert_eq!(
+        parse("-smp 3").unwrap().topology,
+        Some(CpuTopology::flat(3))
+    );
+    assert_eq!(parse("").unwrap().topology, None);
 }
