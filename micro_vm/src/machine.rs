@@ -409,9 +409,14 @@ impl MicroVm {
         }
         let supported = cpu::supported_cpuid(&self.kvm)?;
         let count = self.settings.cpus;
+        let topology = cpu::Topology {
+            sockets: self.settings.topology.sockets,
+            cores: self.settings.topology.cores,
+            threads: self.settings.topology.threads,
+        };
         let mut vcpus = Vec::with_capacity(usize::from(count));
         for index in 0..count {
-            let cpuid = cpu::vcpu_cpuid(&supported, &self.settings.cpu_model, index, count)?;
+            let cpuid = cpu::vcpu_cpuid(&supported, &self.settings.cpu_model, index, &topology)?;
             vcpus.push(Vcpu::new(
                 &self.vm,
                 index,
