@@ -385,7 +385,7 @@ fn add_block_device(
 }
 
 /// Makes a 4-byte guest write of `queue` at `address` signal the eventfd `fd` inside KVM.
-fn register_notify(
+pub(crate) fn register_notify(
     vm: &VmFd,
     fd: RawFd,
     address: u64,

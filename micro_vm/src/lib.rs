@@ -12,6 +12,7 @@
 //! - [`process`]: `-daemonize` and `-pidfile`.
 //! - [`signals`]: SIGTERM/SIGINT/SIGHUP end the VM in order.
 //! - [`block_devices`]: the virtio-blk slots, boot-time drives, iothreads, KVM wiring.
+//! - [`rng_devices`]: the virtio-rng devices (after the block slots).
 //! - [`qmp_handler`]: QMP commands carried to the machine.
 //! - [`vmm`]: the [`Vmm`], owner of the VM, its block devices and QMP, and the shutdown path.
 
@@ -21,6 +22,7 @@ pub mod block_devices;
 pub mod machine;
 pub mod process;
 pub mod qmp_handler;
+pub mod rng_devices;
 pub mod signals;
 pub mod stdio;
 pub mod vmm;

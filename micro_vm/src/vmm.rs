@@ -2,7 +2,8 @@
 //! the nodes QMP opened) and the QMP service, and it is the one place where they end.
 //!
 //! ```text
-//!  Vmm::new    MicroVm (KVM, RAM, main loop) ─► BlockDevices (slots, iothreads) ─► QMP server
+//!  Vmm::new    MicroVm (KVM, RAM, main loop) ─► BlockDevices (slots, iothreads) ─► virtio-rng
+//!              devices (main loop; they go with the VM) ─► QMP server
 //!  Vmm::start  vCPUs run
 //!  Vmm::run    main loop until the first exit reason (QMP quit, guest reboot, SIGTERM/SIGINT/
 //!              SIGHUP, a failed vCPU), then the shutdown path:
@@ -29,6 +30,7 @@ use util::event_loop::EventLoop;
 
 use crate::block_devices::{BlockDevices, BlockDevicesError};
 use crate::qmp_handler::QmpService;
+use crate::rng_devices::RngDevicesError;
 use crate::{MachineError, MicroVm, VmExit};
 
 /// Errors of building and running the VMM.
@@ -40,6 +42,9 @@ pub enum VmmError {
     /// The block devices could not be set up.
     #[error(transparent)]
     Block(#[from] BlockDevicesError),
+    /// The entropy devices could not be set up.
+    #[error(transparent)]
+    Rng(#[from] RngDevicesError),
     /// The QMP socket could not be set up.
     #[error(transparent)]
     Qmp(#[from] machine_manager::qmp::QmpServerError),
@@ -61,6 +66,7 @@ impl Vmm {
     pub fn new(config: &VmConfig) -> Result<Vmm> {
         let mut vm = MicroVm::new(config)?;
         let blocks = BlockDevices::attach(&mut vm, config)?;
+        crate::rng_devices::attach(&mut vm, config)?;
         let main_loop = vm.event_loop().clone();
         let vm = Arc::new(vm);
         let blocks = Arc::new(Mutex::new(blocks));

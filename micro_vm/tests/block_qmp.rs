@@ -109,6 +109,46 @@ fn four_replaceable_slots_then_user_devices_in_order() {
 }
 
 #[test]
+fn entropy_devices_follow_the_block_slots() {
+    let dir = Scratch::new("rng-slots");
+    let config = VmConfig {
+        kernel: Some(dir.spin_kernel()),
+        mem_size: 128 << 20,
+        rngs: vec![machine_manager::config::RngConfig {
+            id: "virtio-rng0".into(),
+            object: "objrng0".into(),
+            filename: "/dev/urandom".into(),
+            bytes_per_sec: None,
+        }],
+        ..VmConfig::default()
+    };
+    let mut vm = MicroVm::new(&config).unwrap();
+    let blocks = BlockDevices::attach(&mut vm, &config).unwrap();
+    let rngs = micro_vm::rng_devices::attach(&mut vm, &config).unwrap();
+    assert_eq!(blocks.slots().len(), REPLACEABLE_SLOTS);
+    assert_eq!(rngs.len(), 1);
+    let (slot, handle) = &rngs[0];
+    assert_eq!(slot.index, REPLACEABLE_SLOTS, "after the block slots");
+    assert_eq!(vm.mmio_slots().len(), REPLACEABLE_SLOTS + 1);
+    assert_eq!(handle.id(), "virtio-rng0");
+
+    let mut missing = config.clone();
+    missing.rngs[0].filename = dir.0.join("no-such-entropy");
+    let mut vm = MicroVm::new(&missing).unwrap();
+    let err = micro_vm::rng_devices::attach(&mut vm, &missing).unwrap_err();
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    assert!(
+        text.contains("virtio-rng0") && text.contains("no-such-entropy"),
+        "{text}"
+    );
+}
+
+#[test]
 fn qmp_block_commands_follow_the_node_and_slot_rules() {
     let dir = Scratch::new("qmp");
     let root = dir.disk("root.img", 1 << 20);

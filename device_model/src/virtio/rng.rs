@@ -621,6 +621,16 @@ pub struct RngHandle {
     shared: Arc<Shared>,
 }
 
+impl std::fmt::Debug for RngHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RngHandle")
+            .field("id", &self.shared.id)
+            .field("requests", &self.requests())
+            .field("bytes", &self.bytes())
+            .finish()
+    }
+}
+
 impl RngHandle {
     /// Requests answered with bytes so far.
     pub fn requests(&self) -> u64 {
