@@ -5,66 +5,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::{run, scratch_dir, stratovirt, write_tiny_elf};
-use serde_json::Value;
+use common::{run, scratch_dir, stratovirt, write_tiny_elf, PlainQmp as Plain};
 
 const QUICK: Duration = Duration::from_secs(60);
-
-/// A QMP connection that never negotiates (StratoVirt's way).
-struct Plain {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-}
-
-impl Plain {
-    fn connect(path: &Path) -> Plain {
-        let deadline = Instant::now() + QUICK;
-        let stream = loop {
-            match UnixStream::connect(path) {
-                Ok(stream) => break stream,
-                Err(e) => {
-                    assert!(Instant::now() < deadline, "connect {}: {e}", path.display());
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            }
-        };
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        let mut plain = Plain {
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            writer: stream,
-        };
-        assert!(plain.recv().get("QMP").is_some(), "greeting");
-        plain
-    }
-
-    fn recv(&mut self) -> Value {
-        let mut line = String::new();
-        assert!(self.reader.read_line(&mut line).unwrap() > 0, "QMP closed");
-        assert!(line.ends_with("\r\n"), "{line:?}");
-        serde_json::from_str(line.trim_end()).unwrap()
-    }
-
-    /// Sends `command` and returns its reply, skipping events.
-    fn execute(&mut self, command: &str) -> Value {
-        self.writer
-            .write_all(format!("{{\"execute\":\"{command}\"}}\n").as_bytes())
-            .unwrap();
-        loop {
-            let message = self.recv();
-            if message.get("event").is_none() {
-                return message;
-            }
-        }
-    }
-}
 
 /// Waits until `path` no longer exists.
 fn wait_gone(path: &Path, what: &str) {
