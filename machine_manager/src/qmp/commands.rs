@@ -80,7 +80,8 @@ pub struct DeviceAdd {
     pub drive: String,
     /// The slot index, from `addr` (`"0x1"`, `"1"` or `1`).
     pub slot: usize,
-    /// `serial`: the serial number the guest reads (`VIRTIO_BLK_T_GET_ID`), overriding none.
+    /// `serial`: the serial number the guest reads (`VIRTIO_BLK_T_GET_ID`); the device's own,
+    /// not kept with the node.
     pub serial: Option<String>,
     /// `iothread`: the iothread that must serve the slot.
     pub iothread: Option<String>,
