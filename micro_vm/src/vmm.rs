@@ -5,8 +5,9 @@
 //!  Vmm::new    MicroVm (KVM, RAM, main loop) ─► BlockDevices (slots, iothreads) ─► virtio-rng
 //!              devices (main loop; they go with the VM) ─► QMP server
 //!  Vmm::start  vCPUs run
-//!  Vmm::run    main loop until the first exit reason (QMP quit, guest reboot, SIGTERM/SIGINT/
-//!              SIGHUP, a failed vCPU), then the shutdown path:
+//!  Vmm::run    main loop until the first exit reason (QMP quit, system_reset or
+//!              system_powerdown, guest reboot, SIGTERM/SIGINT/SIGHUP, a failed vCPU), then the
+//!              shutdown path:
 //!                1. stop and join the vCPUs (no more guest requests)
 //!                2. tell a QMP client why (SHUTDOWN event)
 //!                3. shut every block device down on its own thread: answer in-flight
