@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::{anyhow, Context};
 use log::LevelFilter;
 use machine_manager::config::{parse_args, usage, version, ConfigError, VmConfig};
-use micro_vm::process::{daemonize, PidFile};
+use micro_vm::process::{daemonize, DaemonReady, PidFile};
 use micro_vm::Vmm;
 
 fn main() {
@@ -17,17 +17,23 @@ fn main() {
         eprintln!("stratovirt: internal error: {info}");
         std::process::exit(101);
     }));
-    match run() {
+    let mut daemon = None;
+    match run(&mut daemon) {
         Ok(()) => std::process::exit(0),
         Err(e) => {
             let message: Vec<String> = e.chain().map(|cause| cause.to_string()).collect();
-            eprintln!("stratovirt: {}", message.join(": "));
+            let message = message.join(": ");
+            // A daemon's stderr is /dev/null: the process that started it prints the error.
+            if let Some(daemon) = daemon.take() {
+                DaemonReady::failed(daemon, &message);
+            }
+            eprintln!("stratovirt: {message}");
             std::process::exit(1);
         }
     }
 }
 
-fn run() -> anyhow::Result<()> {
+fn run(daemon: &mut Option<DaemonReady>) -> anyhow::Result<()> {
     let args = std::env::args_os()
         .skip(1)
         .map(|arg| {
@@ -48,7 +54,7 @@ fn run() -> anyhow::Result<()> {
         Err(e) => return Err(e.into()),
     };
     if config.daemonize {
-        daemonize()?;
+        *daemon = Some(daemonize()?);
     }
     let _pidfile = config.pidfile.as_deref().map(PidFile::create).transpose()?;
     init_logging(&config)?;
@@ -56,13 +62,17 @@ fn run() -> anyhow::Result<()> {
     // last.
     let vmm = Vmm::new(&config)?;
     vmm.start()?;
+    if let Some(daemon) = daemon.take() {
+        daemon.started();
+    }
     let exit = vmm.run()?;
     log::info!("exiting: {exit:?}");
     Ok(())
 }
 
 /// `-D FILE` logs to FILE, `-D` to stderr, both at `info`; without `-D` only warnings and
-/// errors reach stderr. `STRATOVIRT_LOG` overrides the level.
+/// errors reach stderr. `STRATOVIRT_LOG_LEVEL` (StratoVirt's variable; `STRATOVIRT_LOG` is
+/// still read when it is unset) overrides the level, wherever the lines go.
 fn init_logging(config: &VmConfig) -> anyhow::Result<()> {
     let (path, level): (Option<&Path>, LevelFilter) = match &config.log {
         None => (None, LevelFilter::Warn),

@@ -82,7 +82,7 @@ fn sigterm_during_guest_writes_shuts_down_in_order() {
     assert!(log.contains("shutdown complete"), "{log}");
     let warnings: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .filter(|l| l.contains(":WARN: ") || l.contains(":ERROR: "))
         .collect();
     assert!(warnings.is_empty(), "{warnings:#?}");
 

@@ -17,15 +17,21 @@
 //!
 //! With [`MemoryOptions::prealloc`] every page is made resident when the memory is created
 //! (`-mem-prealloc`: io_uring fixed buffers are only registered over resident guest RAM).
+//! With [`MemoryOptions::shared`] each region is a memfd mapped `MAP_SHARED`
+//! (`-machine mem-share=on`): another process handed the memfd ([`RamRegion::memfd`]), such as a
+//! vhost-user backend, maps the same pages. With [`MemoryOptions::exclude_from_core_dump`]
+//! (`-machine dump-guest-core=off`) the mappings are marked `MADV_DONTDUMP`.
 //!
 //! The reasoning behind all of this is in `docs/guest-memory.md`.
 
+use std::fs::File;
 use std::io;
+use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
 use std::sync::atomic::AtomicU16;
 
 use vm_memory::{
-    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
-    MemoryRegionAddress, MmapRegion, VolatileMemory, VolatileSlice,
+    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap, MemoryRegionAddress, MmapRegion, VolatileMemory, VolatileSlice,
 };
 
 use crate::{AddressSpaceError, Result};
@@ -58,12 +64,19 @@ struct Pod<T>(T);
 // holds no reference, and is `Copy + Send + Sync` because `T` is.
 unsafe impl<T: ByteValued> vm_memory::ByteValued for Pod<T> {}
 
-/// How guest RAM is set up.
+/// How guest RAM is set up. The default is private anonymous memory, resident on first
+/// touch, included in core dumps.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MemoryOptions {
     /// Make every page resident at creation (`-mem-prealloc`) instead of at the guest's
     /// first touch.
     pub prealloc: bool,
+    /// Back each region with a memfd mapped `MAP_SHARED` (`-machine mem-share=on`), so that
+    /// another process can map guest RAM through [`RamRegion::memfd`].
+    pub shared: bool,
+    /// Keep guest RAM out of core dumps of this process (`MADV_DONTDUMP`,
+    /// `-machine dump-guest-core=off`).
+    pub exclude_from_core_dump: bool,
 }
 
 /// One contiguous range of guest RAM backed by one host mapping.
@@ -72,6 +85,7 @@ pub struct RamRegion {
     guest_base: u64,
     size: u64,
     host: u64,
+    memfd: Option<RawFd>,
 }
 
 impl RamRegion {
@@ -90,6 +104,13 @@ impl RamRegion {
     pub fn host_address(&self) -> u64 {
         self.host
     }
+
+    /// The memfd behind the region when guest RAM is shared ([`MemoryOptions::shared`]); the
+    /// region starts at offset 0 of it. The descriptor belongs to the [`GuestMemory`] and is
+    /// closed with it: pass it on (e.g. with `SCM_RIGHTS`), never close it.
+    pub fn memfd(&self) -> Option<RawFd> {
+        self.memfd
+    }
 }
 
 /// Guest RAM: a set of non-overlapping regions, shared by vCPUs and devices.
@@ -100,11 +121,27 @@ pub struct GuestMemory {
     /// The same regions as plain values, in ascending guest address order.
     regions: Vec<RamRegion>,
     preallocated: bool,
+    shared: bool,
 }
 
-/// Flags of every guest RAM mapping: private anonymous memory, no swap reservation (the
-/// kernel commits pages when they are first touched, or at once with preallocation).
+/// Flags of private guest RAM mappings: anonymous memory, no swap reservation (the kernel
+/// commits pages when they are first touched, or at once with preallocation).
 const MAP_FLAGS: i32 = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+/// Flags of shared guest RAM mappings (a memfd each); pages are allocated on first touch.
+const SHARED_MAP_FLAGS: i32 = libc::MAP_SHARED | libc::MAP_NORESERVE;
+
+/// A memfd of `size` bytes for one shared region.
+fn create_memfd(size: u64) -> io::Result<File> {
+    // SAFETY: the name is a NUL-terminated string that outlives the call; the flags are valid.
+    let fd = unsafe { libc::memfd_create(c"stratovirt-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a descriptor memfd_create just returned, owned by nothing else.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(size)?;
+    Ok(file)
+}
 
 /// Stride of the fallback that touches guest RAM page by page: the smallest page size Linux
 /// uses, so every page is touched whatever the host's page size.
@@ -132,17 +169,32 @@ impl GuestMemory {
                 size,
             };
             let len = usize::try_from(size).map_err(|_| bad_layout())?;
-            let mapping =
-                MmapRegion::<()>::build(None, len, libc::PROT_READ | libc::PROT_WRITE, MAP_FLAGS)
-                    .map_err(|e| AddressSpaceError::Mmap {
-                    size,
-                    source: match e {
-                        vm_memory::mmap::MmapRegionError::Mmap(errno) => errno,
-                        other => io::Error::other(other),
-                    },
-                })?;
+            let (file_offset, flags) = if options.shared {
+                let memfd = create_memfd(size)
+                    .map_err(|source| AddressSpaceError::Memfd { size, source })?;
+                (Some(FileOffset::new(memfd, 0)), SHARED_MAP_FLAGS)
+            } else {
+                (None, MAP_FLAGS)
+            };
+            let mapping = MmapRegion::<()>::build(
+                file_offset,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+            )
+            .map_err(|e| AddressSpaceError::Mmap {
+                size,
+                source: match e {
+                    vm_memory::mmap::MmapRegionError::Mmap(errno) => errno,
+                    other => io::Error::other(other),
+                },
+            })?;
             advise(&mapping, libc::MADV_HUGEPAGE)
                 .unwrap_or_else(|e| log::debug!("no transparent huge pages for guest RAM: {e}"));
+            if options.exclude_from_core_dump {
+                advise(&mapping, libc::MADV_DONTDUMP)
+                    .map_err(|source| AddressSpaceError::DontDump { size, source })?;
+            }
             if options.prealloc {
                 populate(&mapping)
                     .map_err(|source| AddressSpaceError::Prealloc { size, source })?;
@@ -151,6 +203,7 @@ impl GuestMemory {
                 guest_base,
                 size,
                 host: mapping.as_ptr() as u64,
+                memfd: mapping.file_offset().map(|f| f.file().as_raw_fd()),
             });
             mapped.push(
                 GuestRegionMmap::new(mapping, GuestAddress(guest_base)).ok_or_else(bad_layout)?,
@@ -170,7 +223,13 @@ impl GuestMemory {
             mmap,
             regions,
             preallocated: options.prealloc,
+            shared: options.shared,
         })
+    }
+
+    /// Whether guest RAM is shared memfds ([`MemoryOptions::shared`]).
+    pub fn shared(&self) -> bool {
+        self.shared
     }
 
     /// The regions, in ascending guest address order.
@@ -352,9 +411,10 @@ fn checked_layout(layout: &[(u64, u64)]) -> Result<Vec<(u64, u64)>> {
 /// `madvise(advice)` on the whole of `mapping`.
 fn advise(mapping: &MmapRegion, advice: i32) -> io::Result<()> {
     // SAFETY: the range is exactly the mapping `mapping` owns, which stays mapped while it is
-    // borrowed. The advice values used here (`MADV_HUGEPAGE`, `MADV_POPULATE_WRITE`) never
-    // change the contents of memory or unmap it: they only choose the page size and fault pages
-    // in, as a write of the byte already there would.
+    // borrowed. The advice values used here (`MADV_HUGEPAGE`, `MADV_POPULATE_WRITE`,
+    // `MADV_DONTDUMP`) never change the contents of memory or unmap it: they only choose the
+    // page size, fault pages in (as a write of the byte already there would), or leave the
+    // range out of core dumps.
     let ret = unsafe { libc::madvise(mapping.as_ptr().cast(), mapping.size(), advice) };
     if ret == 0 {
         Ok(())
@@ -564,6 +624,79 @@ mod tests {
         });
     }
 
+    /// The `VmFlags` line of the mapping that starts at `address`, from /proc/self/smaps.
+    fn vm_flags(address: u64) -> String {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let start = format!("{address:x}-");
+        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&start));
+        assert!(lines.next().is_some(), "no mapping at {address:#x}");
+        lines
+            .find_map(|l| l.strip_prefix("VmFlags:"))
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn shared_memory_is_a_memfd_another_mapping_sees() {
+        use std::os::unix::fs::FileExt;
+        let options = MemoryOptions {
+            shared: true,
+            ..MemoryOptions::default()
+        };
+        let mem = GuestMemory::with_options(&[(0, 0x10000), (0x100000, 0x2000)], &options).unwrap();
+        assert!(mem.shared());
+        mem.write(b"guest bytes", 0x100ff8).unwrap();
+        let region = mem.regions()[1];
+        let fd = region.memfd().expect("a shared region has a memfd");
+        // Read through the memfd itself: the same pages, not a copy.
+        let borrowed = std::mem::ManuallyDrop::new(
+            // SAFETY: `fd` is open while `mem` lives; ManuallyDrop keeps this view from
+            // closing it.
+            unsafe { File::from_raw_fd(fd) },
+        );
+        assert_eq!(borrowed.metadata().unwrap().len(), 0x2000);
+        let mut seen = [0u8; 11];
+        borrowed.read_exact_at(&mut seen, 0xff8).unwrap();
+        assert_eq!(&seen, b"guest bytes");
+        borrowed.write_all_at(b"peer", 0x10).unwrap();
+        let mut back = [0u8; 4];
+        mem.read(&mut back, 0x100010).unwrap();
+        assert_eq!(&back, b"peer");
+        let flags = vm_flags(region.host_address());
+        assert!(flags.contains(" sh"), "MAP_SHARED: {flags}");
+        assert!(!flags.contains(" dd"), "dumped by default: {flags}");
+        let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
+        assert!(
+            link.to_string_lossy()
+                .starts_with("/memfd:stratovirt-guest-ram"),
+            "{link:?}"
+        );
+
+        let private = GuestMemory::new(&[(0, 0x1000)]).unwrap();
+        assert!(!private.shared());
+        assert_eq!(private.regions()[0].memfd(), None);
+        assert!(!vm_flags(private.regions()[0].host_address()).contains(" sh"));
+    }
+
+    #[test]
+    fn excluded_memory_is_marked_dontdump() {
+        for shared in [false, true] {
+            let options = MemoryOptions {
+                shared,
+                exclude_from_core_dump: true,
+                prealloc: shared,
+            };
+            let mem = GuestMemory::with_options(&[(0, 0x4000)], &options).unwrap();
+            let flags = vm_flags(mem.regions()[0].host_address());
+            assert!(
+                flags.contains(" dd"),
+                "MADV_DONTDUMP (shared {shared}): {flags}"
+            );
+            mem.write_obj(&7u32, 0x3ffc).unwrap();
+            assert_eq!(mem.read_obj::<u32>(0x3ffc).unwrap(), 7);
+        }
+    }
+
     /// This process's resident set size in bytes.
     fn rss() -> u64 {
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -595,7 +728,10 @@ mod tests {
         assert!(!lazy.preallocated());
         drop(lazy);
 
-        let prealloc = MemoryOptions { prealloc: true };
+        let prealloc = MemoryOptions {
+            prealloc: true,
+            ..MemoryOptions::default()
+        };
         let (eager, eager_growth) =
             grown(&|| GuestMemory::with_options(&[(0, SIZE)], &prealloc).unwrap());
         assert!(eager.preallocated());

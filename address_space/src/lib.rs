@@ -2,8 +2,8 @@
 //!
 //! - [`GuestMemory`]: guest RAM, anonymous host mappings managed by the rust-vmm `vm-memory`
 //!   crate; every access is bounds-checked and goes through vm-memory's volatile accessors
-//!   (the guest writes its RAM while we read it), and RAM can be preallocated
-//!   ([`MemoryOptions`]). See `docs/guest-memory.md`.
+//!   (the guest writes its RAM while we read it), and RAM can be preallocated, shared
+//!   (memfds) or kept out of core dumps ([`MemoryOptions`]). See `docs/guest-memory.md`.
 //! - [`Bus`]: the port-I/O and MMIO buses that devices register address ranges on.
 
 #![deny(missing_docs)]
@@ -30,6 +30,24 @@ pub enum AddressSpaceError {
     #[error("cannot preallocate {size} bytes of guest RAM")]
     Prealloc {
         /// Size of the region being preallocated.
+        size: u64,
+        /// The errno.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The memfd behind a shared RAM region could not be created or sized.
+    #[error("cannot create a {size}-byte memfd for shared guest RAM")]
+    Memfd {
+        /// Size of the region.
+        size: u64,
+        /// The errno.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Guest RAM could not be kept out of core dumps (`MADV_DONTDUMP`).
+    #[error("cannot exclude {size} bytes of guest RAM from core dumps")]
+    DontDump {
+        /// Size of the region.
         size: u64,
         /// The errno.
         #[source]

@@ -180,7 +180,7 @@ fn physical_entry(entry: u64, segments: &[Elf64ProgramHeader]) -> Result<u64> {
 }
 
 /// A setup header for a kernel that has none, with what the kernel reads from it.
-fn synthesized_header() -> SetupHeader {
+pub(crate) fn synthesized_header() -> SetupHeader {
     SetupHeader {
         boot_flag: BOOT_FLAG,
         header: HDR_MAGIC,

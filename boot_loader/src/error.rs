@@ -50,8 +50,8 @@ pub enum BootError {
         /// Size of the file.
         file_len: u64,
     },
-    /// The kernel file is neither a bzImage nor an ELF vmlinux.
-    #[error("{} is not a Linux kernel (bzImage or ELF vmlinux)", path.display())]
+    /// The kernel file is neither a bzImage, an ELF vmlinux nor a raw vmlinux.bin.
+    #[error("{} is not a Linux kernel (bzImage, ELF vmlinux, or raw vmlinux.bin with the Linux banner)", path.display())]
     NotAKernel {
         /// The file.
         path: PathBuf,

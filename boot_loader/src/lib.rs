@@ -1,4 +1,5 @@
-//! x86_64 Linux direct boot: loads a bzImage or an ELF `vmlinux`, an optional initrd and the
+//! x86_64 Linux direct boot: loads a bzImage, an ELF `vmlinux` or a raw `vmlinux.bin` (the flat
+//! binary `objcopy -O binary` makes, loaded at 16 MiB as StratoVirt does), an optional initrd and the
 //! command line into guest RAM, and writes everything a vCPU needs to enter the kernel's
 //! 64-bit entry point: `boot_params` with its e820 map, a GDT, an empty IDT, identity page
 //! tables and an MP table for the vCPUs.
@@ -7,7 +8,8 @@
 //! create guest RAM so that the e820 map, derived from the RAM regions, agrees with it.
 //!
 //! Invariants:
-//! - The kernel file's type is decided by content, never by its name.
+//! - The kernel file's type is decided by content, never by its name: ELF magic, then the
+//!   bzImage setup header, then the Linux banner of a raw image (see `raw.rs`).
 //! - Every read of a kernel or initrd file is bounds-checked against the file's size, and
 //!   every write to guest memory goes through `GuestMemory`: a malformed file is a
 //!   [`BootError`], never a panic or a write outside guest RAM.
@@ -30,6 +32,7 @@ mod kernel;
 pub mod layout;
 mod mptable;
 mod paging;
+mod raw;
 
 use std::path::PathBuf;
 
@@ -50,6 +53,7 @@ pub use layout::{
     VIRTIO_MMIO_SIZE,
 };
 pub use mptable::MAX_CPUS;
+pub use raw::{LINUX_BANNER, RAW_KERNEL_ADDR};
 
 use layout::{
     BOOT_PARAMS_ADDR, BOOT_STACK_TOP, CMDLINE_ADDR, CMDLINE_MAX_SIZE, GDT_ADDR, IDT_ADDR,
@@ -61,7 +65,7 @@ const PAGE_SIZE: u64 = 0x1000;
 /// What to boot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BootConfig {
-    /// The kernel: a bzImage or an ELF vmlinux.
+    /// The kernel: a bzImage, an ELF vmlinux or a raw vmlinux.bin.
     pub kernel: PathBuf,
     /// An optional initrd/initramfs image.
     pub initrd: Option<PathBuf>,
@@ -78,6 +82,8 @@ pub enum KernelKind {
     BzImage,
     /// An uncompressed ELF vmlinux, entered at `startup_64`.
     Elf,
+    /// A raw `vmlinux.bin` (flat binary), loaded and entered at [`RAW_KERNEL_ADDR`].
+    Raw,
 }
 
 /// Where the vCPU starts, and where the boot structures are.
@@ -173,6 +179,8 @@ fn load_kernel(
         Ok((KernelKind::Elf, elf::load(file, mem)?))
     } else if bzimage::looks_like_bzimage(file)? {
         Ok((KernelKind::BzImage, bzimage::load(file, mem, low_end)?))
+    } else if raw::has_linux_banner(file)? {
+        Ok((KernelKind::Raw, raw::load(file, mem, low_end)?))
     } else {
         Err(BootError::NotAKernel {
             path: file.path().to_path_buf(),

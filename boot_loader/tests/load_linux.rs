@@ -4,7 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use address_space::GuestMemory;
-use boot_loader::{load_linux, ram_layout, BootConfig, BootError, KernelKind, MMIO_HOLE_START};
+use boot_loader::{
+    load_linux, ram_layout, BootConfig, BootError, KernelKind, LINUX_BANNER, MMIO_HOLE_START,
+    RAW_KERNEL_ADDR,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -226,6 +229,57 @@ fn elf_vmlinux_loads_at_its_physical_addresses() {
     assert_eq!(u32_at(&mem, 0x7000 + 0x218), 0, "no initrd");
 }
 
+/// A flat image: `code` at its start, the Linux banner `banner_at` bytes in.
+fn raw_image(code: &[u8], banner_at: usize, len: usize) -> Vec<u8> {
+    let mut image = vec![0u8; len];
+    image[..code.len()].copy_from_slice(code);
+    image[banner_at..banner_at + LINUX_BANNER.len()].copy_from_slice(LINUX_BANNER);
+    image
+}
+
+#[test]
+fn raw_vmlinux_bin_loads_at_16_mib_with_an_initrd_above_it() {
+    // The banner straddles the 1 MiB boundary of the scan, as it may in a real image.
+    let image = raw_image(&[0xf4, 0xeb, 0xfd], (1 << 20) - 5, 3 << 20);
+    let kernel = TempFile::new("vmlinux.bin", &image);
+    let initrd = TempFile::new("initrd", &[0x5a; 0x3000]);
+    let mem = guest(256 * MIB);
+    let cmdline = "console=ttyS0 root=/dev/vda";
+    let layout = load_linux(&mem, &config(&kernel.0, Some(&initrd.0), cmdline)).unwrap();
+    assert_eq!(layout.kind, KernelKind::Raw);
+    assert_eq!((layout.entry, RAW_KERNEL_ADDR), (0x100_0000, 0x100_0000));
+    assert_eq!(read_bytes(&mem, RAW_KERNEL_ADDR, image.len()), image);
+    check_common(&mem, cmdline);
+    let ramdisk = u64::from(u32_at(&mem, 0x7000 + 0x218));
+    assert!(
+        ramdisk >= RAW_KERNEL_ADDR + image.len() as u64,
+        "{ramdisk:#x}"
+    );
+    assert_eq!(read_bytes(&mem, ramdisk, 16), vec![0x5a; 16]);
+}
+
+#[test]
+fn raw_images_must_carry_the_banner_and_fit() {
+    let no_banner = TempFile::new("flat.bin", &[0x90; 0x10000]);
+    let mem = guest(256 * MIB);
+    let err = load_linux(&mem, &config(&no_banner.0, None, "")).unwrap_err();
+    assert!(matches!(err, BootError::NotAKernel { .. }), "{err}");
+    // 128 MiB of RAM ends before a 120 MiB image loaded at 16 MiB does.
+    let huge = TempFile::new("huge.bin", &raw_image(&[0xf4], 100, 120 << 20));
+    let mem = guest(128 * MIB);
+    let err = load_linux(&mem, &config(&huge.0, None, "")).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BootError::KernelTooLarge {
+                load_addr: 0x100_0000,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
 #[test]
 fn elf_virtual_entry_is_translated() {
     let file = TempFile::new("vmlinux", &elf(0xffff_ffff_8100_0100, &[kernel_segment()]));
@@ -349,7 +403,7 @@ fn files_that_are_not_kernels_are_refused() {
     assert!(matches!(err, BootError::NotAKernel { .. }), "{err}");
     assert!(err
         .to_string()
-        .contains("not a Linux kernel (bzImage or ELF vmlinux)"));
+        .contains("not a Linux kernel (bzImage, ELF vmlinux, or raw vmlinux.bin"));
     assert!(matches!(
         load_err(b"", None, "", 256 * MIB),
         BootError::NotAKernel { .. }
@@ -649,11 +703,25 @@ fn real_guest_kernels_load() {
         return;
     };
     let mut found = 0;
-    for (name, kind) in [
-        ("vmlinux", KernelKind::Elf),
-        ("bzImage", KernelKind::BzImage),
+    // The quick start's raw image: `objcopy -O binary vmlinux vmlinux.bin`.
+    let raw = TempFile::new("vmlinux.bin", &[]);
+    let objcopy = std::process::Command::new("objcopy")
+        .args(["-O", "binary"])
+        .arg(dir.join("vmlinux"))
+        .arg(&raw.0)
+        .status();
+    let raw_made = matches!(objcopy, Ok(status) if status.success());
+    if !raw_made {
+        eprintln!("note: objcopy -O binary failed or is missing ({objcopy:?}), raw not tested");
+    }
+    for (name, kind, path) in [
+        ("vmlinux", KernelKind::Elf, dir.join("vmlinux")),
+        ("bzImage", KernelKind::BzImage, dir.join("bzImage")),
+        ("vmlinux.bin", KernelKind::Raw, raw.0.clone()),
     ] {
-        let path = dir.join(name);
+        if kind == KernelKind::Raw && !raw_made {
+            continue;
+        }
         if !path.exists() {
             eprintln!("note: {} absent, not tested", path.display());
             continue;
@@ -670,6 +738,14 @@ fn real_guest_kernels_load() {
                 // ELF vmlinux: entry is phys_startup_64, the physical e_entry.
                 let e_entry = u64::from_le_bytes(image[24..32].try_into().unwrap());
                 assert_eq!(layout.entry, e_entry);
+            }
+            KernelKind::Raw => {
+                // The flat image starts at CONFIG_PHYSICAL_START with startup_64, which is
+                // where the ELF's e_entry points.
+                let elf = std::fs::read(dir.join("vmlinux")).unwrap();
+                let e_entry = u64::from_le_bytes(elf[24..32].try_into().unwrap());
+                assert_eq!(layout.entry, e_entry);
+                assert_eq!(read_bytes(&mem, RAW_KERNEL_ADDR, 4096), image[..4096]);
             }
             KernelKind::BzImage => {
                 let pref = u64::from_le_bytes(image[0x258..0x260].try_into().unwrap());

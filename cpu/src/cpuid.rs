@@ -3,7 +3,8 @@
 //!
 //! Invariants:
 //! - Only bits KVM reports as supported are ever set, except the hypervisor bit and the
-//!   topology fields, which describe the VM itself.
+//!   topology fields, which describe the VM itself ([`Topology`]: sockets of cores of threads,
+//!   `-smp`; vCPU `i` has APIC id `i`, threads and cores numbered in the low bits).
 //! - Hiding XSAVE also clears OSXSAVE and removes every subleaf of leaf 0xd (the state
 //!   components an XSAVE-less guest must not see; an absent leaf reads as zero).
 //! - KVM may not honour every hidden bit: a PVM host's KVM ORs the host's own bits back into
@@ -260,11 +261,62 @@ pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId> {
         .map_err(CpuError::SupportedCpuid)
 }
 
-/// The CPUID table for vCPU `index` of `count`, from KVM's `supported` set and `model`.
-pub fn vcpu_cpuid(supported: &CpuId, model: &CpuModel, index: u8, count: u8) -> Result<CpuId> {
+/// How the vCPUs are arranged: `sockets` packages of `cores` cores of `threads` threads.
+///
+/// vCPU `i` has APIC id `i`, so the ids must be dense: `threads` is a power of two, and so is
+/// `cores` when there is more than one socket (the command line checks this).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Topology {
+    /// Packages.
+    pub sockets: u8,
+    /// Cores per package.
+    pub cores: u8,
+    /// Threads per core.
+    pub threads: u8,
+}
+
+impl Topology {
+    /// One package of `count` single-thread cores.
+    pub fn flat(count: u8) -> Topology {
+        Topology {
+            sockets: 1,
+            cores: count.max(1),
+            threads: 1,
+        }
+    }
+
+    /// Bits of APIC id that number the threads of a core.
+    fn thread_bits(&self) -> u32 {
+        bits_for(u32::from(self.threads))
+    }
+
+    /// Bits of APIC id that number the threads of a package (cores and threads).
+    fn package_bits(&self) -> u32 {
+        self.thread_bits() + bits_for(u32::from(self.cores))
+    }
+
+    /// Logical processors per package.
+    fn per_package(&self) -> u32 {
+        u32::from(self.cores.max(1)) * u32::from(self.threads.max(1))
+    }
+}
+
+/// The bits needed to number `count` items (0 for one).
+fn bits_for(count: u32) -> u32 {
+    32 - count.max(1).saturating_sub(1).leading_zeros()
+}
+
+/// The CPUID table for vCPU `index` (APIC id `index`) arranged as `topology`, from KVM's
+/// `supported` set and `model`.
+pub fn vcpu_cpuid(
+    supported: &CpuId,
+    model: &CpuModel,
+    index: u8,
+    topology: &Topology,
+) -> Result<CpuId> {
     let mut entries: Vec<kvm_cpuid_entry2> = supported.as_slice().to_vec();
     for entry in entries.iter_mut() {
-        shape_entry(entry, model, index, count);
+        shape_entry(entry, model, index, topology);
     }
     if model.hides_xsave() {
         // An absent leaf reads as zero. A present one, even zeroed, is not enough on a PVM
@@ -304,14 +356,16 @@ fn register(entry: &kvm_cpuid_entry2, reg: Reg) -> u32 {
     }
 }
 
-fn shape_entry(entry: &mut kvm_cpuid_entry2, model: &CpuModel, index: u8, count: u8) {
+fn shape_entry(entry: &mut kvm_cpuid_entry2, model: &CpuModel, index: u8, topology: &Topology) {
     let apic_id = u32::from(index);
-    let count32 = u32::from(count.max(1));
+    let per_package = topology.per_package();
+    let threads = u32::from(topology.threads.max(1));
+    let cores = u32::from(topology.cores.max(1));
     match entry.function {
         1 => {
-            entry.ebx = (entry.ebx & 0x0000_ffff) | (apic_id << 24) | (count32 << 16);
+            entry.ebx = (entry.ebx & 0x0000_ffff) | (apic_id << 24) | (per_package << 16);
             entry.ecx |= HYPERVISOR_BIT;
-            if count32 > 1 {
+            if per_package > 1 {
                 entry.edx |= HTT_BIT;
             } else {
                 entry.edx &= !HTT_BIT;
@@ -319,23 +373,22 @@ fn shape_entry(entry: &mut kvm_cpuid_entry2, model: &CpuModel, index: u8, count:
         }
         4 => {
             // EAX[31:26]: cores per package - 1; EAX[25:14]: logical CPUs sharing the cache
-            // - 1 (one core per CPU, one thread per core; the last level is shared).
+            // - 1 (levels 1 and 2 belong to a core, the last level to the package).
             let level = (entry.eax >> 5) & 0x7;
-            let sharing = if level >= 3 { count32 - 1 } else { 0 };
-            entry.eax = (entry.eax & 0x3fff) | ((count32 - 1) << 26) | (sharing << 14);
+            let sharing = if level >= 3 { per_package } else { threads } - 1;
+            entry.eax = (entry.eax & 0x3fff) | ((cores - 1) << 26) | (sharing << 14);
         }
         0xb | 0x1f => {
-            // Extended topology: level 0 = SMT (one thread per core), level 1 = core.
-            let core_shift = 32 - (count32 - 1).leading_zeros();
+            // Extended topology: level 0 = SMT, level 1 = core (up to the package).
             match entry.index {
                 0 => {
-                    entry.eax = 0;
-                    entry.ebx = 1;
+                    entry.eax = topology.thread_bits();
+                    entry.ebx = threads;
                     entry.ecx = 1 << 8;
                 }
                 1 => {
-                    entry.eax = core_shift;
-                    entry.ebx = count32;
+                    entry.eax = topology.package_bits();
+                    entry.ebx = per_package;
                     entry.ecx = 1 | (2 << 8);
                 }
                 other => {
@@ -347,14 +400,14 @@ fn shape_entry(entry: &mut kvm_cpuid_entry2, model: &CpuModel, index: u8, count:
             entry.edx = apic_id;
         }
         0x8000_0008 => {
-            // AMD: ECX[15:12] = APIC id bits for the core, ECX[7:0] = cores per package - 1.
-            let core_shift = 32 - (count32 - 1).leading_zeros();
-            entry.ecx = (entry.ecx & !0xf0ff) | (core_shift << 12) | (count32 - 1);
+            // AMD: ECX[15:12] = APIC id bits for the package, ECX[7:0] = threads per
+            // package - 1.
+            entry.ecx = (entry.ecx & !0xf0ff) | (topology.package_bits() << 12) | (per_package - 1);
         }
         0x8000_001e => {
-            // AMD extended APIC id, core id (one thread per core), node 0 of 1.
+            // AMD extended APIC id; EBX: core id, threads per core - 1; node 0 of 1.
             entry.eax = apic_id;
-            entry.ebx = apic_id & 0xff;
+            entry.ebx = ((apic_id >> topology.thread_bits()) & 0xff) | ((threads - 1) << 8);
             entry.ecx = 0;
             entry.edx = 0;
         }
@@ -390,8 +443,18 @@ mod tests {
     }
 
     fn shaped(function: u32, index: u32, model: &CpuModel, cpu: u8, count: u8) -> kvm_cpuid_entry2 {
+        shaped_in(function, index, model, cpu, Topology::flat(count))
+    }
+
+    fn shaped_in(
+        function: u32,
+        index: u32,
+        model: &CpuModel,
+        cpu: u8,
+        topology: Topology,
+    ) -> kvm_cpuid_entry2 {
         let mut e = entry(function, index);
-        shape_entry(&mut e, model, cpu, count);
+        shape_entry(&mut e, model, cpu, &topology);
         e
     }
 
@@ -459,7 +522,7 @@ mod tests {
         assert_eq!(leaf1.ecx & (1 << 26), 0, "xsave hidden");
         assert_eq!(shaped(7, 0, &model, 0, 1).edx & (1 << 29), 0);
         let table = CpuId::from_entries(&[entry(1, 0), entry(0xd, 0), entry(0xd, 1)]).unwrap();
-        let shaped = vcpu_cpuid(&table, &model, 0, 1).unwrap();
+        let shaped = vcpu_cpuid(&table, &model, 0, &Topology::flat(1)).unwrap();
         assert_eq!(shaped.as_slice().len(), 1, "leaf 0xd removed");
     }
 
@@ -472,10 +535,10 @@ mod tests {
         );
         assert_eq!(shaped(1, 0, &model, 0, 1).ecx & (3 << 26), 0);
         let table = CpuId::from_entries(&[entry(0xd, 0), entry(7, 0)]).unwrap();
-        let without = vcpu_cpuid(&table, &model, 0, 1).unwrap();
+        let without = vcpu_cpuid(&table, &model, 0, &Topology::flat(1)).unwrap();
         assert!(without.as_slice().iter().all(|e| e.function != 0xd));
         let plain = CpuModel::new("host", &[], &[], false).unwrap();
-        let with = vcpu_cpuid(&table, &plain, 0, 1).unwrap();
+        let with = vcpu_cpuid(&table, &plain, 0, &Topology::flat(1)).unwrap();
         assert_eq!(
             with.as_slice()[0].eax,
             u32::MAX,
@@ -506,13 +569,58 @@ mod tests {
         assert_eq!((ext.eax, ext.ebx, ext.ecx), (3, 3, 0));
         let mut l1 = entry(4, 0);
         l1.eax = 0x21; // level 1 data cache
-        shape_entry(&mut l1, &model, 0, 2);
+        shape_entry(&mut l1, &model, 0, &Topology::flat(2));
         assert_eq!(l1.eax >> 26, 1);
         assert_eq!((l1.eax >> 14) & 0xfff, 0);
         let mut l3 = entry(4, 3);
         l3.eax = 0x63; // level 3 unified cache
-        shape_entry(&mut l3, &model, 0, 2);
+        shape_entry(&mut l3, &model, 0, &Topology::flat(2));
         assert_eq!((l3.eax >> 14) & 0xfff, 1, "shared by both CPUs");
         assert_eq!(l3.eax & 0x3fff, 0x63);
+    }
+
+    #[test]
+    fn topology_with_sockets_and_threads() {
+        // 2 sockets of 2 cores of 2 threads: vCPU 5 is socket 1, core 0, thread 1.
+        let model = CpuModel::default();
+        let topo = Topology {
+            sockets: 2,
+            cores: 2,
+            threads: 2,
+        };
+        let leaf1 = shaped_in(1, 0, &model, 5, topo);
+        assert_eq!(leaf1.ebx >> 24, 5, "APIC id");
+        assert_eq!((leaf1.ebx >> 16) & 0xff, 4, "logical CPUs per package");
+        assert_ne!(leaf1.edx & HTT_BIT, 0);
+        let smt = shaped_in(0xb, 0, &model, 5, topo);
+        assert_eq!((smt.eax, smt.ebx, smt.ecx, smt.edx), (1, 2, 0x100, 5));
+        let core = shaped_in(0xb, 1, &model, 5, topo);
+        assert_eq!((core.eax, core.ebx, core.ecx, core.edx), (2, 4, 0x201, 5));
+        // The package id is what is left above the package bits: 5 >> 2 = 1.
+        assert_eq!(core.edx >> core.eax, 1);
+        let mut l1 = entry(4, 0);
+        l1.eax = 0x21;
+        shape_entry(&mut l1, &model, 5, &topo);
+        assert_eq!(l1.eax >> 26, 1, "2 cores per package");
+        assert_eq!(
+            (l1.eax >> 14) & 0xfff,
+            1,
+            "L1 shared by the core's 2 threads"
+        );
+        let mut l3 = entry(4, 3);
+        l3.eax = 0x63;
+        shape_entry(&mut l3, &model, 5, &topo);
+        assert_eq!(
+            (l3.eax >> 14) & 0xfff,
+            3,
+            "L3 shared by the package's 4 threads"
+        );
+        let amd = shaped_in(0x8000_0008, 0, &model, 5, topo);
+        assert_eq!(amd.ecx & 0xf0ff, (2 << 12) | 3);
+        let ext = shaped_in(0x8000_001e, 0, &model, 5, topo);
+        assert_eq!((ext.eax, ext.ebx & 0xff, ext.ebx >> 8), (5, 2, 1));
+        // One socket of 3 single-thread cores (not a power of two) keeps dense ids.
+        let three = shaped_in(0xb, 1, &model, 2, Topology::flat(3));
+        assert_eq!((three.eax, three.ebx, three.edx), (2, 3, 2));
     }
 }

@@ -12,6 +12,7 @@ pub mod vcpu;
 
 pub use cpuid::{
     host_is_pvm, linux_clearcpuid, supported_cpuid, unhonoured_features, vcpu_cpuid, CpuModel,
+    Topology,
 };
 pub use regs::BootRegisters;
 pub use vcpu::{EventCallback, Vcpu, VcpuEvent, VcpuHandle, VcpuState};

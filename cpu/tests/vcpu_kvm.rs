@@ -107,7 +107,7 @@ fn start_with(vm: &TestVm, hidden: &[String]) -> (VcpuHandle, mpsc::Receiver<Vcp
     let kvm = Kvm::new().unwrap();
     let supported = cpu::supported_cpuid(&kvm).unwrap();
     let model = CpuModel::new("host", hidden, &[], cpu::host_is_pvm()).unwrap();
-    let cpuid = cpu::vcpu_cpuid(&supported, &model, 0, 1).unwrap();
+    let cpuid = cpu::vcpu_cpuid(&supported, &model, 0, &cpu::Topology::flat(1)).unwrap();
     let vcpu = Vcpu::new(&vm.vm, 0, &cpuid, vm.pio.clone(), Arc::new(Bus::new())).unwrap();
     vcpu.set_boot_registers(&vm.mem, &boot_registers()).unwrap();
     let effective = vcpu.effective_cpuid().unwrap();

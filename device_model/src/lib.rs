@@ -1,4 +1,4 @@
-//! Devices: 16550 serial, i8042, virtio-mmio and virtio-blk.
+//! Devices: 16550 serial, i8042, virtio-mmio, virtio-blk and virtio-rng.
 
 #![deny(missing_docs)]
 

@@ -73,8 +73,14 @@ fn an_io_uring_disk_never_pins_guest_ram_unless_it_was_preallocated() {
 
     // With -mem-prealloc the RAM is resident already; registering it pins it for the ring's
     // fixed buffers (READ_FIXED/WRITE_FIXED), which is the point of the option.
-    let mem =
-        GuestMemory::with_options(&[(0, GUEST_RAM)], &MemoryOptions { prealloc: true }).unwrap();
+    let mem = GuestMemory::with_options(
+        &[(0, GUEST_RAM)],
+        &MemoryOptions {
+            prealloc: true,
+            ..MemoryOptions::default()
+        },
+    )
+    .unwrap();
     let (rss, pinned) = activation_cost(mem, &disk);
     eprintln!(
         "1 GiB guest, preallocated: +{} KiB RSS, +{} KiB pinned",

@@ -59,7 +59,11 @@ async def main(path):
     check(cpus[1]["qom_path"] == "/machine/unattached/device[1]", f"qom_path {cpus}")
 
     await expect_error(qmp, "CommandNotFound", "no-such-command")
-    await expect_error(qmp, "CommandNotFound", "qmp_capabilities")
+    # StratoVirt answers qmp_capabilities whenever it is sent.
+    ret = await qmp.execute("qmp_capabilities")
+    check(ret == {}, f"second qmp_capabilities returned {ret}")
+    version = await qmp.execute("query-version")
+    check(version["qemu"] == {"micro": 1, "minor": 0, "major": 5}, f"query-version {version}")
     desc = await expect_error(qmp, "GenericError", "blockdev-add",
                               {"node-name": "d", "file": {"driver": "file"}})
     check("filename" in desc, f"missing member not named: {desc}")
@@ -110,6 +114,13 @@ def legacy_client(path):
     events = qmp.get_events(wait=TIMEOUT)
     check([e["event"] for e in events] == ["STOP"], f"legacy events {events}")
     qmp.cmd("cont")
+    qmp.close()
+
+    # StratoVirt's way: no negotiation at all.
+    qmp = QEMUMonitorProtocol(path)
+    qmp.connect(negotiate=False)
+    status = qmp.cmd("query-status")
+    check(status["status"] == "running", f"unnegotiated query-status {status}")
     qmp.close()
 
 

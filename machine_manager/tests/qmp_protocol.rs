@@ -31,32 +31,57 @@ fn greeting_is_exact_and_ends_with_crlf() {
 }
 
 #[test]
-fn commands_need_negotiation_first_and_negotiation_happens_once() {
-    let harness = Harness::start("negotiation");
+fn commands_work_straight_after_the_greeting_as_in_stratovirt() {
+    let harness = Harness::start("no-negotiation");
     let mut client = harness.connect();
-    for request in [
-        r#"{"execute":"query-status","id":1}"#,
-        r#"{"execute":"no-such-command","id":1}"#,
-    ] {
-        let reply = client.execute(request);
-        assert_eq!(error_class(&reply), "CommandNotFound", "{reply}");
-        assert_eq!(
-            error_desc(&reply),
-            "Expecting capabilities negotiation with 'qmp_capabilities'"
-        );
-        assert_eq!(reply["id"], 1);
-    }
-    assert!(harness.vm().calls.is_empty());
-    let reply = client.execute(r#"{"execute":"qmp_capabilities","arguments":{},"id":"neg"}"#);
-    assert_eq!(reply, json!({"return": {}, "id": "neg"}));
-    let reply = client.execute(r#"{"execute":"qmp_capabilities"}"#);
-    assert_eq!(error_class(&reply), "CommandNotFound");
-    assert!(error_desc(&reply).contains("already complete"));
-    let reply = client.execute(r#"{"execute":"query-status"}"#);
+    // StratoVirt's documented session: greeting, then commands, no qmp_capabilities.
+    let event = client.execute(r#"{"execute":"stop"}"#);
+    assert_eq!(event["event"], "STOP");
+    assert_eq!(client.recv(), json!({"return": {}}));
     assert_eq!(
-        reply,
+        client.execute(r#"{"execute":"query-status"}"#),
+        json!({"return": {"running": false, "singlestep": false, "status": "paused"}})
+    );
+    let event = client.execute(r#"{"execute":"cont"}"#);
+    assert_eq!(event["event"], "RESUME");
+    assert_eq!(client.recv(), json!({"return": {}}));
+    assert_eq!(
+        client.execute(r#"{"execute":"query-status"}"#),
         json!({"return": {"running": true, "singlestep": false, "status": "running"}})
     );
+    // qmp_capabilities is optional and answers {} whenever it is sent.
+    let reply = client.execute(r#"{"execute":"qmp_capabilities","arguments":{},"id":"neg"}"#);
+    assert_eq!(reply, json!({"return": {}, "id": "neg"}));
+    assert_eq!(
+        client.execute(r#"{"execute":"qmp_capabilities"}"#),
+        json!({"return": {}})
+    );
+    let reply = client.execute(r#"{"execute":"no-such-command","id":1}"#);
+    assert_eq!(error_class(&reply), "CommandNotFound", "{reply}");
+    assert_eq!(harness.vm().calls, ["stop", "cont"]);
+}
+
+#[test]
+fn system_reset_ends_the_vm_after_its_reply_and_shutdown_event() {
+    let harness = Harness::start("system-reset");
+    let mut client = harness.connect();
+    assert_eq!(
+        client.execute(r#"{"execute":"system_reset","id":4}"#),
+        json!({"return": {}, "id": 4})
+    );
+    let event = client.recv();
+    assert_eq!(event["event"], "SHUTDOWN");
+    assert_eq!(
+        event["data"],
+        json!({"guest": false, "reason": "host-qmp-system-reset"})
+    );
+    // The default system_reset of a handler is its quit.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while harness.vm().quit_calls == 0 {
+        assert!(std::time::Instant::now() < deadline, "quit never called");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(harness.vm().calls, ["quit"]);
 }
 
 #[test]
@@ -89,11 +114,11 @@ fn any_id_is_echoed_on_success_and_on_error() {
 fn each_error_class_reaches_the_client() {
     let harness = Harness::start("classes");
     let mut client = harness.negotiated();
-    let reply = client.execute(r#"{"execute":"query-kvm","id":1}"#);
+    let reply = client.execute(r#"{"execute":"query-balloon","id":1}"#);
     assert_eq!(
         reply,
         json!({"error": {"class": "CommandNotFound",
-                         "desc": "The command query-kvm has not been found"}, "id": 1})
+                         "desc": "The command query-balloon has not been found"}, "id": 1})
     );
     let reply = client.execute(r#"{"execute":"device_del","arguments":{"id":"ghost"},"id":2}"#);
     assert_eq!(error_class(&reply), "DeviceNotFound");
@@ -218,12 +243,12 @@ fn a_client_that_hangs_up_mid_request_is_dropped_and_the_next_one_is_served() {
     let reply = client.execute(r#"{"execute":"query-status"}"#);
     assert_eq!(reply["return"]["status"], "running");
     assert!(harness.vm().calls.is_empty(), "the partial stop ran");
-    // Clients one after another, each negotiating afresh.
+    // Clients one after another, each starting afresh.
     drop(client);
     for round in 0..3 {
         let mut client = harness.connect();
         let reply = client.execute(r#"{"execute":"query-status"}"#);
-        assert_eq!(error_class(&reply), "CommandNotFound", "round {round}");
+        assert_eq!(reply["return"]["status"], "running", "round {round}");
     }
 }
 
@@ -285,15 +310,37 @@ fn a_second_concurrent_client_is_refused_politely() {
 }
 
 #[test]
-fn events_from_another_thread_reach_a_negotiated_client_with_timestamps() {
-    let harness = Harness::start("events");
-    // Not negotiated yet: events are not delivered.
+fn events_wait_for_the_first_reply_so_that_negotiation_reads_its_own_reply() {
+    // A QEMU client (qemu.qmp) negotiates: after the greeting it sends qmp_capabilities and
+    // takes the next message as the reply. An event raised in between must come after it.
+    let harness = Harness::start("held-events");
     let mut client = harness.connect();
     harness.events.send(QmpEvent::Stop);
     client.expect_silence(Duration::from_millis(200));
     assert_eq!(
         client.execute(r#"{"execute":"qmp_capabilities"}"#),
         json!({"return": {}})
+    );
+    assert_eq!(client.recv()["event"], "STOP", "held, then delivered");
+    // A StratoVirt-style client that never negotiates gets them after its first reply too.
+    drop(client);
+    let mut client = harness.connect();
+    harness.events.send(QmpEvent::Resume);
+    client.expect_silence(Duration::from_millis(200));
+    let reply = client.execute(r#"{"execute":"query-status","id":1}"#);
+    assert_eq!(reply["id"], 1, "{reply}");
+    assert_eq!(client.recv()["event"], "RESUME");
+    harness.events.send(QmpEvent::Powerdown);
+    assert_eq!(client.recv()["event"], "POWERDOWN");
+}
+
+#[test]
+fn events_from_another_thread_reach_the_client_with_timestamps() {
+    let harness = Harness::start("events");
+    let mut client = harness.connect();
+    assert_eq!(
+        client.execute(r#"{"execute":"query-status"}"#)["return"]["status"],
+        "running"
     );
     let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
     let sender = harness.events.clone();

@@ -146,6 +146,8 @@ pub struct DeviceSlot {
     pub transport: Arc<Mutex<VirtioMmio>>,
     /// The device in the slot, `None` when empty (capacity 0).
     pub occupant: Option<Occupant>,
+    /// The iothread whose loop serves the slot (`None`: the main loop), fixed at start.
+    pub iothread: Option<String>,
 }
 
 /// A `blockdev-add` node: its drive description and, while no device uses it, its open
@@ -192,6 +194,10 @@ impl BlockDevices {
             config.drives.iter().map(|d| (d.id.as_str(), d)).collect();
         let count = config.blk_devices.len().max(REPLACEABLE_SLOTS);
         for index in 0..count {
+            let iothread = config
+                .blk_devices
+                .get(index)
+                .and_then(|d| d.iothread.clone());
             let (name, backend, occupant, event_loop) = match config.blk_devices.get(index) {
                 None => (format!("slot{index}"), None, None, vm.event_loop().clone()),
                 Some(device) => {
@@ -232,6 +238,7 @@ impl BlockDevices {
                 device,
                 transport,
                 occupant,
+                iothread,
             });
         }
         Ok(devices)
@@ -413,7 +420,7 @@ fn add_block_device(
 }
 
 /// Makes a 4-byte guest write of `queue` at `address` signal the eventfd `fd` inside KVM.
-fn register_notify(
+pub(crate) fn register_notify(
     vm: &VmFd,
     fd: RawFd,
     address: u64,

@@ -12,6 +12,7 @@
 //! - [`process`]: `-daemonize` and `-pidfile`.
 //! - [`signals`]: SIGTERM/SIGINT/SIGHUP end the VM in order.
 //! - [`block_devices`]: the virtio-blk slots, boot-time drives, iothreads, KVM wiring.
+//! - [`rng_devices`]: the virtio-rng devices (after the block slots).
 //! - [`qmp_handler`]: QMP commands carried to the machine.
 //! - [`vmm`]: the [`Vmm`], owner of the VM, its block devices and QMP, and the shutdown path.
 
@@ -21,6 +22,7 @@ pub mod block_devices;
 pub mod machine;
 pub mod process;
 pub mod qmp_handler;
+pub mod rng_devices;
 pub mod signals;
 pub mod stdio;
 pub mod vmm;
@@ -39,6 +41,14 @@ pub enum MachineError {
     /// No `-kernel` was given.
     #[error("no kernel given (use -kernel FILE)")]
     NoKernel,
+    /// A topology whose vCPU count is not the configuration's (the parser never makes one).
+    #[error("{cpus} vCPUs cannot be arranged as {topology:?}")]
+    Topology {
+        /// The vCPU count.
+        cpus: u8,
+        /// The topology.
+        topology: machine_manager::config::CpuTopology,
+    },
     /// `/dev/kvm` could not be opened.
     #[error("cannot open /dev/kvm")]
     OpenKvm(#[source] kvm_ioctls::Error),

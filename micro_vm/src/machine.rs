@@ -23,7 +23,7 @@ use device_model::legacy::{
 };
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
-use machine_manager::config::{VmConfig, MACHINE_TYPE};
+use machine_manager::config::{CpuTopology, VmConfig, MACHINE_TYPE};
 use util::event_loop::{EventLoop, HandlerAction};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -63,6 +63,10 @@ pub enum VmExit {
     GuestShutdown,
     /// The host asked the VM to end (QMP `quit`).
     HostQuit,
+    /// QMP `system_reset`: a micro VM ends rather than reboots (as StratoVirt's).
+    HostReset,
+    /// QMP `system_powerdown`: with no ACPI for the guest, the micro VM ends.
+    HostPowerdown,
     /// The VMM received a termination signal (SIGTERM, SIGINT or SIGHUP).
     Signal(i32),
 }
@@ -132,6 +136,7 @@ struct BootSettings {
     initrd: Option<PathBuf>,
     cmdline: String,
     cpus: u8,
+    topology: CpuTopology,
     cpu_model: CpuModel,
     start_paused: bool,
 }
@@ -163,6 +168,13 @@ impl MicroVm {
             return Err(MachineError::MachineType(config.machine_type.clone()));
         }
         let kernel = config.kernel.clone().ok_or(MachineError::NoKernel)?;
+        let topology = config.topology.unwrap_or(CpuTopology::flat(config.cpus));
+        if topology.cpus() != usize::from(config.cpus) {
+            return Err(MachineError::Topology {
+                cpus: config.cpus,
+                topology,
+            });
+        }
         let cpu_model = CpuModel::new(
             &config.cpu.model,
             &config.cpu.disabled,
@@ -186,6 +198,8 @@ impl MicroVm {
 
         let options = MemoryOptions {
             prealloc: config.mem_prealloc,
+            shared: config.mem_share,
+            exclude_from_core_dump: !config.dump_guest_core,
         };
         let mem = Arc::new(
             GuestMemory::with_options(&boot_loader::ram_layout(config.mem_size), &options)
@@ -303,6 +317,7 @@ impl MicroVm {
                 initrd: config.initrd.clone(),
                 cmdline: config.cmdline.clone(),
                 cpus: config.cpus,
+                topology,
                 cpu_model,
                 start_paused: config.start_paused,
             },
@@ -397,9 +412,14 @@ impl MicroVm {
         }
         let supported = cpu::supported_cpuid(&self.kvm)?;
         let count = self.settings.cpus;
+        let topology = cpu::Topology {
+            sockets: self.settings.topology.sockets,
+            cores: self.settings.topology.cores,
+            threads: self.settings.topology.threads,
+        };
         let mut vcpus = Vec::with_capacity(usize::from(count));
         for index in 0..count {
-            let cpuid = cpu::vcpu_cpuid(&supported, &self.settings.cpu_model, index, count)?;
+            let cpuid = cpu::vcpu_cpuid(&supported, &self.settings.cpu_model, index, &topology)?;
             vcpus.push(Vcpu::new(
                 &self.vm,
                 index,
@@ -538,6 +558,17 @@ impl MicroVm {
     /// [`VmExit::HostQuit`].
     pub fn shutdown(&self) {
         self.exit.record(Ok(VmExit::HostQuit));
+    }
+
+    /// Ends the VM for `reason` (the first reason recorded wins): [`MicroVm::run`] returns it,
+    /// and the VMM's one shutdown path follows.
+    pub fn request_exit(&self, reason: VmExit) {
+        self.exit.record(Ok(reason));
+    }
+
+    /// How the vCPUs are arranged (`-smp`).
+    pub fn cpu_topology(&self) -> CpuTopology {
+        self.settings.topology
     }
 
     /// The current lifecycle state.

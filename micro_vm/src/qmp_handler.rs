@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use machine_manager::config::VmConfig;
+use machine_manager::config::{CpuTopology, VmConfig};
 use machine_manager::qmp::{
     BlockInfo, BlockStatsCounters, BlockStatsInfo, BlockdevAdd, CpuInfo, DeviceAdd, InsertedImage,
     QmpError, QmpEvent, QmpEventSender, QmpHandler, QmpServer, QmpServerError, ShutdownReason,
@@ -85,6 +85,24 @@ impl QmpHandler for MachineQmp {
         if let Some(vm) = self.vm.upgrade() {
             vm.shutdown();
         }
+    }
+
+    fn system_reset(&mut self) {
+        if let Some(vm) = self.vm.upgrade() {
+            vm.request_exit(VmExit::HostReset);
+        }
+    }
+
+    fn system_powerdown(&mut self) {
+        if let Some(vm) = self.vm.upgrade() {
+            vm.request_exit(VmExit::HostPowerdown);
+        }
+    }
+
+    fn cpu_topology(&self) -> CpuTopology {
+        self.vm
+            .upgrade()
+            .map_or(CpuTopology::flat(1), |vm| vm.cpu_topology())
     }
 
     fn query_status(&self) -> VmRunState {
@@ -194,16 +212,27 @@ impl QmpHandler for MachineQmp {
                             args.slot, occupant.device
                         )));
                     }
+                    check_iothread(blocks, slot.iothread.as_deref(), &args)?;
                 }
             }
             let node = blocks
                 .nodes
                 .get_mut(&args.drive)
                 .ok_or_else(|| QmpError::DeviceNotFound(args.drive.clone()))?;
-            let backend = match node.backend.take() {
+            // The device's serial (GET_ID) is given to the node's backend while the device
+            // holds it; the node itself keeps its own (a later device_add without one sees it).
+            if let Some(serial) = &args.serial {
+                let mut drive = node.drive.clone();
+                drive.serial = Some(serial.clone());
+                drive.validate().map_err(generic)?;
+            }
+            let mut backend = match node.backend.take() {
                 Some(backend) => backend,
                 None => open_backend(&node.drive).map_err(generic)?,
             };
+            if args.serial.is_some() {
+                backend.set_serial(args.serial.clone());
+            }
             let slot = blocks
                 .slot_mut(args.slot)
                 .ok_or_else(|| QmpError::Generic(format!("no block slot {}", args.slot)))?;
@@ -215,10 +244,21 @@ impl QmpHandler for MachineQmp {
                 node: args.drive.clone(),
             });
             log::info!(
-                "qmp: device {} added in slot {} (node {})",
+                "qmp: device {} added in slot {} (node {}{}{}{})",
                 args.id,
                 args.slot,
-                args.drive
+                args.drive,
+                args.serial
+                    .as_ref()
+                    .map(|s| format!(", serial {s}"))
+                    .unwrap_or_default(),
+                args.bus
+                    .as_ref()
+                    .map(|b| format!(", bus {b} (the one virtio-mmio bus)"))
+                    .unwrap_or_default(),
+                args.share_rw
+                    .map(|on| format!(", share-rw={}", if on { "on" } else { "off" }))
+                    .unwrap_or_default(),
             );
             Ok(())
         })
@@ -369,7 +409,7 @@ impl QmpService {
         let reason = match exit {
             VmExit::GuestReset | VmExit::GuestShutdown => ShutdownReason::GuestShutdown,
             VmExit::Signal(_) => ShutdownReason::HostSignal,
-            VmExit::HostQuit => return,
+            VmExit::HostQuit | VmExit::HostReset | VmExit::HostPowerdown => return,
         };
         self.events.send(QmpEvent::Shutdown(reason));
         let deadline = Instant::now() + EVENT_FLUSH;
@@ -380,6 +420,33 @@ impl QmpService {
             }
         }
     }
+}
+
+/// A `device_add` may name the iothread that serves its slot: it must exist, and be the one
+/// the slot was created on at start (a hot-plugged disk runs where its slot runs).
+fn check_iothread(
+    blocks: &BlockDevices,
+    slot_iothread: Option<&str>,
+    args: &DeviceAdd,
+) -> Result<(), QmpError> {
+    let Some(asked) = args.iothread.as_deref() else {
+        return Ok(());
+    };
+    if blocks.iothread_loop(asked).is_none() {
+        return Err(QmpError::Generic(format!(
+            "no iothread {asked} (create it with -object iothread,id={asked})"
+        )));
+    }
+    if slot_iothread != Some(asked) {
+        let runs_on =
+            slot_iothread.map_or("the main loop".to_string(), |t| format!("iothread {t}"));
+        return Err(QmpError::Generic(format!(
+            "block slot {} is served by {runs_on}, fixed when the slot was created at start: \
+             iothread {asked} cannot serve it",
+            args.slot
+        )));
+    }
+    Ok(())
 }
 
 fn generic(error: impl std::error::Error) -> QmpError {

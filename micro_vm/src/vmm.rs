@@ -2,10 +2,12 @@
 //! the nodes QMP opened) and the QMP service, and it is the one place where they end.
 //!
 //! ```text
-//!  Vmm::new    MicroVm (KVM, RAM, main loop) ─► BlockDevices (slots, iothreads) ─► QMP server
+//!  Vmm::new    MicroVm (KVM, RAM, main loop) ─► BlockDevices (slots, iothreads) ─► virtio-rng
+//!              devices (main loop; they go with the VM) ─► QMP server
 //!  Vmm::start  vCPUs run
-//!  Vmm::run    main loop until the first exit reason (QMP quit, guest reboot, SIGTERM/SIGINT/
-//!              SIGHUP, a failed vCPU), then the shutdown path:
+//!  Vmm::run    main loop until the first exit reason (QMP quit, system_reset or
+//!              system_powerdown, guest reboot, SIGTERM/SIGINT/SIGHUP, a failed vCPU), then the
+//!              shutdown path:
 //!                1. stop and join the vCPUs (no more guest requests)
 //!                2. tell a QMP client why (SHUTDOWN event)
 //!                3. shut every block device down on its own thread: answer in-flight
@@ -32,6 +34,7 @@ use util::event_loop::EventLoop;
 
 use crate::block_devices::{BlockDevices, BlockDevicesError};
 use crate::qmp_handler::QmpService;
+use crate::rng_devices::RngDevicesError;
 use crate::{MachineError, MicroVm, VmExit};
 
 /// Errors of building and running the VMM.
@@ -43,6 +46,9 @@ pub enum VmmError {
     /// The block devices could not be set up.
     #[error(transparent)]
     Block(#[from] BlockDevicesError),
+    /// The entropy devices could not be set up.
+    #[error(transparent)]
+    Rng(#[from] RngDevicesError),
     /// The QMP socket could not be set up.
     #[error(transparent)]
     Qmp(#[from] machine_manager::qmp::QmpServerError),
@@ -64,6 +70,7 @@ impl Vmm {
     pub fn new(config: &VmConfig) -> Result<Vmm> {
         let mut vm = MicroVm::new(config)?;
         let blocks = BlockDevices::attach(&mut vm, config)?;
+        crate::rng_devices::attach(&mut vm, config)?;
         let main_loop = vm.event_loop().clone();
         let vm = Arc::new(vm);
         let blocks = Arc::new(Mutex::new(blocks));

@@ -40,11 +40,7 @@ fn node(name: &str, path: &Path, aio: AioEngine, direct: bool) -> BlockdevAdd {
 }
 
 fn plug(id: &str, slot: usize) -> DeviceAdd {
-    DeviceAdd {
-        id: id.into(),
-        drive: id.into(),
-        slot,
-    }
+    DeviceAdd::new(id, id, slot)
 }
 
 fn generic(result: Result<(), QmpError>) -> String {
@@ -111,6 +107,46 @@ fn four_replaceable_slots_then_user_devices_in_order() {
 }
 
 #[test]
+fn entropy_devices_follow_the_block_slots() {
+    let dir = Scratch::new("rng-slots");
+    let config = VmConfig {
+        kernel: Some(dir.spin_kernel()),
+        mem_size: 128 << 20,
+        rngs: vec![machine_manager::config::RngConfig {
+            id: "virtio-rng0".into(),
+            object: "objrng0".into(),
+            filename: "/dev/urandom".into(),
+            bytes_per_sec: None,
+        }],
+        ..VmConfig::default()
+    };
+    let mut vm = MicroVm::new(&config).unwrap();
+    let blocks = BlockDevices::attach(&mut vm, &config).unwrap();
+    let rngs = micro_vm::rng_devices::attach(&mut vm, &config).unwrap();
+    assert_eq!(blocks.slots().len(), REPLACEABLE_SLOTS);
+    assert_eq!(rngs.len(), 1);
+    let (slot, handle) = &rngs[0];
+    assert_eq!(slot.index, REPLACEABLE_SLOTS, "after the block slots");
+    assert_eq!(vm.mmio_slots().len(), REPLACEABLE_SLOTS + 1);
+    assert_eq!(handle.id(), "virtio-rng0");
+
+    let mut missing = config.clone();
+    missing.rngs[0].filename = dir.0.join("no-such-entropy");
+    let mut vm = MicroVm::new(&missing).unwrap();
+    let err = micro_vm::rng_devices::attach(&mut vm, &missing).unwrap_err();
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    assert!(
+        text.contains("virtio-rng0") && text.contains("no-such-entropy"),
+        "{text}"
+    );
+}
+
+#[test]
 fn qmp_block_commands_follow_the_node_and_slot_rules() {
     let dir = Scratch::new("qmp");
     let root = dir.disk("root.img", 1 << 20);
@@ -150,11 +186,7 @@ fn qmp_block_commands_follow_the_node_and_slot_rules() {
     generic(qmp.device_add(plug("a", 4)));
     qmp.device_add(plug("a", 1)).unwrap();
     generic(qmp.device_add(plug("a", 2))); // the device id exists
-    generic(qmp.device_add(DeviceAdd {
-        id: "other".into(),
-        drive: "a".into(),
-        slot: 2,
-    })); // the node is in use
+    generic(qmp.device_add(DeviceAdd::new("other", "a", 2))); // the node is in use
     generic(qmp.device_add(plug("b", 1))); // slot 1 is taken now
     qmp.device_add(plug("b", 3)).unwrap();
     generic(qmp.blockdev_del("a"));
@@ -259,6 +291,99 @@ fn qmp_stop_cont_and_cpus_on_a_running_vm() {
             .unwrap_or_else(|e| panic!("vCPU {i} thread {}: {e}", cpu.thread_id));
         assert_eq!(comm.trim(), format!("vcpu{i}"));
     }
+    assert_eq!(
+        qmp.cpu_topology(),
+        machine_manager::config::CpuTopology::flat(2)
+    );
     qmp.quit();
     assert_eq!(vm.run().unwrap(), micro_vm::VmExit::HostQuit);
+}
+
+#[test]
+fn system_reset_and_powerdown_end_the_micro_vm() {
+    for (request, exit) in [
+        (
+            MachineQmp::system_reset as fn(&mut MachineQmp),
+            micro_vm::VmExit::HostReset,
+        ),
+        (
+            MachineQmp::system_powerdown,
+            micro_vm::VmExit::HostPowerdown,
+        ),
+    ] {
+        let dir = Scratch::new("system-reset");
+        let config = VmConfig {
+            kernel: Some(dir.spin_kernel()),
+            mem_size: 128 << 20,
+            ..VmConfig::default()
+        };
+        let mut vm = MicroVm::new(&config).unwrap();
+        let blocks = Arc::new(Mutex::new(BlockDevices::attach(&mut vm, &config).unwrap()));
+        let vm = Arc::new(vm);
+        let mut qmp = MachineQmp::new(&vm, &blocks);
+        vm.start().unwrap();
+        request(&mut qmp);
+        assert_eq!(vm.run().unwrap(), exit);
+    }
+}
+
+#[test]
+fn device_add_serial_iothread_bus_and_share_rw() {
+    let dir = Scratch::new("device-add-members");
+    let boot = dir.disk("boot.img", 1 << 20);
+    let config = VmConfig {
+        kernel: Some(dir.spin_kernel()),
+        mem_size: 128 << 20,
+        iothreads: vec!["io0".into(), "io1".into()],
+        drives: vec![drive("boot", &boot, AioEngine::IoUring)],
+        blk_devices: vec![device("bootdev", "boot", Some("io0"))],
+        ..VmConfig::default()
+    };
+    let mut vm = MicroVm::new(&config).unwrap();
+    let blocks = Arc::new(Mutex::new(BlockDevices::attach(&mut vm, &config).unwrap()));
+    assert_eq!(
+        blocks.lock().unwrap().slots()[0].iothread.as_deref(),
+        Some("io0")
+    );
+    assert_eq!(blocks.lock().unwrap().slots()[1].iothread, None);
+    let vm = Arc::new(vm);
+    let mut qmp = MachineQmp::new(&vm, &blocks);
+    let disk = dir.disk("n.img", 1 << 20);
+    qmp.blockdev_add(node("n", &disk, AioEngine::IoUring, true))
+        .unwrap();
+
+    // serial: the guest's GET_ID answer, from the backend the device gets.
+    let with = |serial: Option<&str>, iothread: Option<&str>, slot| DeviceAdd {
+        serial: serial.map(str::to_string),
+        iothread: iothread.map(str::to_string),
+        bus: Some("virtio-mmio-bus.1".into()),
+        share_rw: Some(true),
+        ..DeviceAdd::new("dev", "n", slot)
+    };
+    generic(qmp.device_add(with(Some("a serial with spaces"), None, 1)));
+    generic(qmp.device_add(with(Some("123456789012345678901"), None, 1)));
+    qmp.device_add(with(Some("SER-7"), None, 1)).unwrap();
+    let serial = |blocks: &Mutex<BlockDevices>, slot: usize| {
+        blocks.lock().unwrap().slots()[slot]
+            .device
+            .backend_config()
+            .and_then(|c| c.serial)
+    };
+    assert_eq!(serial(&blocks, 1).as_deref(), Some("SER-7"));
+    qmp.device_del("dev").unwrap();
+    // The serial belonged to the device: the node plugged again without one has none.
+    qmp.device_add(with(None, None, 2)).unwrap();
+    assert_eq!(serial(&blocks, 2), None);
+    qmp.device_del("dev").unwrap();
+
+    // iothread: it must exist, and be the one serving the slot.
+    let desc = generic(qmp.device_add(with(None, Some("nope"), 1)));
+    assert!(desc.contains("no iothread nope"), "{desc}");
+    let desc = generic(qmp.device_add(with(None, Some("io1"), 1)));
+    assert!(desc.contains("main loop"), "{desc}");
+    qmp.device_del("bootdev").unwrap();
+    let desc = generic(qmp.device_add(with(None, Some("io1"), 0)));
+    assert!(desc.contains("iothread io0"), "{desc}");
+    qmp.device_add(with(None, Some("io0"), 0)).unwrap();
+    assert!(blocks.lock().unwrap().slots()[0].occupant.is_some());
 }

@@ -3,10 +3,13 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 /// The binary under test.
 pub fn stratovirt() -> Command {
@@ -183,4 +186,57 @@ pub fn write_tiny_elf(path: &Path, load_addr: u64, code: &[u8]) {
     elf.resize(CODE_OFFSET as usize, 0);
     elf.extend_from_slice(code);
     std::fs::write(path, elf).expect("write the test kernel");
+}
+
+/// A QMP connection that never negotiates (StratoVirt's way): commands straight after the
+/// greeting.
+pub struct PlainQmp {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl PlainQmp {
+    /// Connects to `path` (retrying for a minute while the VMM starts) and reads the greeting.
+    pub fn connect(path: &Path) -> PlainQmp {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let stream = loop {
+            match UnixStream::connect(path) {
+                Ok(stream) => break stream,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "connect {}: {e}", path.display());
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let mut plain = PlainQmp {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        };
+        assert!(plain.recv().get("QMP").is_some(), "greeting");
+        plain
+    }
+
+    /// The next message; every message ends with CRLF.
+    pub fn recv(&mut self) -> Value {
+        let mut line = String::new();
+        assert!(self.reader.read_line(&mut line).unwrap() > 0, "QMP closed");
+        assert!(line.ends_with("\r\n"), "{line:?}");
+        serde_json::from_str(line.trim_end()).unwrap()
+    }
+
+    /// Sends `command` (no arguments) and returns its reply, skipping events.
+    pub fn execute(&mut self, command: &str) -> Value {
+        self.writer
+            .write_all(format!("{{\"execute\":\"{command}\"}}\n").as_bytes())
+            .unwrap();
+        loop {
+            let message = self.recv();
+            if message.get("event").is_none() {
+                return message;
+            }
+        }
+    }
 }

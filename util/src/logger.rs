@@ -1,12 +1,30 @@
-//! The `log` backend: one line per record, to stderr or to the file given by `-D FILE`.
+//! The `log` backend: one line per record, to stderr or to the file given by `-D FILE`, in
+//! StratoVirt's line format, which Kata Containers and StratoVirt's own tooling read:
+//!
+//! ```text
+//! 2024-05-10T12:00:00.123456789: [4242][4243][micro_vm/src/machine.rs:512]:INFO: VM paused
+//! ^ local time, nanoseconds        ^pid  ^tid  ^source file and line          ^level ^message
+//! ```
+//!
+//! The level comes from `STRATOVIRT_LOG_LEVEL` (StratoVirt's variable), or `STRATOVIRT_LOG`
+//! (this project's earlier name, still read when the first is unset), or the caller's default.
+//! Levels are `error`, `warn`, `info`, `debug`, `trace`, in any case; an unknown value falls
+//! back to `info`, as in StratoVirt, and says so in the log's first line.
+//!
+//! Invariant: a line is written with one `write` call, so lines from different threads never
+//! interleave within a line.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{LevelFilter, Log, Metadata, Record};
+
+/// StratoVirt's variable for the log level.
+pub const LEVEL_VAR: &str = "STRATOVIRT_LOG_LEVEL";
+/// This project's earlier variable, read when [`LEVEL_VAR`] is unset.
+pub const LEGACY_LEVEL_VAR: &str = "STRATOVIRT_LOG";
 
 /// Where log lines go.
 enum Sink {
@@ -19,6 +37,74 @@ struct Logger {
     level: LevelFilter,
 }
 
+/// A broken-down local time with nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LocalTime {
+    year: i32,
+    month: i32,
+    day: i32,
+    hour: i32,
+    minute: i32,
+    second: i32,
+    nanos: u32,
+}
+
+impl LocalTime {
+    /// The wall clock now, in the host's time zone (as StratoVirt prints it).
+    fn now() -> LocalTime {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let seconds = libc::time_t::try_from(since_epoch.as_secs()).unwrap_or(0);
+        LocalTime::at(seconds, since_epoch.subsec_nanos())
+    }
+
+    /// `seconds` since the epoch, broken down in the host's time zone.
+    fn at(seconds: libc::time_t, nanos: u32) -> LocalTime {
+        // SAFETY: `tm` is plain old data for which all-zero bytes are a valid value.
+        let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+        // SAFETY: both pointers are valid for the duration of the call; localtime_r is the
+        // thread-safe variant, writing only into `tm`. On failure `tm` stays zeroed.
+        unsafe { libc::localtime_r(&seconds, &mut tm) };
+        LocalTime {
+            year: tm.tm_year.saturating_add(1900),
+            month: tm.tm_mon.saturating_add(1),
+            day: tm.tm_mday,
+            hour: tm.tm_hour,
+            minute: tm.tm_min,
+            second: tm.tm_sec,
+            nanos,
+        }
+    }
+}
+
+impl std::fmt::Display for LocalTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}",
+            self.year, self.month, self.day, self.hour, self.minute, self.second, self.nanos
+        )
+    }
+}
+
+/// The id of the calling thread.
+fn gettid() -> i64 {
+    // SAFETY: gettid has no arguments and cannot fail.
+    i64::from(unsafe { libc::gettid() })
+}
+
+/// One log line, newline included.
+fn format_line(time: LocalTime, pid: u32, tid: i64, record: &Record) -> String {
+    format!(
+        "{time}: [{pid}][{tid}][{}:{}]:{}: {}\n",
+        record.file().unwrap_or(""),
+        record.line().unwrap_or(0),
+        record.level(),
+        record.args()
+    )
+}
+
 impl Log for Logger {
     fn enabled(&self, metadata: &Metadata) -> bool {
         metadata.level() <= self.level
@@ -28,17 +114,7 @@ impl Log for Logger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let line = format!(
-            "{}.{:06} {:5} {}: {}\n",
-            now.as_secs(),
-            now.subsec_micros(),
-            record.level(),
-            record.target(),
-            record.args()
-        );
+        let line = format_line(LocalTime::now(), std::process::id(), gettid(), record);
         // A log line that cannot be written has nowhere better to go: drop it.
         match &self.sink {
             Sink::Stderr => {
@@ -58,14 +134,41 @@ impl Log for Logger {
     }
 }
 
+/// The level a variable's value asks for: `Ok(level)`, or `Err(())` for a value that is not
+/// a level name (StratoVirt then logs at `info`).
+fn parse_level(value: &str) -> Result<LevelFilter, ()> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "error" => Ok(LevelFilter::Error),
+        "warn" => Ok(LevelFilter::Warn),
+        "info" => Ok(LevelFilter::Info),
+        "debug" => Ok(LevelFilter::Debug),
+        "trace" => Ok(LevelFilter::Trace),
+        _ => Err(()),
+    }
+}
+
+/// The level from the environment: [`LEVEL_VAR`], else [`LEGACY_LEVEL_VAR`], else
+/// `default_level`. Also returns the variable and value that were not understood, if any.
+fn level_from_env(
+    get: impl Fn(&str) -> Option<String>,
+    default_level: LevelFilter,
+) -> (LevelFilter, Option<(&'static str, String)>) {
+    for var in [LEVEL_VAR, LEGACY_LEVEL_VAR] {
+        if let Some(value) = get(var) {
+            return match parse_level(&value) {
+                Ok(level) => (level, None),
+                Err(()) => (LevelFilter::Info, Some((var, value))),
+            };
+        }
+    }
+    (default_level, None)
+}
+
 /// Installs the global logger. `path` = `None` logs to stderr. The level comes from the
-/// `STRATOVIRT_LOG` environment variable (`error`, `warn`, `info`, `debug`, `trace`),
-/// `default_level` otherwise. Calling it twice keeps the first logger.
+/// environment (see the module documentation), `default_level` otherwise. Calling it twice
+/// keeps the first logger.
 pub fn init(path: Option<&Path>, default_level: LevelFilter) -> std::io::Result<()> {
-    let level = std::env::var("STRATOVIRT_LOG")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default_level);
+    let (level, unknown) = level_from_env(|var| std::env::var(var).ok(), default_level);
     let sink = match path {
         None => Sink::Stderr,
         Some(path) => Sink::File(Mutex::new(
@@ -74,6 +177,95 @@ pub fn init(path: Option<&Path>, default_level: LevelFilter) -> std::io::Result<
     };
     if log::set_boxed_logger(Box::new(Logger { sink, level })).is_ok() {
         log::set_max_level(level);
+        if let Some((var, value)) = unknown {
+            log::warn!(
+                "{var}={value:?} is not a log level (error, warn, info, debug, trace): logging at info"
+            );
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_have_stratovirt_shape() {
+        let time = LocalTime {
+            year: 2024,
+            month: 5,
+            day: 10,
+            hour: 12,
+            minute: 0,
+            second: 7,
+            nanos: 123_456_789,
+        };
+        let args = format_args!("VM paused");
+        let record = Record::builder()
+            .args(args)
+            .level(log::Level::Info)
+            .file(Some("micro_vm/src/machine.rs"))
+            .line(Some(512))
+            .build();
+        assert_eq!(
+            format_line(time, 4242, 4243, &record),
+            "2024-05-10T12:00:07.123456789: [4242][4243][micro_vm/src/machine.rs:512]:INFO: VM paused\n"
+        );
+        let args = format_args!("x");
+        let warn = Record::builder().args(args).level(log::Level::Warn).build();
+        assert_eq!(
+            format_line(time, 1, 2, &warn),
+            "2024-05-10T12:00:07.123456789: [1][2][:0]:WARN: x\n"
+        );
+    }
+
+    #[test]
+    fn local_time_breaks_down_the_epoch() {
+        // 86400 * 365 s after the epoch is 1971-01-01 in UTC; any time zone is within a day.
+        let t = LocalTime::at(86_400 * 365, 5);
+        assert!(
+            (t.year == 1971 && t.month == 1 && t.day == 1)
+                || (t.year == 1970 && t.month == 12 && t.day == 31),
+            "{t}"
+        );
+        assert_eq!(t.nanos, 5);
+        let now = LocalTime::now();
+        assert!(now.year >= 2024 && (1..=12).contains(&now.month), "{now}");
+        let text = now.to_string();
+        assert_eq!(text.len(), "2024-05-10T12:00:00.123456789".len(), "{text}");
+    }
+
+    #[test]
+    fn level_comes_from_stratovirt_log_level_first() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |var: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == var)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let warn = LevelFilter::Warn;
+        assert_eq!(level_from_env(env(&[]), warn), (warn, None));
+        assert_eq!(
+            level_from_env(env(&[(LEVEL_VAR, "info")]), warn),
+            (LevelFilter::Info, None)
+        );
+        assert_eq!(
+            level_from_env(
+                env(&[(LEVEL_VAR, "DEBUG"), (LEGACY_LEVEL_VAR, "error")]),
+                warn
+            ),
+            (LevelFilter::Debug, None)
+        );
+        assert_eq!(
+            level_from_env(env(&[(LEGACY_LEVEL_VAR, "error")]), warn),
+            (LevelFilter::Error, None)
+        );
+        assert_eq!(
+            level_from_env(env(&[(LEVEL_VAR, "loud")]), warn),
+            (LevelFilter::Info, Some((LEVEL_VAR, "loud".to_string())))
+        );
+    }
 }

@@ -1,4 +1,6 @@
-//! The guest's half of virtio-blk, played in-process: a driver for tests and benchmarks.
+//! The guest's half of a single-queue virtio device, played in-process: a driver for tests and
+//! benchmarks. [`Driver::submit`] builds virtio-blk requests; [`Driver::post`] posts any chain
+//! (virtio-rng requests are chains of device-writable buffers).
 //!
 //! It drives a [`VirtioMmio`] exactly as a guest kernel would, with no KVM: it negotiates
 //! features through the register file, lays out queue 0 in the same [`GuestMemory`] the VM

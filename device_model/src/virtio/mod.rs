@@ -4,6 +4,8 @@
 //! - [`mmio`]: the virtio-mmio register file ([`VirtioMmio`]), its status state machine and reset.
 //! - [`block`]: virtio-blk ([`Block`]) with a replaceable backend ([`BlockBackend`]) whose
 //!   engine (`aio=off|native|io_uring`) is picked per drive.
+//! - [`rng`]: virtio-rng ([`Rng`]), entropy read from a host file ([`EntropySource`]), built
+//!   in the same two halves as virtio-blk.
 //! - [`driver`]: the guest's half of virtio played in-process, for tests and benchmarks.
 //!
 //! # Threads
@@ -43,6 +45,7 @@ pub mod block;
 pub mod driver;
 pub mod mmio;
 pub mod queue;
+pub mod rng;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -56,6 +59,7 @@ pub use block::{
 };
 pub use mmio::VirtioMmio;
 pub use queue::QueueConfig;
+pub use rng::{EntropySource, Rng, RngHandle};
 
 /// Device type of a block device.
 pub const VIRTIO_ID_BLOCK: u32 = 2;
@@ -204,6 +208,14 @@ pub enum VirtioError {
         /// The cause.
         #[source]
         source: queue::QueueError,
+    },
+    /// An entropy file (`-object rng-random,filename=`) that cannot serve.
+    #[error("entropy source {path:?}: {reason}")]
+    EntropySource {
+        /// The file.
+        path: PathBuf,
+        /// Why it cannot serve.
+        reason: &'static str,
     },
 }
 

@@ -109,6 +109,34 @@ pub enum ConfigError {
     /// A CPU feature is both enabled and disabled on `-cpu`.
     #[error("-cpu: feature {0:?} is both enabled and disabled")]
     ConflictingCpuFeature(String),
+    /// A device, backend or option StratoVirt has that this VMM has not built yet.
+    #[error("{option} {what} is not supported yet")]
+    NotSupportedYet {
+        /// The option (`-device`, `-netdev`, `-chardev`, `-object`).
+        option: String,
+        /// The device or backend named.
+        what: String,
+    },
+    /// An `-smp` topology that does not add up, or that the micro VM cannot present.
+    #[error("-smp: {0}")]
+    BadTopology(String),
+    /// `-daemonize` with a device on stdio (the daemon's stdio is /dev/null).
+    #[error("-daemonize cannot be used with -serial stdio: a daemon has no terminal (its stdio is /dev/null)")]
+    DaemonizeWithStdio,
+    /// Two `-object`s with the same id.
+    #[error("object id {0:?} is used more than once")]
+    DuplicateObjectId(String),
+    /// A `-device virtio-rng-device` names an rng object that no `-object rng-random` defines.
+    #[error("device {device:?}: no rng-random object with id {rng:?}")]
+    UnknownRngObject {
+        /// The device id.
+        device: String,
+        /// The object id it names.
+        rng: String,
+    },
+    /// Two devices use the same rng object.
+    #[error("rng object {0:?} is used by more than one device")]
+    RngUsedTwice(String),
 }
 
 /// Result of the command line parser.

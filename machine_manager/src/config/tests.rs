@@ -37,7 +37,7 @@ fn a_full_command_line() {
     let args = [
         "-machine", "microvm", "-kernel", "/k/vmlinux", "-append", "console=ttyS0 root=/dev/vda rw",
         "-initrd", "/k/initrd.img", "-m", "1G", "-mem-prealloc", "-smp", "cpus=2", "-cpu", "host,-cx16,+x2apic",
-        "-serial", "stdio", "-D", "/tmp/vm.log", "-name", "vm1", "-daemonize", "-pidfile",
+        "-D", "/tmp/vm.log", "-name", "vm1", "-daemonize", "-pidfile",
         "/tmp/vm.pid", "-S", "-object", "iothread,id=io0", "-drive",
         "id=rootfs,file=/img/root.ext4,readonly=off,direct=on,aio=io_uring,serial=ROOT1,throttling.iops-total=5000,file.locking=on,if=none,format=raw,werror=stop,rerror=ignore",
         "-device", "virtio-blk-device,drive=rootfs,id=blk0,serial=DEV1,iothread=io0",
@@ -52,7 +52,7 @@ fn a_full_command_line() {
     assert_eq!(config.cpus, 2);
     assert_eq!(config.cpu.disabled, vec!["cx16"]);
     assert_eq!(config.cpu.enabled, vec!["x2apic"]);
-    assert!(config.serial_stdio);
+    assert!(!config.serial_stdio, "a daemon has no console on stdio");
     assert_eq!(config.log, Some(Some(PathBuf::from("/tmp/vm.log"))));
     assert_eq!(config.name.as_deref(), Some("vm1"));
     assert!(config.daemonize && config.start_paused);
@@ -112,8 +112,8 @@ fn help_and_version() {
 #[test]
 fn unknown_options_words_and_missing_values() {
     assert_eq!(
-        parse_err("-nographic"),
-        ConfigError::UnknownOption("-nographic".into())
+        parse_err("-frobnicate"),
+        ConfigError::UnknownOption("-frobnicate".into())
     );
     assert_eq!(parse_err("-"), ConfigError::UnexpectedArgument("-".into()));
     assert_eq!(
@@ -160,7 +160,8 @@ fn memory_and_cpu_ranges() {
         "-m lots",
         "-smp 0",
         "-smp 255",
-        "-smp 4,sockets=2",
+        "-smp 4,sockets=3",
+        "-smp 4,maxcpus=8",
     ] {
         parse_err(line);
     }
@@ -401,4 +402,247 @@ fn machine_serial_and_qmp_values() {
         parse("-machine type=microvm").unwrap().machine_type,
         "microvm"
     );
+}
+
+/// Kata Containers' StratoVirt driver, amd64 (`createParams` and the devices it appends),
+/// without the devices this VMM has not built.
+const KATA_LINE: &[&str] = &[
+    "-name", "sandbox-0123abcd", "-uuid", "0f4d4b2c-5b8e-4c57-9a36-1e2b3c4d5e6f", "-smp", "1",
+    "-m", "2048", "-kernel", "/usr/share/kata-containers/vmlinux.container", "-append",
+    "reboot=k panic=1 net.ifnames=0 ramdom.trust_cpu=on pci=off iommu=off acpi=off quiet 8250.nr_uarts=0 agent.log_vport=1025",
+    "-qmp", "unix:/run/vc/vm/0123abcd/qmp.socket,server,nowait", "-D", "-disable-seccomp",
+    "-machine", "type=microvm,dump-guest-core=off,mem-share=on", "-initrd",
+    "/usr/share/kata-containers/kata-containers-initrd.img", "-object",
+    "rng-random,id=objrng0,filename=/dev/urandom", "-device",
+    "virtio-rng-device,rng=objrng0,id=virtio-rng0",
+];
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn katas_command_line_is_accepted() {
+    let config = parse_args(args(KATA_LINE)).unwrap();
+    assert_eq!(config.name.as_deref(), Some("sandbox-0123abcd"));
+    assert_eq!(
+        config.uuid.as_deref(),
+        Some("0f4d4b2c-5b8e-4c57-9a36-1e2b3c4d5e6f")
+    );
+    assert_eq!(config.mem_size, 2048 << 20);
+    assert!(config.disable_seccomp);
+    assert!(config.mem_share);
+    assert!(!config.dump_guest_core);
+    assert_eq!(config.log, Some(None), "-D without a file: stderr");
+    assert!(config.cmdline.starts_with("reboot=k panic=1"));
+    assert_eq!(
+        config.rngs,
+        vec![RngConfig {
+            id: "virtio-rng0".into(),
+            object: "objrng0".into(),
+            filename: "/dev/urandom".into(),
+            bytes_per_sec: None,
+        }]
+    );
+    // With a root disk instead of an initrd (Kata's blkDevice), and -accel.
+    let mut line = args(KATA_LINE);
+    line.extend(args(&[
+        "-drive",
+        "id=rootfs,file=/usr/share/kata-containers/kata-containers.img,readonly=on,direct=off",
+        "-device",
+        "virtio-blk-device,drive=rootfs,id=virtio-blk0",
+        "-accel",
+        "kvm",
+    ]));
+    let config = parse_args(line).unwrap();
+    assert_eq!(config.blk_devices[0].id, "virtio-blk0");
+    assert_eq!(
+        (
+            config.drives[0].readonly,
+            config.drives[0].direct,
+            config.drives[0].aio
+        ),
+        (true, false, AioEngine::Off)
+    );
+}
+
+#[test]
+fn devices_not_built_yet_are_refused_by_name() {
+    for (extra, option, what) in [
+        (
+            vec![
+                "-device",
+                "vhost-vsock-device,id=vsock-id,guest-cid=3,vhostfd=3",
+            ],
+            "-device",
+            "vhost-vsock-device",
+        ),
+        (vec!["-netdev", "tap,id=eth0,fds=3:4"], "-netdev", "tap"),
+        (
+            vec![
+                "-device",
+                "virtio-net-device,netdev=eth0,id=eth0,mac=02:42:ac:11:00:02",
+            ],
+            "-device",
+            "virtio-net-device",
+        ),
+        (
+            vec![
+                "-chardev",
+                "socket,id=virtio_fs,path=/run/vc/vm/x/virtiofs_kata.socket,server,nowait",
+            ],
+            "-chardev",
+            "socket",
+        ),
+        (
+            vec![
+                "-device",
+                "vhost-user-fs-device,chardev=virtio_fs,tag=kataShared,id=virtio-fs0",
+            ],
+            "-device",
+            "vhost-user-fs-device",
+        ),
+        (
+            vec!["-device", "virtio-serial-device,id=virtio-serial0"],
+            "-device",
+            "virtio-serial-device",
+        ),
+        (
+            vec![
+                "-device",
+                "virtconsole,chardev=charconsole0,id=virtio-console0,nr=0",
+            ],
+            "-device",
+            "virtconsole",
+        ),
+        (
+            vec!["-object", "memory-backend-memfd,id=mem0,size=1G"],
+            "-object",
+            "memory-backend-memfd",
+        ),
+    ] {
+        let mut line = args(KATA_LINE);
+        line.extend(args(&extra));
+        let err = parse_args(line).unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::NotSupportedYet {
+                option: option.into(),
+                what: what.into()
+            },
+            "{extra:?}"
+        );
+        let text = err.to_string();
+        assert_eq!(text, format!("{option} {what} is not supported yet"));
+    }
+}
+
+#[test]
+fn append_joins_unquoted_words_up_to_the_next_option() {
+    let config = parse("-append console=ttyS0 root=/dev/vda rw -kernel /k").unwrap();
+    assert_eq!(config.cmdline, "console=ttyS0 root=/dev/vda rw");
+    assert_eq!(config.kernel, Some(PathBuf::from("/k")));
+    let config = parse_args(args(&["-append", "a b", "c"])).unwrap();
+    assert_eq!(config.cmdline, "a b c");
+    // The first word is taken whatever it looks like, as before.
+    assert_eq!(parse("-append -v quiet").unwrap().cmdline, "-v quiet");
+    assert_eq!(
+        parse_err("-append"),
+        ConfigError::MissingValue("-append".into())
+    );
+    assert_eq!(
+        parse_err("-append a -append b"),
+        ConfigError::DuplicateOption("-append".into())
+    );
+}
+
+#[test]
+fn daemonize_refuses_a_console_on_stdio() {
+    assert_eq!(
+        parse_err("-daemonize -serial stdio"),
+        ConfigError::DaemonizeWithStdio
+    );
+    assert!(parse("-daemonize -pidfile /p").unwrap().daemonize);
+}
+
+#[test]
+fn libvirt_no_ops_uuid_and_seccomp() {
+    let config = parse(
+        "-nodefaults -no-user-config -no-shutdown -nographic -usb -sandbox on,obsolete=deny \
+         -msg timestamp=on -rtc base=utc -boot strict=on -display none \
+         -realtime mlock=off -overcommit mem-lock=off -kernel /k",
+    )
+    .unwrap();
+    assert_eq!(config.kernel, Some(PathBuf::from("/k")));
+    assert_eq!(
+        VmConfig {
+            kernel: None,
+            ..config
+        },
+        VmConfig::default(),
+        "the no-op options change nothing"
+    );
+    parse_err("-realtime mlock=on");
+    parse_err("-display gtk");
+    parse_err("-nodefaults -nodefaults");
+    assert!(parse("-uuid").unwrap().uuid.is_none());
+    parse_err("-uuid not-a-uuid");
+    assert!(parse("-disable-seccomp").unwrap().disable_seccomp);
+    assert!(!parse("").unwrap().disable_seccomp);
+    parse("-accel kvm").unwrap();
+    parse_err("-accel tcg");
+}
+
+#[test]
+fn rng_devices_need_their_objects_and_unique_ids() {
+    let config = parse(
+        "-object rng-random,id=r,filename=/dev/random -device virtio-rng-device,rng=r,max-bytes=1024,period=500",
+    )
+    .unwrap();
+    assert_eq!(config.rngs[0].id, "r");
+    assert_eq!(config.rngs[0].bytes_per_sec, Some(2048));
+    assert_eq!(
+        parse_err("-device virtio-rng-device,rng=r,id=x"),
+        ConfigError::UnknownRngObject {
+            device: "x".into(),
+            rng: "r".into()
+        }
+    );
+    assert_eq!(
+        parse_err("-object iothread,id=r -object rng-random,id=r,filename=/f"),
+        ConfigError::DuplicateObjectId("r".into())
+    );
+    assert_eq!(
+        parse_err("-object rng-random,id=r,filename=/f -object rng-random,id=r,filename=/g"),
+        ConfigError::DuplicateObjectId("r".into())
+    );
+    assert_eq!(
+        parse_err(
+            "-drive id=d,file=/a -device virtio-blk-device,drive=d,id=x \
+             -object rng-random,id=r,filename=/f -device virtio-rng-device,rng=r,id=x"
+        ),
+        ConfigError::DuplicateDeviceId("x".into())
+    );
+    parse_err("-device virtio-rng-pci,rng=r");
+}
+
+#[test]
+fn machine_keys_reach_the_config() {
+    let config = parse("-machine microvm,mem-share=on,dump-guest-core=off,accel=kvm").unwrap();
+    assert!(config.mem_share && !config.dump_guest_core);
+    let config = parse("-smp 4,sockets=2,cores=1,threads=2").unwrap();
+    assert_eq!(config.cpus, 4);
+    assert_eq!(
+        config.topology,
+        Some(CpuTopology {
+            sockets: 2,
+            cores: 1,
+            threads: 2
+        })
+    );
+    assert_eq!(
+        parse("-smp 3").unwrap().topology,
+        Some(CpuTopology::flat(3))
+    );
+    assert_eq!(parse("").unwrap().topology, None);
 }

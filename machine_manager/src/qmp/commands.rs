@@ -10,6 +10,12 @@
 //! - Values are checked here only as far as the protocol defines them (`driver` names, the
 //!   `aio` engine name, the `addr` number). Machine rules (slot range, `aio=native` needs
 //!   `direct`) belong to the [`super::QmpHandler`].
+//! - What StratoVirt's schema accepts is accepted with StratoVirt's meaning, so that Kata
+//!   Containers' requests (built by govmm) pass byte for byte: `blockdev-add` takes a top-level
+//!   `driver` (`raw`, the only image format) and `file.driver` `file` or `host_device` (both
+//!   open regular files and block devices alike); `aio` takes StratoVirt's spellings (`Off`,
+//!   `Native`, `IoUring`, `Threads`); `device_add` takes `romfile` (empty only: no option ROMs
+//!   here), `serial`, `iothread`, `bus` and `share-rw`.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -49,6 +55,18 @@ pub struct BlockdevAdd {
     pub throttle: ThrottleConfig,
     /// `file.locking`: `on`, `off` or `auto` (default).
     pub locking: Locking,
+}
+
+/// StratoVirt's capitalised `aio` names (its JSON schema accepts both cases) in the spelling
+/// [`AioEngine::from_str`] reads; other names pass through unchanged.
+fn aio_spelling(name: &str) -> &str {
+    match name {
+        "Off" => "off",
+        "Native" => "native",
+        "IoUring" => "iouring",
+        "Threads" => "threads",
+        other => other,
+    }
 }
 
 impl BlockdevAdd {
@@ -99,16 +117,41 @@ pub struct DeviceAdd {
     pub drive: String,
     /// The slot index, from `addr` (`"0x1"`, `"1"` or `1`).
     pub slot: usize,
+    /// `serial`: the serial number the guest reads (`VIRTIO_BLK_T_GET_ID`); the device's own,
+    /// not kept with the node.
+    pub serial: Option<String>,
+    /// `iothread`: the iothread that must serve the slot.
+    pub iothread: Option<String>,
+    /// `bus`: the bus the client names. The micro VM has one virtio-mmio bus and `addr` picks
+    /// the slot, so it only shows in the log (StratoVirt ignores it too).
+    pub bus: Option<String>,
+    /// `share-rw` (`"on"`/`"off"` or a boolean): whether the client allows the image to be
+    /// shared writable with other users; `None` when not given. Image locking decides what
+    /// it changes.
+    pub share_rw: Option<bool>,
 }
 
 impl DeviceAdd {
-    /// The device as a `-device virtio-blk-device` would describe it (no serial, no iothread).
+    /// Backend `drive` into slot `slot` as device `id`, with no optional member.
+    pub fn new(id: &str, drive: &str, slot: usize) -> DeviceAdd {
+        DeviceAdd {
+            id: id.to_string(),
+            drive: drive.to_string(),
+            slot,
+            serial: None,
+            iothread: None,
+            bus: None,
+            share_rw: None,
+        }
+    }
+
+    /// The device as a `-device virtio-blk-device` would describe it.
     pub fn blk_device_config(&self) -> BlkDeviceConfig {
         BlkDeviceConfig {
             id: self.id.clone(),
             drive: self.drive.clone(),
-            serial: None,
-            iothread: None,
+            serial: self.serial.clone(),
+            iothread: self.iothread.clone(),
         }
     }
 }
@@ -142,9 +185,53 @@ pub(crate) enum Command {
     QueryBlock,
     /// `query-blockstats`.
     QueryBlockstats,
+    /// `system_reset`.
+    SystemReset,
+    /// `system_powerdown`.
+    SystemPowerdown,
+    /// `query-version`.
+    QueryVersion,
+    /// `query-commands`.
+    QueryCommands,
+    /// `query-events`.
+    QueryEvents,
+    /// `query-target`.
+    QueryTarget,
+    /// `query-kvm`.
+    QueryKvm,
+    /// `query-machines`.
+    QueryMachines,
+    /// `query-hotpluggable-cpus`.
+    QueryHotpluggableCpus,
 }
 
-/// The one command accepted before capabilities negotiation.
+/// Every command the server knows, as `query-commands` lists them.
+pub(crate) const COMMANDS: &[&str] = &[
+    QMP_CAPABILITIES,
+    "quit",
+    "stop",
+    "cont",
+    "system_reset",
+    "system_powerdown",
+    "query-status",
+    "query-cpus",
+    "query-hotpluggable-cpus",
+    "query-version",
+    "query-commands",
+    "query-events",
+    "query-target",
+    "query-kvm",
+    "query-machines",
+    "blockdev-add",
+    "blockdev-del",
+    "device_add",
+    "device_del",
+    "block_set_io_throttle",
+    "query-block",
+    "query-blockstats",
+];
+
+/// Capabilities negotiation: optional here, as in StratoVirt (see `session.rs`).
 pub(crate) const QMP_CAPABILITIES: &str = "qmp_capabilities";
 
 #[derive(Deserialize)]
@@ -162,6 +249,8 @@ struct CapabilitiesArguments {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct BlockdevAddArguments {
     node_name: String,
+    #[serde(default)]
+    driver: Option<String>,
     file: FileArguments,
     #[serde(default)]
     cache: Option<CacheArguments>,
@@ -255,6 +344,16 @@ struct DeviceAddArguments {
     addr: Value,
     #[serde(default)]
     drive: Option<String>,
+    #[serde(default)]
+    romfile: Option<String>,
+    #[serde(default)]
+    serial: Option<String>,
+    #[serde(default)]
+    iothread: Option<String>,
+    #[serde(default)]
+    bus: Option<String>,
+    #[serde(default, rename = "share-rw")]
+    share_rw: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -265,8 +364,10 @@ struct IdArguments {
 
 /// The only `device_add` driver: a virtio-blk slot on the virtio-mmio bus.
 const BLOCK_DEVICE_DRIVER: &str = "virtio-blk-mmio";
-/// The only `blockdev-add` protocol driver: a host file.
-const FILE_DRIVER: &str = "file";
+/// The `blockdev-add` protocol drivers: a host file, or (QEMU's name for) a host block device.
+const FILE_DRIVERS: [&str; 2] = ["file", "host_device"];
+/// The only `blockdev-add` format driver.
+const FORMAT_DRIVER: &str = "raw";
 
 impl Command {
     /// Parses command `name` with its `arguments` object (`None` when the request had none).
@@ -307,6 +408,17 @@ impl Command {
             "block_set_io_throttle" => parse_block_set_io_throttle(deserialize(name, arguments)?),
             "query-block" => no_arguments(name, arguments, Command::QueryBlock),
             "query-blockstats" => no_arguments(name, arguments, Command::QueryBlockstats),
+            "system_reset" => no_arguments(name, arguments, Command::SystemReset),
+            "system_powerdown" => no_arguments(name, arguments, Command::SystemPowerdown),
+            "query-version" => no_arguments(name, arguments, Command::QueryVersion),
+            "query-commands" => no_arguments(name, arguments, Command::QueryCommands),
+            "query-events" => no_arguments(name, arguments, Command::QueryEvents),
+            "query-target" => no_arguments(name, arguments, Command::QueryTarget),
+            "query-kvm" => no_arguments(name, arguments, Command::QueryKvm),
+            "query-machines" => no_arguments(name, arguments, Command::QueryMachines),
+            "query-hotpluggable-cpus" => {
+                no_arguments(name, arguments, Command::QueryHotpluggableCpus)
+            }
             other => Err(QmpError::CommandNotFound(format!(
                 "The command {other} has not been found"
             ))),
@@ -343,9 +455,14 @@ fn non_empty(command: &str, member: &str, value: String) -> Result<String, QmpEr
 fn parse_blockdev_add(args: BlockdevAddArguments) -> Result<Command, QmpError> {
     const NAME: &str = "blockdev-add";
     let node_name = non_empty(NAME, "node-name", args.node_name)?;
-    if args.file.driver != FILE_DRIVER {
+    if let Some(format) = args.driver.filter(|d| d != FORMAT_DRIVER) {
         return Err(QmpError::Generic(format!(
-            "invalid arguments for '{NAME}': file driver '{}' is not supported (expected '{FILE_DRIVER}')",
+            "invalid arguments for '{NAME}': image format '{format}' is not supported (only '{FORMAT_DRIVER}' images)"
+        )));
+    }
+    if !FILE_DRIVERS.contains(&args.file.driver.as_str()) {
+        return Err(QmpError::Generic(format!(
+            "invalid arguments for '{NAME}': file driver '{}' is not supported (expected 'file' or 'host_device')",
             args.file.driver
         )));
     }
@@ -353,7 +470,7 @@ fn parse_blockdev_add(args: BlockdevAddArguments) -> Result<Command, QmpError> {
     let aio = args
         .file
         .aio
-        .map(|name| AioEngine::from_str(&name))
+        .map(|name| AioEngine::from_str(aio_spelling(&name)))
         .transpose()
         .map_err(|e| QmpError::Generic(format!("invalid arguments for '{NAME}': {e}")))?;
     let error_action = |value: Option<String>| {
@@ -485,7 +602,39 @@ fn parse_device_add(args: DeviceAddArguments) -> Result<Command, QmpError> {
         Some(drive) => non_empty(NAME, "drive", drive)?,
         None => id.clone(),
     };
-    Ok(Command::DeviceAdd(DeviceAdd { id, drive, slot }))
+    if let Some(romfile) = args.romfile.filter(|r| !r.is_empty()) {
+        return Err(QmpError::Generic(format!(
+            "invalid arguments for '{NAME}': romfile '{romfile}' is not supported (the micro VM has no PCI option ROMs; use \"\" or omit it)"
+        )));
+    }
+    let serial = args
+        .serial
+        .map(|serial| non_empty(NAME, "serial", serial))
+        .transpose()?;
+    let iothread = args
+        .iothread
+        .map(|iothread| non_empty(NAME, "iothread", iothread))
+        .transpose()?;
+    let share_rw = args
+        .share_rw
+        .map(|value| match value {
+            Value::Bool(on) => Ok(on),
+            Value::String(text) if text == "on" => Ok(true),
+            Value::String(text) if text == "off" => Ok(false),
+            other => Err(QmpError::Generic(format!(
+                "invalid arguments for '{NAME}': share-rw {other} is not \"on\", \"off\" or a boolean"
+            ))),
+        })
+        .transpose()?;
+    Ok(Command::DeviceAdd(DeviceAdd {
+        id,
+        drive,
+        slot,
+        serial,
+        iothread,
+        bus: args.bus,
+        share_rw,
+    }))
 }
 
 /// A slot number from `"0x1f"`, `"31"` or `31`.
@@ -614,9 +763,14 @@ mod tests {
             id: "d".into(),
             drive: "n".into(),
             slot: 2,
+            serial: Some("S1".into()),
+            iothread: None,
+            bus: None,
+            share_rw: None,
         }
         .blk_device_config();
         assert_eq!((device.id.as_str(), device.drive.as_str()), ("d", "n"));
+        assert_eq!(device.serial.as_deref(), Some("S1"));
     }
 
     #[test]
@@ -688,6 +842,10 @@ mod tests {
                     id: "drive-1".into(),
                     drive: "drive-1".into(),
                     slot,
+                    serial: None,
+                    iothread: None,
+                    bus: None,
+                    share_rw: None,
                 })
             );
         }
@@ -702,6 +860,10 @@ mod tests {
                 id: "dev".into(),
                 drive: "node".into(),
                 slot: 0,
+                serial: None,
+                iothread: None,
+                bus: None,
+                share_rw: None,
             })
         );
     }
@@ -723,10 +885,150 @@ mod tests {
     #[test]
     fn unknown_command_is_command_not_found() {
         assert_eq!(
-            Command::parse("query-kvm", None),
+            Command::parse("query-balloon", None),
             Err(QmpError::CommandNotFound(
-                "The command query-kvm has not been found".into()
+                "The command query-balloon has not been found".into()
             ))
         );
+    }
+
+    #[test]
+    fn every_listed_command_parses() {
+        for name in COMMANDS {
+            let arguments = match *name {
+                "blockdev-add" => {
+                    json!({"node-name": "n", "file": {"driver": "file", "filename": "f"}})
+                }
+                "blockdev-del" => json!({"node-name": "n"}),
+                "device_add" => json!({"id": "d", "driver": "virtio-blk-mmio", "addr": "0"}),
+                "device_del" => json!({"id": "d"}),
+                "block_set_io_throttle" => json!({"id": "d", "bps": 0, "bps_rd": 0,
+                    "bps_wr": 0, "iops": 100, "iops_rd": 0, "iops_wr": 0}),
+                _ => json!({}),
+            };
+            parse(name, arguments).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    /// The JSON govmm (Kata Containers' QMP client) sends for a hot-plug, byte for byte: Go's
+    /// encoding/json sorts map keys.
+    #[test]
+    fn katas_hot_plug_requests_parse() {
+        for (driver, path) in [
+            ("file", "/run/kata/disk.img"),
+            ("host_device", "/dev/loop7"),
+        ] {
+            let request = format!(
+                r#"{{"driver":"raw","file":{{"aio":"native","driver":"{driver}","filename":"{path}"}},"node-name":"drive-5f0a","read-only":false}}"#
+            );
+            let Value::Object(arguments) = serde_json::from_str(&request).unwrap() else {
+                panic!("object");
+            };
+            assert_eq!(
+                Command::parse("blockdev-add", Some(arguments)).unwrap(),
+                Command::BlockdevAdd(BlockdevAdd {
+                    aio: Some(AioEngine::Native),
+                    ..BlockdevAdd::new("drive-5f0a", path)
+                })
+            );
+        }
+        let Value::Object(arguments) = serde_json::from_str(
+            r#"{"addr":"1","drive":"drive-5f0a","driver":"virtio-blk-mmio","id":"drive-5f0a","romfile":""}"#,
+        )
+        .unwrap() else {
+            panic!("object");
+        };
+        assert_eq!(
+            Command::parse("device_add", Some(arguments)).unwrap(),
+            Command::DeviceAdd(DeviceAdd {
+                id: "drive-5f0a".into(),
+                drive: "drive-5f0a".into(),
+                slot: 1,
+                serial: None,
+                iothread: None,
+                bus: None,
+                share_rw: None,
+            })
+        );
+    }
+
+    #[test]
+    fn stratovirts_aio_spellings_and_device_add_members() {
+        for (spelling, engine) in [
+            ("off", AioEngine::Off),
+            ("Off", AioEngine::Off),
+            ("native", AioEngine::Native),
+            ("Native", AioEngine::Native),
+            ("iouring", AioEngine::IoUring),
+            ("IoUring", AioEngine::IoUring),
+            ("io_uring", AioEngine::IoUring),
+            ("threads", AioEngine::from_str("threads").unwrap()),
+            ("Threads", AioEngine::from_str("threads").unwrap()),
+        ] {
+            let parsed = parse(
+                "blockdev-add",
+                json!({"node-name": "n", "file": {"driver": "file", "filename": "f", "aio": spelling}}),
+            )
+            .unwrap();
+            let Command::BlockdevAdd(args) = parsed else {
+                panic!("{spelling}");
+            };
+            assert_eq!(args.aio, Some(engine), "{spelling}");
+        }
+        for bad in ["NATIVE", "iOuring", "Io_uring"] {
+            generic_desc(parse(
+                "blockdev-add",
+                json!({"node-name": "n", "file": {"driver": "file", "filename": "f", "aio": bad}}),
+            ));
+        }
+        let desc = generic_desc(parse(
+            "blockdev-add",
+            json!({"node-name": "n", "driver": "qcow2", "file": {"driver": "file", "filename": "f"}}),
+        ));
+        assert!(desc.contains("qcow2") && desc.contains("raw"), "{desc}");
+
+        let parsed = parse(
+            "device_add",
+            json!({"id": "d", "driver": "virtio-blk-mmio", "addr": "0x2", "drive": "n",
+                   "romfile": "", "serial": "SER1", "iothread": "io0", "bus": "virtio-mmio-bus.2",
+                   "share-rw": "on"}),
+        )
+        .unwrap();
+        assert_eq!(
+            parsed,
+            Command::DeviceAdd(DeviceAdd {
+                id: "d".into(),
+                drive: "n".into(),
+                slot: 2,
+                serial: Some("SER1".into()),
+                iothread: Some("io0".into()),
+                bus: Some("virtio-mmio-bus.2".into()),
+                share_rw: Some(true),
+            })
+        );
+        for (member, value) in [("share-rw", json!(false)), ("share-rw", json!("off"))] {
+            let Command::DeviceAdd(args) = parse(
+                "device_add",
+                json!({"id": "d", "driver": "virtio-blk-mmio", "addr": "0", member: value}),
+            )
+            .unwrap() else {
+                panic!("device_add");
+            };
+            assert_eq!(args.share_rw, Some(false));
+        }
+        for (member, value, needle) in [
+            ("romfile", json!("efi-virtio.rom"), "romfile"),
+            ("share-rw", json!("yes"), "share-rw"),
+            ("share-rw", json!(1), "share-rw"),
+            ("serial", json!(""), "serial"),
+            ("iothread", json!(""), "iothread"),
+            ("mac", json!("02:00:00:00:00:01"), "mac"),
+        ] {
+            let desc = generic_desc(parse(
+                "device_add",
+                json!({"id": "d", "driver": "virtio-blk-mmio", "addr": "0", member: value}),
+            ));
+            assert!(desc.contains(needle), "{member}: {desc}");
+        }
     }
 }

@@ -4,7 +4,8 @@
 //!   vCPU thread: sender.send(SHUTDOWN) ──► queue (stamped) ──► eventfd write
 //!                                                                  │
 //!   event loop: "qmp-events" handler ◄─────────────────────────────┘
-//!               drains the queue ──► negotiated client (dropped when there is none)
+//!               drains the queue ──► the client (held until its first request is answered;
+//!                                      dropped when there is no client)
 //! ```
 //!
 //! Invariants:
@@ -66,8 +67,8 @@ impl QmpEventSender {
         QmpEventSender { queue }
     }
 
-    /// Events queued and not yet taken by the event loop (which writes them to the client, or
-    /// drops them when no negotiated client is connected).
+    /// Events queued and not yet taken by the event loop (which hands them to the client, or
+    /// drops them when no client is connected).
     pub fn pending(&self) -> usize {
         self.queue
             .pending
@@ -76,8 +77,8 @@ impl QmpEventSender {
             .len()
     }
 
-    /// Stamps `event` with the current time and queues it for the connected, negotiated
-    /// client; without such a client when the loop delivers it, it is dropped (as QEMU does).
+    /// Stamps `event` with the current time and queues it for the connected client; without
+    /// a client when the loop delivers it, it is dropped (as QEMU does).
     pub fn send(&self, event: QmpEvent) {
         let stamped = (event, Timestamp::now());
         {

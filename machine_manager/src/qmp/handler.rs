@@ -11,6 +11,7 @@ use util::aio::ThrottleConfig;
 
 use super::block::{BlockInfo, BlockStatsInfo};
 use super::commands::{BlockdevAdd, DeviceAdd};
+use crate::config::{CpuTopology, MAX_CPUS};
 
 /// A failed command, as the client sees it: an error class and a human-readable description.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,7 +75,9 @@ pub struct CpuInfo {
 /// The machine side of QMP. The server calls these from its event-loop thread, one at a time.
 ///
 /// Events: the server itself emits `STOP` after a successful [`QmpHandler::stop`], `RESUME`
-/// after [`QmpHandler::cont`], `SHUTDOWN` (`host-qmp-quit`) before [`QmpHandler::quit`] and
+/// after [`QmpHandler::cont`], `SHUTDOWN` (`host-qmp-quit`) before [`QmpHandler::quit`],
+/// `SHUTDOWN` (`host-qmp-system-reset`) before [`QmpHandler::system_reset`], `POWERDOWN` and
+/// `SHUTDOWN` (`host-qmp-quit`) before [`QmpHandler::system_powerdown`], and
 /// `DEVICE_DELETED` after [`QmpHandler::device_del`]. The machine emits only what happens
 /// without a command (e.g. `SHUTDOWN` with reason `guest-shutdown`) through a
 /// [`super::QmpEventSender`].
@@ -106,6 +109,101 @@ pub trait QmpHandler: Send {
     fn query_block(&self) -> Vec<BlockInfo>;
     /// The block devices' I/O counters (`query-blockstats`).
     fn query_blockstats(&self) -> Vec<BlockStatsInfo>;
+    /// `system_reset`: a micro VM does not reboot, it ends (as StratoVirt's micro VM). Called
+    /// like [`QmpHandler::quit`], after the reply and the `SHUTDOWN` event were written. By
+    /// default it is [`QmpHandler::quit`].
+    fn system_reset(&mut self) {
+        self.quit();
+    }
+    /// `system_powerdown`: with no ACPI for the guest to act on, the micro VM ends (as
+    /// StratoVirt's micro VM). Called like [`QmpHandler::quit`]. By default it is
+    /// [`QmpHandler::quit`].
+    fn system_powerdown(&mut self) {
+        self.quit();
+    }
+    /// How the vCPUs are arranged, for `query-hotpluggable-cpus`. By default one socket of
+    /// single-thread cores, one per vCPU of [`QmpHandler::query_cpus`].
+    fn cpu_topology(&self) -> CpuTopology {
+        CpuTopology::flat(u8::try_from(self.query_cpus().len()).unwrap_or(MAX_CPUS))
+    }
+}
+
+/// `{"name": ...}`, an element of the `query-commands` and `query-events` lists.
+#[derive(Debug, Serialize)]
+pub(crate) struct NameInfo {
+    pub(crate) name: &'static str,
+}
+
+/// The `query-target` return value.
+#[derive(Debug, Serialize)]
+pub(crate) struct TargetInfo {
+    pub(crate) arch: &'static str,
+}
+
+/// The `query-kvm` return value.
+#[derive(Debug, Serialize)]
+pub(crate) struct KvmInfo {
+    pub(crate) enabled: bool,
+    pub(crate) present: bool,
+}
+
+/// One machine type in the `query-machines` list, in StratoVirt's member order.
+#[derive(Debug, Serialize)]
+pub(crate) struct MachineInfo {
+    #[serde(rename = "hotpluggable-cpus")]
+    pub(crate) hotpluggable_cpus: bool,
+    pub(crate) name: &'static str,
+    #[serde(rename = "numa-mem-supported")]
+    pub(crate) numa_mem_supported: bool,
+    #[serde(rename = "cpu-max")]
+    pub(crate) cpu_max: u8,
+    pub(crate) deprecated: bool,
+}
+
+/// Where a vCPU sits, as `query-hotpluggable-cpus` reports it (StratoVirt's x86 members).
+#[derive(Debug, Serialize)]
+pub(crate) struct CpuProps {
+    #[serde(rename = "socket-id")]
+    socket_id: usize,
+    die_id: usize,
+    #[serde(rename = "thread-id")]
+    thread_id: usize,
+    #[serde(rename = "core-id")]
+    core_id: usize,
+}
+
+/// One element of the `query-hotpluggable-cpus` list: every vCPU is present (no vCPU
+/// hot-plug), so each has its `qom-path`.
+#[derive(Debug, Serialize)]
+pub(crate) struct HotpluggableCpuReply {
+    #[serde(rename = "type")]
+    cpu_type: &'static str,
+    #[serde(rename = "vcpus-count")]
+    vcpus_count: usize,
+    props: CpuProps,
+    #[serde(rename = "qom-path")]
+    qom_path: String,
+}
+
+/// The `query-hotpluggable-cpus` list for `topology`, vCPU `i` at socket
+/// `i / (cores * threads)`, core `(i / threads) % cores`, thread `i % threads`.
+pub(crate) fn hotpluggable_cpus(topology: CpuTopology) -> Vec<HotpluggableCpuReply> {
+    let threads = usize::from(topology.threads.max(1));
+    let cores = usize::from(topology.cores.max(1));
+    let count = usize::from(topology.sockets) * cores * threads;
+    (0..count)
+        .map(|index| HotpluggableCpuReply {
+            cpu_type: "host-x86-cpu",
+            vcpus_count: 1,
+            props: CpuProps {
+                socket_id: index / (cores * threads),
+                die_id: 0,
+                thread_id: index % threads,
+                core_id: (index / threads) % cores,
+            },
+            qom_path: format!("/machine/unattached/device[{index}]"),
+        })
+        .collect()
 }
 
 /// The `query-status` return value.

@@ -12,7 +12,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::handler::{CpuInfoReply, QmpError, StatusInfo};
+use super::handler::{
+    CpuInfoReply, HotpluggableCpuReply, KvmInfo, MachineInfo, NameInfo, QmpError, StatusInfo,
+    TargetInfo,
+};
 
 /// The line terminator of every message the server sends.
 const LINE_END: &[u8] = b"\r\n";
@@ -36,13 +39,24 @@ struct GreetingBody {
     capabilities: Vec<String>,
 }
 
-#[derive(Serialize)]
-struct Version {
+/// The version the greeting and `query-version` report.
+#[derive(Debug, Serialize)]
+pub(crate) struct Version {
     qemu: VersionTriple,
     package: String,
 }
 
-#[derive(Serialize)]
+impl Version {
+    /// The QEMU version StratoVirt claims and this package's version.
+    pub(crate) fn current() -> Version {
+        Version {
+            qemu: QEMU_VERSION,
+            package: format!("StratoVirt-{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
 struct VersionTriple {
     micro: u32,
     minor: u32,
@@ -65,6 +79,18 @@ pub(crate) enum ReturnValue {
     Cpus(Vec<CpuInfoReply>),
     /// Any other reply, already in its JSON shape.
     Json(Value),
+    /// The `query-version` object.
+    Version(Version),
+    /// The `query-commands` and `query-events` lists.
+    Names(Vec<NameInfo>),
+    /// The `query-target` object.
+    Target(TargetInfo),
+    /// The `query-kvm` object.
+    Kvm(KvmInfo),
+    /// The `query-machines` list.
+    Machines(Vec<MachineInfo>),
+    /// The `query-hotpluggable-cpus` list.
+    HotpluggableCpus(Vec<HotpluggableCpuReply>),
 }
 
 impl ReturnValue {
@@ -104,6 +130,9 @@ pub enum ShutdownReason {
     GuestShutdown,
     /// SIGTERM, SIGINT or SIGHUP (`{"guest":false,"reason":"host-signal"}`).
     HostSignal,
+    /// The `system_reset` command, which ends the micro VM
+    /// (`{"guest":false,"reason":"host-qmp-system-reset"}`).
+    HostQmpSystemReset,
 }
 
 /// An asynchronous notification for the client.
@@ -115,6 +144,8 @@ pub enum QmpEvent {
     Resume,
     /// The VM is ending.
     Shutdown(ShutdownReason),
+    /// `system_powerdown` asked the machine to power down.
+    Powerdown,
     /// A device was removed; `id` is its device id (reported as `device` and `path`).
     DeviceDeleted {
         /// The id given to `device_add` or `-device`.
@@ -205,10 +236,7 @@ fn encode<T: Serialize>(message: &T) -> Vec<u8> {
 pub(crate) fn greeting() -> Vec<u8> {
     encode(&Greeting {
         qmp: GreetingBody {
-            version: Version {
-                qemu: QEMU_VERSION,
-                package: format!("StratoVirt-{}", env!("CARGO_PKG_VERSION")),
-            },
+            version: Version::current(),
             capabilities: Vec::new(),
         },
     })
@@ -230,11 +258,22 @@ pub(crate) fn error(error: &QmpError, id: Option<&Value>) -> Vec<u8> {
     })
 }
 
+/// The names of the events the server sends, as `query-events` lists them.
+pub(crate) const EVENTS: &[&str] = &[
+    "SHUTDOWN",
+    "STOP",
+    "RESUME",
+    "POWERDOWN",
+    "DEVICE_DELETED",
+    "BLOCK_IO_ERROR",
+];
+
 /// An event line stamped with `timestamp`.
 pub(crate) fn event(event: &QmpEvent, timestamp: Timestamp) -> Vec<u8> {
     let (name, data) = match event {
         QmpEvent::Stop => ("STOP", EventData::Empty(Empty {})),
         QmpEvent::Resume => ("RESUME", EventData::Empty(Empty {})),
+        QmpEvent::Powerdown => ("POWERDOWN", EventData::Empty(Empty {})),
         QmpEvent::Shutdown(ShutdownReason::HostQmpQuit) => (
             "SHUTDOWN",
             EventData::Shutdown {
@@ -272,6 +311,13 @@ pub(crate) fn event(event: &QmpEvent, timestamp: Timestamp) -> Vec<u8> {
                 action,
                 nospace: *nospace,
                 reason,
+            },
+        ),
+        QmpEvent::Shutdown(ShutdownReason::HostQmpSystemReset) => (
+            "SHUTDOWN",
+            EventData::Shutdown {
+                guest: false,
+                reason: "host-qmp-system-reset",
             },
         ),
         QmpEvent::DeviceDeleted { id } => (
@@ -362,6 +408,18 @@ mod tests {
              \"operation\":\"write\",\"action\":\"stop\",\"nospace\":true,\
              \"reason\":\"No space left on device\"},\
              \"timestamp\":{\"seconds\":12,\"microseconds\":34}}\r\n"
+        );
+        assert_eq!(
+            text(event(
+                &QmpEvent::Shutdown(ShutdownReason::HostQmpSystemReset),
+                ts
+            )),
+            "{\"event\":\"SHUTDOWN\",\"data\":{\"guest\":false,\"reason\":\"host-qmp-system-reset\"},\
+             \"timestamp\":{\"seconds\":12,\"microseconds\":34}}\r\n"
+        );
+        assert_eq!(
+            text(event(&QmpEvent::Powerdown, ts)),
+            "{\"event\":\"POWERDOWN\",\"data\":{},\"timestamp\":{\"seconds\":12,\"microseconds\":34}}\r\n"
         );
         assert_eq!(
             text(event(&QmpEvent::DeviceDeleted { id: "d1".into() }, ts)),

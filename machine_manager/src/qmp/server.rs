@@ -4,7 +4,8 @@
 //!   "qmp-listener" (listening socket, IN) ── accept ──► the one client ── greeting
 //!   "qmp-client"   (client socket, IN [+ OUT while output is buffered])
 //!        read ──► Session (decode, negotiate, dispatch to QmpHandler) ──► output buffer ──► write
-//!   "qmp-events"   (eventfd, IN) ── QmpEventSender queue ──► output buffer of a negotiated client
+//!   "qmp-events"   (eventfd, IN) ── QmpEventSender queue ──► output buffer of the client
+//!                   (held until the client's first request is answered, then appended)
 //! ```
 //!
 //! Invariants:
@@ -16,8 +17,13 @@
 //!   buffer and `OUT` interest is registered until it drains; a client that lets more than
 //!   [`MAX_BUFFERED_OUTPUT`] bytes pile up is disconnected.
 //! - All state sits behind one mutex taken by the handlers; the [`QmpHandler`] is called with
-//!   it held (commands are serialized), except [`QmpHandler::quit`], called after the reply
-//!   and the `SHUTDOWN` event were flushed and the lock released.
+//!   it held (commands are serialized), except [`QmpHandler::quit`] (and `system_reset`,
+//!   `system_powerdown`), called after the reply and the `SHUTDOWN` event were flushed and the
+//!   lock released.
+//! - Events go to the connected client; until its first request has been answered they are
+//!   held for it (up to [`MAX_BUFFERED_OUTPUT`] bytes, beyond which they are dropped with a
+//!   warning), so that a QEMU client's negotiation sees the reply to `qmp_capabilities` first.
+//!   With no client connected, events are dropped.
 //! - The socket file is created by [`QmpServer::new`] (replacing a stale socket, never another
 //!   kind of file) and removed when the server is dropped.
 
@@ -35,7 +41,7 @@ use vmm_sys_util::epoll::EventSet;
 use super::events::{EventQueue, QmpEventSender};
 use super::handler::{QmpError, QmpHandler};
 use super::message;
-use super::session::{AfterReply, Session};
+use super::session::{AfterReply, Ending, Session};
 
 /// A client that lets this much output pile up unread is disconnected.
 const MAX_BUFFERED_OUTPUT: usize = 4 << 20;
@@ -150,7 +156,7 @@ impl QmpServer {
     }
 
     /// A sender for events; usable before [`QmpServer::register`] (events sent while no
-    /// negotiated client is connected are dropped).
+    /// client is connected are dropped).
     pub fn event_sender(&self) -> QmpEventSender {
         QmpEventSender::new(self.events.clone())
     }
@@ -247,6 +253,8 @@ struct Client {
     stream: UnixStream,
     session: Session,
     output: Vec<u8>,
+    /// Event lines raised before its first request was answered.
+    held: Vec<u8>,
     /// The events its `qmp-client` handler is registered for, if registered.
     registered: Option<EventSet>,
 }
@@ -257,8 +265,9 @@ enum ClientStatus {
     Alive,
     /// Hung up or failed; holds why.
     Gone(String),
-    /// It asked to `quit`: its output is flushed, the handler's `quit` is due.
-    Quit,
+    /// It asked to end the VM: its output is flushed, the handler's `quit` (or
+    /// `system_reset`, `system_powerdown`) is due.
+    End(Ending),
 }
 
 impl Client {
@@ -267,6 +276,7 @@ impl Client {
             stream,
             session: Session::default(),
             output: message::greeting(),
+            held: Vec::new(),
             registered: None,
         }
     }
@@ -279,9 +289,13 @@ impl Client {
                 Ok(0) => return ClientStatus::Gone("client disconnected".into()),
                 Ok(n) => {
                     self.session.push_input(&buf[..n]);
-                    if self.session.process(handler, &mut self.output) == AfterReply::Quit {
+                    let after = self.session.process(handler, &mut self.output);
+                    if self.session.ready_for_events() && !self.held.is_empty() {
+                        self.output.append(&mut self.held);
+                    }
+                    if let AfterReply::End(ending) = after {
                         self.flush_blocking();
-                        return ClientStatus::Quit;
+                        return ClientStatus::End(ending);
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
@@ -311,6 +325,19 @@ impl Client {
             ));
         }
         ClientStatus::Alive
+    }
+
+    /// Takes event lines: sent at once once the first request was answered, held until then.
+    fn push_events(&mut self, lines: Vec<u8>) {
+        if self.session.ready_for_events() {
+            self.output.extend(lines);
+        } else if self.held.len() + lines.len() <= MAX_BUFFERED_OUTPUT {
+            self.held.extend(lines);
+        } else {
+            log::warn!(
+                "qmp: client has sent no request yet and holds too many events; dropping some"
+            );
+        }
     }
 
     /// Writes all buffered output, waiting up to [`QUIT_FLUSH_TIMEOUT`] for a slow reader;
@@ -346,12 +373,12 @@ impl Shared {
     }
 
     fn on_listener_ready(self: &Arc<Self>) {
-        let mut quit = false;
+        let mut ending = None;
         {
             let mut state = self.lock_state();
             loop {
                 match state.listener.accept() {
-                    Ok((stream, _)) => quit |= self.on_connect(&mut state, stream),
+                    Ok((stream, _)) => ending = ending.or(self.on_connect(&mut state, stream)),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                     Err(e) => {
@@ -361,37 +388,37 @@ impl Shared {
                 }
             }
         }
-        if quit {
-            self.quit();
+        if let Some(ending) = ending {
+            self.end(ending);
         }
     }
 
-    /// Serves `stream` if no client is connected, refuses it otherwise. Returns whether the
-    /// current client's pending input held a `quit`.
-    fn on_connect(self: &Arc<Self>, state: &mut State, stream: UnixStream) -> bool {
-        let mut quit = false;
+    /// Serves `stream` if no client is connected, refuses it otherwise. Returns how the
+    /// current client's pending input asked the VM to end, if it did.
+    fn on_connect(self: &Arc<Self>, state: &mut State, stream: UnixStream) -> Option<Ending> {
+        let mut ending = None;
         if let Some(client) = state.client.as_mut() {
             // The current client may have hung up without the loop noticing yet.
             let status = client.service(&self.handler);
-            quit = self.apply_status(state, status);
+            ending = self.apply_status(state, status);
         }
         if state.client.is_some() {
             refuse(stream);
-            return quit;
+            return ending;
         }
         if let Err(e) = stream.set_nonblocking(true) {
             log::warn!("qmp: cannot make the client socket non-blocking: {e}");
-            return quit;
+            return ending;
         }
         log::info!("qmp: client connected");
         let mut client = Client::new(stream);
         let status = client.flush();
         state.client = Some(client);
-        quit | self.apply_status(state, status)
+        ending.or(self.apply_status(state, status))
     }
 
     fn on_client_ready(self: &Arc<Self>) {
-        let quit = {
+        let ending = {
             let mut state = self.lock_state();
             match state.client.as_mut() {
                 Some(client) => {
@@ -399,49 +426,49 @@ impl Shared {
                     self.apply_status(&mut state, status)
                 }
                 // A stale notification for a client already dropped.
-                None => false,
+                None => None,
             }
         };
-        if quit {
-            self.quit();
+        if let Some(ending) = ending {
+            self.end(ending);
         }
     }
 
     fn on_events_ready(self: &Arc<Self>) {
         let events = self.events.take_all();
         let mut state = self.lock_state();
-        let Some(client) = state.client.as_mut().filter(|c| c.session.negotiated()) else {
+        let Some(client) = state.client.as_mut() else {
             if !events.is_empty() {
-                log::debug!(
-                    "qmp: no negotiated client, dropping {} event(s)",
-                    events.len()
-                );
+                log::debug!("qmp: no client, dropping {} event(s)", events.len());
             }
             return;
         };
+        let mut lines = Vec::new();
         for (event, timestamp) in &events {
-            client.output.extend(message::event(event, *timestamp));
+            lines.extend(message::event(event, *timestamp));
         }
+        client.push_events(lines);
         let status = client.flush();
-        // Events never carry a quit.
+        // Events never end the VM.
         self.apply_status(&mut state, status);
     }
 
-    /// Drops a gone client or updates its registration; returns whether `quit` is due.
-    fn apply_status(self: &Arc<Self>, state: &mut State, status: ClientStatus) -> bool {
+    /// Drops a gone client or updates its registration; returns how the VM is to end, if a
+    /// request asked for it.
+    fn apply_status(self: &Arc<Self>, state: &mut State, status: ClientStatus) -> Option<Ending> {
         match status {
             ClientStatus::Gone(reason) => {
                 log::info!("qmp: dropping client: {reason}");
                 self.drop_client(state);
-                false
+                None
             }
             ClientStatus::Alive => {
                 self.sync_registration(state);
-                false
+                None
             }
-            ClientStatus::Quit => {
+            ClientStatus::End(ending) => {
                 self.sync_registration(state);
-                true
+                Some(ending)
             }
         }
     }
@@ -494,12 +521,14 @@ impl Shared {
         }
     }
 
-    fn quit(&self) {
-        log::info!("qmp: quit requested");
-        self.handler
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .quit();
+    fn end(&self, ending: Ending) {
+        log::info!("qmp: {ending:?} requested");
+        let mut handler = self.handler.lock().unwrap_or_else(|e| e.into_inner());
+        match ending {
+            Ending::Quit => handler.quit(),
+            Ending::Reset => handler.system_reset(),
+            Ending::Powerdown => handler.system_powerdown(),
+        }
     }
 }
 

@@ -1,46 +1,68 @@
-//! One client's protocol state: capabilities negotiation, request checking and dispatch.
+//! One client's protocol state: request checking and dispatch.
 //!
 //! ```text
-//!   connect ──► greeting ──► [negotiating] ──qmp_capabilities──► [command mode]
-//!                               │ any other command: CommandNotFound
-//!                               │ (events are not sent in this state)
+//!   connect ──► greeting ──► [first request not answered yet] ──any reply──► [events flow]
+//!                              every command works (no negotiation needed, as StratoVirt);
+//!                              qmp_capabilities answers {} whenever it is sent
 //! ```
 //!
 //! Invariants:
+//! - Commands work straight after the greeting, as in StratoVirt; `qmp_capabilities` is
+//!   optional and answers `{}` each time, so QEMU clients that negotiate keep working.
+//! - Events reach a client only once its first request has been answered
+//!   ([`Session::ready_for_events`]): a QEMU client's negotiation reads the reply to
+//!   `qmp_capabilities` as the next message after the greeting and fails on anything else.
+//!   Events raised before that are held for the client, not dropped (see `server.rs`).
 //! - Exactly one reply per request object, carrying the request's `id` when it had one.
 //! - Malformed input gets an error reply without `id` (none could be read).
-//! - The server's own events for a command (`STOP`, `RESUME`, `DEVICE_DELETED`) are written
-//!   before its reply, as QEMU and StratoVirt do; `SHUTDOWN` for `quit` after it.
+//! - The server's own events for a command (`STOP`, `RESUME`, `DEVICE_DELETED`, `POWERDOWN`)
+//!   are written before its reply, as QEMU and StratoVirt do; `SHUTDOWN` for `quit`,
+//!   `system_reset` and `system_powerdown` after it.
 
 use std::sync::Mutex;
 
 use serde_json::{Map, Value};
 
-use super::commands::{Command, QMP_CAPABILITIES};
+use super::commands::{Command, COMMANDS};
 use super::decoder::{Frame, JsonStream};
-use super::handler::{CpuInfoReply, QmpError, QmpHandler, StatusInfo};
-use super::message::{self, QmpEvent, ReturnValue, ShutdownReason, Timestamp};
+use super::handler::{
+    hotpluggable_cpus, CpuInfoReply, KvmInfo, MachineInfo, NameInfo, QmpError, QmpHandler,
+    StatusInfo, TargetInfo,
+};
+use super::message::{self, QmpEvent, ReturnValue, ShutdownReason, Timestamp, Version, EVENTS};
+use crate::config::{MACHINE_TYPE, MAX_CPUS};
+
+/// How a request asked the VM to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// `quit`: [`QmpHandler::quit`].
+    Quit,
+    /// `system_reset`: [`QmpHandler::system_reset`].
+    Reset,
+    /// `system_powerdown`: [`QmpHandler::system_powerdown`].
+    Powerdown,
+}
 
 /// What the server must do once the replies of a request are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AfterReply {
     /// Nothing: read the next request.
     Continue,
-    /// Flush the output, then call [`QmpHandler::quit`]; ignore further input.
-    Quit,
+    /// Flush the output, then end the VM the way the request asked; ignore further input.
+    End(Ending),
 }
 
 /// The protocol state of one connection.
 #[derive(Debug, Default)]
 pub(crate) struct Session {
     input: JsonStream,
-    negotiated: bool,
+    answered: bool,
 }
 
 impl Session {
-    /// Whether `qmp_capabilities` succeeded, so events may be sent.
-    pub(crate) fn negotiated(&self) -> bool {
-        self.negotiated
+    /// Whether the client's first request has been answered, so events may be sent.
+    pub(crate) fn ready_for_events(&self) -> bool {
+        self.answered
     }
 
     /// Buffers bytes read from the client.
@@ -64,8 +86,9 @@ impl Session {
                     AfterReply::Continue
                 }
             };
-            if after == AfterReply::Quit {
-                return AfterReply::Quit;
+            self.answered = true;
+            if after != AfterReply::Continue {
+                return after;
             }
         }
         AfterReply::Continue
@@ -85,10 +108,8 @@ impl Session {
             return AfterReply::Continue;
         };
         let id = request.remove("id");
-        let result = split_request(request).and_then(|(name, arguments)| {
-            self.check_mode(&name)?;
-            Command::parse(&name, arguments)
-        });
+        let result =
+            split_request(request).and_then(|(name, arguments)| Command::parse(&name, arguments));
         let command = match result {
             Ok(command) => command,
             Err(e) => {
@@ -98,57 +119,83 @@ impl Session {
             }
         };
         log::debug!("qmp: executing {command:?}");
-        let is_quit = command == Command::Quit;
+        let ending = match command {
+            Command::Quit => Some(Ending::Quit),
+            Command::SystemReset => Some(Ending::Reset),
+            Command::SystemPowerdown => Some(Ending::Powerdown),
+            _ => None,
+        };
         let (result, event) = {
             let mut handler = handler.lock().unwrap_or_else(|e| e.into_inner());
             self.execute(command, &mut *handler)
         };
-        let mut event_line = match (&result, event) {
-            (Ok(_), Some(event)) => Some(message::event(&event, Timestamp::now())),
-            _ => None,
-        };
-        if !is_quit {
-            out.extend(event_line.take().unwrap_or_default());
+        if result.is_ok() {
+            out.extend(
+                event
+                    .map(|e| message::event(&e, Timestamp::now()))
+                    .unwrap_or_default(),
+            );
         }
         match &result {
             Ok(value) => out.extend(message::success(value, id.as_ref())),
             Err(e) => out.extend(message::error(e, id.as_ref())),
         }
-        if is_quit {
-            out.extend(event_line.unwrap_or_default());
-            return AfterReply::Quit;
-        }
-        AfterReply::Continue
+        let Some(ending) = ending else {
+            return AfterReply::Continue;
+        };
+        let reason = match ending {
+            Ending::Quit | Ending::Powerdown => ShutdownReason::HostQmpQuit,
+            Ending::Reset => ShutdownReason::HostQmpSystemReset,
+        };
+        out.extend(message::event(
+            &QmpEvent::Shutdown(reason),
+            Timestamp::now(),
+        ));
+        AfterReply::End(ending)
     }
 
-    /// Before negotiation only `qmp_capabilities` exists; after it, it is refused (as QEMU).
-    fn check_mode(&self, name: &str) -> Result<(), QmpError> {
-        match (self.negotiated, name == QMP_CAPABILITIES) {
-            (false, false) => Err(QmpError::CommandNotFound(
-                "Expecting capabilities negotiation with 'qmp_capabilities'".into(),
-            )),
-            (true, true) => Err(QmpError::CommandNotFound(
-                "Capabilities negotiation is already complete, command ignored".into(),
-            )),
-            _ => Ok(()),
-        }
-    }
-
-    /// Runs `command`; returns its result and the event the server emits on success.
+    /// Runs `command`; returns its result and the event the server emits before its reply on
+    /// success (the `SHUTDOWN` of a request that ends the VM comes after the reply).
     fn execute(
         &mut self,
         command: Command,
         handler: &mut dyn QmpHandler,
     ) -> (Result<ReturnValue, QmpError>, Option<QmpEvent>) {
         let empty = |result: Result<(), QmpError>| result.map(|()| ReturnValue::empty());
+        let names = |list: &[&'static str]| {
+            ReturnValue::Names(list.iter().map(|&name| NameInfo { name }).collect())
+        };
         match command {
-            Command::QmpCapabilities => {
-                self.negotiated = true;
-                (Ok(ReturnValue::empty()), None)
-            }
-            Command::Quit => (
-                Ok(ReturnValue::empty()),
-                Some(QmpEvent::Shutdown(ShutdownReason::HostQmpQuit)),
+            // Optional, and answered each time, as StratoVirt does.
+            Command::QmpCapabilities => (Ok(ReturnValue::empty()), None),
+            Command::Quit | Command::SystemReset => (Ok(ReturnValue::empty()), None),
+            Command::SystemPowerdown => (Ok(ReturnValue::empty()), Some(QmpEvent::Powerdown)),
+            Command::QueryVersion => (Ok(ReturnValue::Version(Version::current())), None),
+            Command::QueryCommands => (Ok(names(COMMANDS)), None),
+            Command::QueryEvents => (Ok(names(EVENTS)), None),
+            Command::QueryTarget => (Ok(ReturnValue::Target(TargetInfo { arch: "x86_64" })), None),
+            Command::QueryKvm => (
+                Ok(ReturnValue::Kvm(KvmInfo {
+                    enabled: true,
+                    present: true,
+                })),
+                None,
+            ),
+            Command::QueryMachines => (
+                Ok(ReturnValue::Machines(vec![MachineInfo {
+                    hotpluggable_cpus: false,
+                    name: MACHINE_TYPE,
+                    numa_mem_supported: false,
+                    cpu_max: MAX_CPUS,
+                    deprecated: false,
+                }])),
+                None,
+            ),
+            Command::QueryHotpluggableCpus => (
+                Ok(ReturnValue::HotpluggableCpus(hotpluggable_cpus(
+                    handler.cpu_topology(),
+                ))),
+                None,
             ),
             Command::Stop => (empty(handler.stop()), Some(QmpEvent::Stop)),
             Command::Cont => (empty(handler.cont()), Some(QmpEvent::Resume)),
@@ -324,23 +371,37 @@ mod tests {
     }
 
     #[test]
-    fn only_qmp_capabilities_is_accepted_before_negotiation() {
+    fn commands_work_without_negotiation_and_capabilities_answer_each_time() {
         let mut session = Session::default();
         let handler = Mutex::new(Recorder::default());
+        assert!(!session.ready_for_events());
         let (lines, _) = run(&mut session, &handler, r#"{"execute":"stop","id":1}"#);
-        assert_eq!(lines[0]["error"]["class"], "CommandNotFound");
-        assert_eq!(lines[0]["id"], 1);
-        assert!(handler.lock().unwrap().calls.is_empty());
-        assert!(!session.negotiated());
+        assert_eq!(lines[0]["event"], "STOP");
+        assert_eq!(lines[1], json!({"return": {}, "id": 1}));
+        assert_eq!(handler.lock().unwrap().calls, ["stop"]);
+        assert!(session.ready_for_events());
         let (lines, _) = run(
             &mut session,
             &handler,
             r#"{"execute":"qmp_capabilities","id":"a"}{"execute":"qmp_capabilities","id":"b"}"#,
         );
         assert_eq!(lines[0], json!({"return": {}, "id": "a"}));
-        assert_eq!(lines[1]["error"]["class"], "CommandNotFound");
-        assert_eq!(lines[1]["id"], "b");
-        assert!(session.negotiated());
+        assert_eq!(lines[1], json!({"return": {}, "id": "b"}));
+    }
+
+    #[test]
+    fn any_reply_makes_the_session_ready_for_events() {
+        for input in [
+            r#"{"execute":"qmp_capabilities"}"#,
+            "{oops}\n",
+            r#"{"execute":"nope"}"#,
+        ] {
+            let mut session = Session::default();
+            let handler = Mutex::new(Recorder::default());
+            let (lines, _) = run(&mut session, &handler, input);
+            assert_eq!(lines.len(), 1, "{input}");
+            assert!(session.ready_for_events(), "{input}");
+        }
     }
 
     #[test]
@@ -396,7 +457,7 @@ mod tests {
             &handler,
             r#"{"execute":"quit","id":9}{"execute":"stop"}"#,
         );
-        assert_eq!(after, AfterReply::Quit);
+        assert_eq!(after, AfterReply::End(Ending::Quit));
         assert_eq!(lines[0], json!({"return": {}, "id": 9}));
         assert_eq!(lines[1]["event"], "SHUTDOWN");
         assert_eq!(
@@ -406,6 +467,155 @@ mod tests {
         assert_eq!(lines.len(), 2);
         // The handler's quit() is the server's job, after flushing.
         assert!(handler.lock().unwrap().calls.is_empty());
+    }
+
+    #[test]
+    fn system_reset_and_powerdown_end_the_vm_after_their_reply() {
+        let mut session = Session::default();
+        let handler = Mutex::new(Recorder::default());
+        let (lines, after) = run(
+            &mut session,
+            &handler,
+            r#"{"execute":"system_reset","id":1}"#,
+        );
+        assert_eq!(after, AfterReply::End(Ending::Reset));
+        assert_eq!(lines[0], json!({"return": {}, "id": 1}));
+        assert_eq!(lines[1]["event"], "SHUTDOWN");
+        assert_eq!(
+            lines[1]["data"],
+            json!({"guest": false, "reason": "host-qmp-system-reset"})
+        );
+        let mut session = Session::default();
+        let (lines, after) = run(&mut session, &handler, r#"{"execute":"system_powerdown"}"#);
+        assert_eq!(after, AfterReply::End(Ending::Powerdown));
+        assert_eq!(lines[0]["event"], "POWERDOWN");
+        assert_eq!(lines[1], json!({"return": {}}));
+        assert_eq!(lines[2]["event"], "SHUTDOWN");
+        assert_eq!(
+            lines[2]["data"],
+            json!({"guest": false, "reason": "host-qmp-quit"})
+        );
+        // The handler is called by the server once the output is flushed.
+        assert!(handler.lock().unwrap().calls.is_empty());
+        let (_, after) = run(
+            &mut Session::default(),
+            &handler,
+            r#"{"execute":"system_reset","arguments":{"now":1}}"#,
+        );
+        assert_eq!(
+            after,
+            AfterReply::Continue,
+            "a refused request ends nothing"
+        );
+    }
+
+    #[test]
+    fn stratovirt_queries_have_stratovirts_replies() {
+        let mut session = Session::default();
+        let handler = Mutex::new(Recorder::default());
+        let (lines, _) = run(
+            &mut session,
+            &handler,
+            concat!(
+                r#"{"execute":"query-version"}{"execute":"query-target"}{"execute":"query-kvm"}"#,
+                r#"{"execute":"query-machines"}{"execute":"query-hotpluggable-cpus"}"#,
+                r#"{"execute":"query-commands"}{"execute":"query-events"}"#
+            ),
+        );
+        assert_eq!(
+            lines[0]["return"]["qemu"],
+            json!({"micro": 1, "minor": 0, "major": 5})
+        );
+        assert_eq!(
+            lines[0]["return"]["package"],
+            format!("StratoVirt-{}", env!("CARGO_PKG_VERSION"))
+        );
+        assert_eq!(lines[1], json!({"return": {"arch": "x86_64"}}));
+        assert_eq!(
+            lines[2],
+            json!({"return": {"enabled": true, "present": true}})
+        );
+        assert_eq!(
+            lines[3],
+            json!({"return": [{"hotpluggable-cpus": false, "name": "microvm",
+                               "numa-mem-supported": false, "cpu-max": 254,
+                               "deprecated": false}]})
+        );
+        assert_eq!(
+            lines[4],
+            json!({"return": [{"type": "host-x86-cpu", "vcpus-count": 1,
+                               "props": {"socket-id": 0, "die_id": 0, "thread-id": 0,
+                                         "core-id": 0},
+                               "qom-path": "/machine/unattached/device[0]"}]})
+        );
+        let names = |line: &Value| -> Vec<String> {
+            line["return"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["name"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let commands = names(&lines[5]);
+        for command in [
+            "qmp_capabilities",
+            "quit",
+            "query-hotpluggable-cpus",
+            "system_reset",
+        ] {
+            assert!(
+                commands.iter().any(|c| c == command),
+                "{command}: {commands:?}"
+            );
+        }
+        assert_eq!(
+            names(&lines[6]),
+            [
+                "SHUTDOWN",
+                "STOP",
+                "RESUME",
+                "POWERDOWN",
+                "DEVICE_DELETED",
+                "BLOCK_IO_ERROR"
+            ]
+        );
+    }
+
+    #[test]
+    fn hotpluggable_cpus_follow_the_topology() {
+        let topology = crate::config::CpuTopology {
+            sockets: 2,
+            cores: 2,
+            threads: 2,
+        };
+        let cpus = serde_json::to_value(hotpluggable_cpus(topology)).unwrap();
+        let props: Vec<(u64, u64, u64)> = cpus
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let p = &c["props"];
+                (
+                    p["socket-id"].as_u64().unwrap(),
+                    p["core-id"].as_u64().unwrap(),
+                    p["thread-id"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            props,
+            [
+                (0, 0, 0),
+                (0, 0, 1),
+                (0, 1, 0),
+                (0, 1, 1),
+                (1, 0, 0),
+                (1, 0, 1),
+                (1, 1, 0),
+                (1, 1, 1)
+            ]
+        );
+        assert_eq!(cpus[7]["qom-path"], "/machine/unattached/device[7]");
     }
 
     #[test]

@@ -56,6 +56,7 @@ impl Rig {
     pub fn new(drive: &BlockBackendConfig, config: RigConfig) -> Result<Rig> {
         let options = MemoryOptions {
             prealloc: config.prealloc,
+            ..MemoryOptions::default()
         };
         let mem = Arc::new(GuestMemory::with_options(&[(0, RAM)], &options).context("guest RAM")?);
         let backend = BlockBackend::open(drive)

@@ -264,6 +264,12 @@ impl BlockBackend {
         self.capacity_sectors
     }
 
+    /// Sets the serial number the device reports (`GET_ID`): QMP `device_add`'s `serial`
+    /// belongs to the device the backend is plugged into.
+    pub fn set_serial(&mut self, serial: Option<String>) {
+        self.config.serial = serial;
+    }
+
     /// Changes the I/O limits (QMP `block_set_io_throttle`).
     pub(super) fn set_throttle(&mut self, throttle: ThrottleConfig) {
         self.config.throttle = throttle;
