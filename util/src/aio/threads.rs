@@ -12,7 +12,8 @@
 //!   on the thread that opens the engine (the VMM's main thread) and none later: the
 //!   thread that uses the engine (the device's event loop) never creates a thread, and a host
 //!   that cannot give the threads makes opening the drive fail instead of a request stall.
-//!   Workers are named `aio-worker-N` (N from 0 within one engine) and have small stacks.
+//!   Workers are named `aio-worker-N` (N from 0 within one engine) and have small stacks;
+//!   `new` returns once every worker runs.
 //! - `submit`, `reap`, `in_flight` and `drain` run on the engine's one user thread; the workers
 //!   only take requests, run them and post completions. Requests are taken in submission order
 //!   (FIFO); with more requests than workers the rest wait in the queue. Requests running on
@@ -70,7 +71,7 @@ struct Shared {
     state: Mutex<State>,
     /// Workers wait here for requests (or for `stop`).
     work: Condvar,
-    /// `drain` waits here for finished requests.
+    /// `drain` waits here for finished requests, `new` for the workers to start.
     finished: Condvar,
 }
 
@@ -82,6 +83,8 @@ struct State {
     done: Vec<Finished>,
     /// Workers waiting for a request.
     idle: usize,
+    /// Workers that have started (and named their thread).
+    started: usize,
     /// `drain` waits on `Shared::finished`.
     draining: bool,
     /// The engine is going away: workers leave once the queue is empty.
@@ -123,6 +126,8 @@ impl Shared {
 
 /// A worker: takes requests in order, runs each to its end, posts it finished.
 fn worker(shared: &Shared) {
+    shared.lock().started += 1;
+    shared.finished.notify_one();
     let mut slot = shared.next();
     while let Some(mut current) = slot.take() {
         let done = panic::catch_unwind(AssertUnwindSafe(|| run_to_end(shared.fd, &mut current)))
@@ -185,6 +190,7 @@ impl ThreadsContext {
                 queue: VecDeque::with_capacity(depth),
                 done: Vec::with_capacity(depth),
                 idle: 0,
+                started: 0,
                 draining: false,
                 stop: false,
             }),
@@ -214,6 +220,16 @@ impl ThreadsContext {
                 })?;
             ctx.workers.push(handle);
         }
+        // Return with every worker running and its thread named.
+        let mut st = ctx.shared.lock();
+        while st.started < count {
+            st = ctx
+                .shared
+                .finished
+                .wait(st)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        drop(st);
         Ok(ctx)
     }
 
