@@ -28,7 +28,10 @@ fn engine_names_parse_and_print() {
     for bad in ["", "uring", "Native", "io-uring", "native "] {
         let err = bad.parse::<AioEngine>().expect_err("unknown name");
         assert!(matches!(err, AioError::UnknownEngine(ref s) if s == bad));
-        assert!(err.to_string().contains("off, threads, native or io_uring"), "{err}");
+        assert!(
+            err.to_string().contains("off, threads, native or io_uring"),
+            "{err}"
+        );
     }
 }
 
@@ -155,7 +158,10 @@ fn probe_names_engine_and_errno_when_the_kernel_refuses() {
     for (engine, result) in results {
         let errno = match engine {
             AioEngine::Off | AioEngine::Threads => {
-                assert!(result.is_ok(), "aio={engine} needs nothing more from the kernel");
+                assert!(
+                    result.is_ok(),
+                    "aio={engine} needs nothing more from the kernel"
+                );
                 continue;
             }
             AioEngine::Native => libc::ENOSYS,

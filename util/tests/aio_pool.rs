@@ -137,7 +137,10 @@ fn requests_run_on_the_pool_never_on_the_submitting_thread() {
         };
         let tid: i32 = tid.parse().expect("strace -f prefixes the tid");
         assert_ne!(tid, submitter[0], "{name} ran on the submitting thread");
-        assert!(workers.contains(&tid), "{name} on thread {tid}, not a worker");
+        assert!(
+            workers.contains(&tid),
+            "{name} on thread {tid}, not a worker"
+        );
         seen.insert(*name);
     }
     for call in IO_CALLS {
@@ -191,14 +194,22 @@ fn drop_finishes_queued_requests_then_releases_their_keep_alives() {
             let at = i * ALIGN;
             AioRequest {
                 keep_alive: Some(keep.clone()),
-                ..rw(AioOpcode::Write, at as u64, vec![owner.iovec(at, ALIGN)], i as u64)
+                ..rw(
+                    AioOpcode::Write,
+                    at as u64,
+                    vec![owner.iovec(at, ALIGN)],
+                    i as u64,
+                )
             }
         })
         .collect();
     drop(keep);
     // SAFETY: the buffer is kept alive by the requests' `KeepAlive`s and by `owner`.
     unsafe { ctx.submit(&mut batch) }.expect("submit");
-    assert!(Arc::strong_count(&owner) > 1, "queued requests hold the buffer");
+    assert!(
+        Arc::strong_count(&owner) > 1,
+        "queued requests hold the buffer"
+    );
     drop(ctx);
     assert_eq!(
         Arc::strong_count(&owner),
