@@ -126,12 +126,13 @@ fn requests_run_on_the_pool_never_on_the_submitting_thread() {
     assert_eq!(workers.len(), MAX_WORKERS, "{stdout}");
     let text = std::fs::read_to_string(&log).expect("strace output");
     let _ = std::fs::remove_file(&log);
-    // Lines look like `1234 pwritev(5, [...], 1, 4096) = 4096`.
+    // Lines look like `1234 pwritev(5, [...], 1, 4096) = 4096` (strace pads the tid).
     let mut seen = HashSet::new();
     for line in text.lines() {
         let Some((tid, call)) = line.split_once(' ') else {
             continue;
         };
+        let call = call.trim_start();
         let Some(name) = IO_CALLS.iter().find(|c| call.starts_with(&format!("{c}("))) else {
             continue;
         };

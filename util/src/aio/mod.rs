@@ -24,11 +24,11 @@
 //!   holds it until the request's completion is handed out. An engine dropped with requests it
 //!   could not drain (the kernel may still write into their buffers) leaks their `KeepAlive`s
 //!   instead of dropping them, so that memory is never unmapped under in-flight I/O.
-//! - An engine is used from one thread at a time (the pool's workers of `aio=threads` only run
-//!   requests and post completions; `submit`, `reap` and `drain` stay on the caller's
-//!   thread). An `io_uring` ring is bound to the first
-//!   thread that submits to it (a single-issuer ring); calls from any other thread afterwards
-//!   fail with [`AioError::WrongThread`] and change nothing.
+//! - An engine is used from one thread at a time (the workers of `aio=threads` only run
+//!   requests and post completions; `submit`, `reap` and `drain` stay on the caller's thread).
+//!   An `io_uring` ring is bound to the first thread that submits to it (a single-issuer ring);
+//!   calls from any other thread afterwards fail with [`AioError::WrongThread`] and change
+//!   nothing.
 //! - A request the engine cannot carry ([`AioContext::supports`] is `false`) completes with
 //!   `-EOPNOTSUPP`; a read or write that moves no bytes completes with 0 at once.
 //! - Misaligned `O_DIRECT` requests are passed to the kernel as they are and its answer is

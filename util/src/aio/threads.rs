@@ -11,7 +11,7 @@
 //! - The pool has `min(depth, MAX_WORKERS)` workers, all started by [`ThreadsContext::new`]
 //!   on the thread that opens the engine (the VMM's main thread) and none later: the
 //!   thread that uses the engine (the device's event loop) never creates a thread, and a host
-//!   that cannot give the threads makes opening the drive fail instead of a request stall.
+//!   that cannot give the threads makes opening the drive fail instead of a request stalling.
 //!   Workers are named `aio-worker-N` (N from 0 within one engine) and have small stacks;
 //!   `new` returns once every worker runs.
 //! - `submit`, `reap`, `in_flight` and `drain` run on the engine's one user thread; the workers
@@ -26,8 +26,8 @@
 //!   never left without a readable eventfd, and a burst of completions costs one wake-up.
 //! - A finished request goes back to the user thread whole: its `KeepAlive` is released and its
 //!   iovec buffer kept for [`AioContext::iovec_buffer`] there, never on a worker. In a steady
-//!   stream nothing allocates: the queue, the finished list and its swap partner keep their
-//!   capacity.
+//!   stream nothing allocates: the staging and shared queues, the finished list and its swap
+//!   partner keep their capacity.
 //! - `drain` sleeps on a condition variable that workers signal only while a drain waits; it
 //!   cannot fail. Dropping the engine drains it, then stops and joins every worker; a worker
 //!   leaves only once the queue is empty, so no request (and no buffer a worker could write
@@ -94,8 +94,8 @@ struct State {
 }
 
 impl Shared {
-    /// The state, also after a panic elsewhere: every update of it is a single push, pop or
-    /// swap, so it is never left half-changed.
+    /// The state, also after a panic elsewhere: every update of it is a single push, pop, swap
+    /// or count, so it is never left half-changed.
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -297,9 +297,16 @@ impl AioContext for ThreadsContext {
                 st.idle
             };
             self.with_workers += pushed;
-            // Busy workers look at the queue before they sleep: only idle ones need waking.
-            for _ in 0..pushed.min(idle) {
-                self.shared.work.notify_one();
+            // Busy workers look at the queue before they sleep: only idle ones need waking, all
+            // of them with one call when there is work for each.
+            if idle == 0 {
+                // Nobody to wake.
+            } else if pushed >= idle {
+                self.shared.work.notify_all();
+            } else {
+                for _ in 0..pushed {
+                    self.shared.work.notify_one();
+                }
             }
         }
         if signal {
