@@ -1,5 +1,5 @@
 #!/bin/sh
-# Host-side block engine benchmark (aio=off|native|io_uring), see docs/aio.md.
+# Host-side block engine benchmark (aio=off|threads|native|io_uring), see docs/aio.md.
 # Usage: scripts/bench-engines.sh [aio_bench options]   (default JSON: target/aio-bench.json)
 set -eu
 cd "$(dirname "$0")/.."

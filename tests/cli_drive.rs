@@ -111,7 +111,7 @@ fn good_drives_get_past_the_block_set_up() {
     // (`/dev/null`, refused as a character device).
     let dir = scratch_dir("cli-good");
     let mut args: Vec<String> = vec!["-object".into(), "iothread,id=io0".into()];
-    for (i, aio) in ["off", "native", "io_uring"].iter().enumerate() {
+    for (i, aio) in ["off", "threads", "native", "io_uring"].iter().enumerate() {
         let path = dir.join(&format!("disk{i}.img"));
         std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
         args.push("-drive".into());

@@ -118,6 +118,19 @@ fn enospc_with_werror_stop_keeps_the_writes_until_a_retry_on_every_engine() {
             "{aio}: the device still owns every write"
         );
 
+        // A retry while the disk is still full: every write fails and is held again. The
+        // first reports are out of date once the retry is asked for (the machine must not
+        // pause the VM for them again); the new ones are not.
+        assert!(reported.iter().all(|e| !rig.slot.retried_since(e)));
+        rig.slot.retry();
+        assert!(reported.iter().all(|e| rig.slot.retried_since(e)));
+        for _ in 0..WRITES {
+            let again = errors
+                .recv_timeout(TIMEOUT)
+                .unwrap_or_else(|_| panic!("{aio}: a retried write did not fail again"));
+            assert!(again.nospace() && !rig.slot.retried_since(&again));
+        }
+
         // Space again, then the retry a QMP `cont` would ask for.
         tmpfs.resize(64 << 20).unwrap();
         rig.slot.retry();

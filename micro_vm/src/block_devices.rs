@@ -28,8 +28,8 @@ use std::sync::{Arc, Mutex};
 
 use device_model::virtio::mmio::reg::QUEUE_NOTIFY;
 use device_model::virtio::{
-    Block, BlockBackend, BlockBackendConfig, BlockHandle, ErrorSink, VirtioDevice, VirtioError,
-    VirtioMmio,
+    Block, BlockBackend, BlockBackendConfig, BlockHandle, BlockIoError, ErrorSink, VirtioDevice,
+    VirtioError, VirtioMmio,
 };
 use kvm_ioctls::{IoEventAddress, VmFd};
 use machine_manager::config::{DriveConfig, VmConfig};
@@ -289,6 +289,15 @@ impl BlockDevices {
         for slot in &self.slots {
             slot.device.retry();
         }
+    }
+
+    /// Whether the device that reported `error` was asked to retry its held requests since
+    /// (QMP `cont` came after the failure): the report must not pause the VM again.
+    pub fn retried_since(&self, error: &BlockIoError) -> bool {
+        self.slots
+            .iter()
+            .find(|s| s.device.id() == error.device)
+            .is_some_and(|s| s.device.retried_since(error))
     }
 
     /// The node behind device `id`, if a device has that id.

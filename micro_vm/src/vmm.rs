@@ -180,11 +180,15 @@ fn on_block_error(
     blocks: &Weak<Mutex<BlockDevices>>,
     events: Option<&QmpEventSender>,
 ) {
-    let node = blocks
+    let (node, retried) = blocks
         .upgrade()
-        .and_then(|b| {
+        .map(|b| {
             let blocks = b.lock().unwrap_or_else(|e| e.into_inner());
-            blocks.node_of(&error.device).map(str::to_string)
+            let node = blocks
+                .node_of(&error.device)
+                .unwrap_or_default()
+                .to_string();
+            (node, blocks.retried_since(error))
         })
         .unwrap_or_default();
     let operation = match error.operation {
@@ -207,7 +211,9 @@ fn on_block_error(
             reason,
         });
     }
-    if error.action != ErrorAction::Stop {
+    // A `cont` that came after the failure already retries the request: pausing now would
+    // stop a VM whose requests are all answered.
+    if error.action != ErrorAction::Stop || retried {
         return;
     }
     let Some(vm) = vm.upgrade() else {

@@ -60,12 +60,7 @@ fn four_replaceable_slots_then_user_devices_in_order() {
         iothreads: vec!["io0".into()],
         ..VmConfig::default()
     };
-    for (i, aio) in [AioEngine::Off, AioEngine::Native, AioEngine::IoUring]
-        .iter()
-        .cycle()
-        .take(6)
-        .enumerate()
-    {
+    for (i, aio) in AioEngine::ALL.iter().cycle().take(6).enumerate() {
         let path = dir.disk(&format!("d{i}.img"), 1 << 20);
         config.drives.push(drive(&format!("d{i}"), &path, *aio));
         let iothread = (i % 2 == 0).then_some("io0");

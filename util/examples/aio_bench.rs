@@ -1,9 +1,10 @@
 //! Host-side benchmark of the block engines: 4 KiB random reads and random writes with
-//! O_DIRECT at queue depths 1, 8, 32 and 128, for `aio=off`, `aio=native` and `aio=io_uring`.
+//! O_DIRECT at queue depths 1, 8, 32 and 128, for `aio=off`, `aio=threads`, `aio=native`
+//! and `aio=io_uring`.
 //!
 //! ```text
 //! cargo run --release -p util --example aio_bench -- [--file PATH]... [--size MIB]
-//!     [--seconds N] [--qd 1,8,32,128] [--engines off,native,io_uring] [--json OUT]
+//!     [--seconds N] [--qd 1,8,32,128] [--engines off,threads,native,io_uring] [--json OUT]
 //! ```
 //!
 //! Without `--file` it uses a 1 GiB file under /var/tmp (disk) and one under /dev/shm (tmpfs),
@@ -11,8 +12,8 @@
 //! requests in flight for N seconds, driving the engine exactly as the virtio-blk device does:
 //! wait for the engine's eventfd, reap, resubmit every finished slot in one batch. Latency is
 //! measured per request from the `submit` call that carried it to the `reap` that returned it;
-//! CPU time per I/O is the process's user + system time (io_uring workers included) over the
-//! cell divided by the I/Os completed.
+//! CPU time per I/O is the process's user + system time (io_uring workers and the
+//! `aio=threads` pool included) over the cell divided by the I/Os completed.
 
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
@@ -38,7 +39,7 @@ struct Options {
 fn usage() -> ! {
     eprintln!(
         "usage: aio_bench [--file PATH]... [--size MIB] [--seconds N] [--qd 1,8,32,128] \
-         [--engines off,native,io_uring] [--json OUT]"
+         [--engines off,threads,native,io_uring] [--json OUT]"
     );
     std::process::exit(2)
 }

@@ -5,7 +5,8 @@
 //!   locks on them.
 //! - [`logger`]: the `log` backend behind `-D`.
 //! - [`io_uring`]: our own io_uring, from the kernel ABI up.
-//! - [`aio`]: the block engines (`aio=off|native|io_uring`) behind one [`aio::AioContext`] trait.
+//! - [`aio`]: the block engines (`aio=off|threads|native|io_uring`) behind one
+//!   [`aio::AioContext`] trait.
 //! - `testing` (feature `test-utils`): host fixtures for tests (loop devices, I/O throttles,
 //!   log capture).
 

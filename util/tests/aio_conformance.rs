@@ -1,5 +1,5 @@
-//! One conformance suite, run unchanged against `aio=off`, `aio=native` and `aio=io_uring`,
-//! on real files, buffered and O_DIRECT.
+//! One conformance suite, run unchanged against `aio=off`, `aio=threads`, `aio=native` and
+//! `aio=io_uring`, on real files, buffered and O_DIRECT.
 //!
 //! Every check goes through the public contract only: `open_engine`, `submit`, the eventfd
 //! becoming readable, `reap`/`drain`. Data is checked byte for byte against a reference model
@@ -388,5 +388,6 @@ macro_rules! suite {
 }
 
 suite!(off, AioEngine::Off);
+suite!(threads, AioEngine::Threads);
 suite!(native, AioEngine::Native);
 suite!(io_uring, AioEngine::IoUring);

@@ -12,6 +12,7 @@ use util::aio::{open_engine, probe, AioEngine, AioError, AioOpcode};
 fn engine_names_parse_and_print() {
     for (text, engine) in [
         ("off", AioEngine::Off),
+        ("threads", AioEngine::Threads),
         ("native", AioEngine::Native),
         ("io_uring", AioEngine::IoUring),
         ("iouring", AioEngine::IoUring),
@@ -27,7 +28,10 @@ fn engine_names_parse_and_print() {
     for bad in ["", "uring", "Native", "io-uring", "native "] {
         let err = bad.parse::<AioEngine>().expect_err("unknown name");
         assert!(matches!(err, AioError::UnknownEngine(ref s) if s == bad));
-        assert!(err.to_string().contains("off, native or io_uring"), "{err}");
+        assert!(
+            err.to_string().contains("off, threads, native or io_uring"),
+            "{err}"
+        );
     }
 }
 
@@ -153,8 +157,11 @@ fn probe_names_engine_and_errno_when_the_kernel_refuses() {
     .expect("probe thread");
     for (engine, result) in results {
         let errno = match engine {
-            AioEngine::Off => {
-                assert!(result.is_ok(), "aio=off needs nothing from the kernel");
+            AioEngine::Off | AioEngine::Threads => {
+                assert!(
+                    result.is_ok(),
+                    "aio={engine} needs nothing more from the kernel"
+                );
                 continue;
             }
             AioEngine::Native => libc::ENOSYS,

@@ -93,6 +93,11 @@ fn off_completes_through_the_event_loop() {
 }
 
 #[test]
+fn threads_completes_through_the_event_loop() {
+    event_loop_drives(AioEngine::Threads);
+}
+
+#[test]
 fn native_completes_through_the_event_loop() {
     event_loop_drives(AioEngine::Native);
 }

@@ -51,7 +51,7 @@ fn refused_as_wrong_thread<T: std::fmt::Debug>(result: Result<T, AioError>, call
 
 #[test]
 fn engines_created_on_one_thread_serve_another() {
-    for engine in [AioEngine::Off, AioEngine::Native, AioEngine::IoUring] {
+    for engine in AioEngine::ALL {
         for mode in [Mode::Direct, Mode::ShmDirect] {
             let path = path_for(&format!("threads-handover-{engine}"), mode);
             let file = create_file(&path, &vec![0u8; DEPTH * ALIGN], mode);

@@ -3,7 +3,7 @@
 //! - [`queue`]: the split virtqueue (descriptor chains, indirect tables, `VIRTIO_F_EVENT_IDX`).
 //! - [`mmio`]: the virtio-mmio register file ([`VirtioMmio`]), its status state machine and reset.
 //! - [`block`]: virtio-blk ([`Block`]) with a replaceable backend ([`BlockBackend`]) whose
-//!   engine (`aio=off|native|io_uring`) is picked per drive.
+//!   engine (`aio=off|threads|native|io_uring`) is picked per drive.
 //! - [`rng`]: virtio-rng ([`Rng`]), entropy read from a host file ([`EntropySource`]), built
 //!   in the same two halves as virtio-blk.
 //! - [`driver`]: the guest's half of virtio played in-process, for tests and benchmarks.

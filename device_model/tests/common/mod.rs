@@ -31,9 +31,11 @@ pub const DATA: u64 = 0x40_0000;
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Every engine, with every allowed `direct` value.
-pub const MODES: [(AioEngine, bool); 5] = [
+pub const MODES: [(AioEngine, bool); 7] = [
     (AioEngine::Off, false),
     (AioEngine::Off, true),
+    (AioEngine::Threads, false),
+    (AioEngine::Threads, true),
     (AioEngine::Native, true),
     (AioEngine::IoUring, false),
     (AioEngine::IoUring, true),
@@ -227,12 +229,21 @@ impl Drop for Rig {
     }
 }
 
-/// Throttles the I/O of `rig`'s device thread to `device` to `iops` requests per second, until
-/// the returned value is dropped; `None` (with the reason printed) where the host has no
-/// throttle to offer.
+/// Throttles the I/O of `rig`'s device thread (and of the `aio=threads` workers) to `device` to
+/// `iops` requests per second, until the returned value is dropped; `None` (with the reason
+/// printed) where the host has no throttle to offer.
 pub fn throttle_device_thread(rig: &Rig, device: &LoopDevice, iops: u32) -> Option<IoThrottle> {
     let made = IoThrottle::new("blk-test", device.device_number().unwrap(), iops)
-        .and_then(|mut throttle| throttle.add_thread(rig.iothread.tid()).map(|()| throttle));
+        .and_then(|mut throttle| throttle.add_thread(rig.iothread.tid()).map(|()| throttle))
+        .map(|mut throttle| {
+            // With aio=threads the pool's workers make the system calls. Workers of other
+            // tests' engines may join the group too: it limits I/O to this device only, which
+            // they do not use, and a worker that has ended meanwhile is skipped.
+            for tid in threads_named(util::aio::threads::WORKER_NAME) {
+                let _ = throttle.add_thread(tid);
+            }
+            throttle
+        });
     match made {
         Ok(throttle) => Some(throttle),
         Err(e) => {
@@ -240,6 +251,21 @@ pub fn throttle_device_thread(rig: &Rig, device: &LoopDevice, iops: u32) -> Opti
             None
         }
     }
+}
+
+/// The thread ids of this process whose name starts with `prefix`.
+pub fn threads_named(prefix: &str) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            let comm = std::fs::read_to_string(path.join("comm")).ok()?;
+            comm.starts_with(prefix)
+                .then(|| path.file_name()?.to_str()?.parse().ok())?
+        })
+        .collect()
 }
 
 pub fn buf(gpa: u64, len: u32, writable: bool) -> Buffer {

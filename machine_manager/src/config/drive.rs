@@ -3,7 +3,8 @@
 //!
 //! - `direct` defaults to on (O_DIRECT). `aio` defaults to `native` when `direct=on` and to
 //!   `off` when `direct=off`, as in StratoVirt; `aio=native` with `direct=off` is refused
-//!   because Linux AIO completes synchronously on buffered files.
+//!   because Linux AIO completes synchronously on buffered files. `aio=threads` (a pool of
+//!   worker threads) and `aio=io_uring` take either `direct` value.
 //! - `file.locking=on|off|auto` (QEMU's key, default `auto`) says whether the image is locked.
 //! - Drive ids, device ids and iothread ids are each unique.
 //! - A drive that no `-device` uses gets its own virtio-blk device (the short form), with the
@@ -191,7 +192,7 @@ pub(crate) fn parse_drive(text: &str) -> Result<DriveArg> {
         None => default_aio(direct),
         Some(value) => value
             .parse::<AioEngine>()
-            .map_err(|_| kv.invalid("aio", &value, "off, native or io_uring"))?,
+            .map_err(|_| kv.invalid("aio", &value, "off, threads, native or io_uring"))?,
     };
     let serial = kv.take("serial");
     let mut error_action = |key: &str, default: ErrorAction| match kv.take(key) {

@@ -214,7 +214,8 @@ Usage: stratovirt [OPTIONS]
                               vCPUs, 1..254 (default 1), and their topology
   -cpu host[,-FEAT][,+FEAT]   vCPU model and CPUID features to hide or show
   -serial stdio               16550 UART (port 0x3f8, IRQ 4) on stdin/stdout
-  -drive id=ID,file=PATH[,readonly=on|off][,direct=on|off][,aio=off|native|io_uring]
+  -drive id=ID,file=PATH[,readonly=on|off][,direct=on|off]
+         [,aio=off|threads|native|io_uring]
          [,serial=S][,file.locking=on|off|auto][,if=none][,format=raw]
          [,werror=report|ignore|stop|enospc][,rerror=report|ignore|stop]
          [,discard=ignore|unmap][,detect-zeroes=off|on|unmap]

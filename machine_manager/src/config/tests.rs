@@ -212,6 +212,12 @@ fn drive_defaults_follow_direct() {
     assert_eq!(config.drives[0].discard, Discard::Ignore);
     assert_eq!(config.drives[0].detect_zeroes, DetectZeroes::Off);
     let config = parse("-drive id=d,file=/a,direct=off,aio=io_uring").unwrap();
+    // The thread pool takes either direct value.
+    for direct in ["on", "off"] {
+        let config = parse(&format!("-drive id=d,file=/a,direct={direct},aio=threads")).unwrap();
+        assert_eq!(config.drives[0].aio, AioEngine::Threads, "direct={direct}");
+        config.drives[0].validate().unwrap();
+    }
     // QEMU's error-policy defaults.
     assert_eq!(config.drives[0].werror, ErrorAction::Enospc);
     assert_eq!(config.drives[0].rerror, ErrorAction::Report);

@@ -700,6 +700,20 @@ mod tests {
     }
 
     #[test]
+    fn blockdev_add_takes_the_thread_pool() {
+        let parsed = parse(
+            "blockdev-add",
+            json!({"node-name": "n",
+                   "file": {"driver": "file", "filename": "f", "aio": "threads"}}),
+        )
+        .unwrap();
+        let Command::BlockdevAdd(args) = parsed else {
+            panic!("not a blockdev-add: {parsed:?}");
+        };
+        assert_eq!(args.aio, Some(AioEngine::Threads));
+    }
+
+    #[test]
     fn blockdev_add_defaults_are_left_to_the_machine() {
         let parsed = parse(
             "blockdev-add",
@@ -756,6 +770,8 @@ mod tests {
         assert_eq!(args.drive_config().aio, AioEngine::Off);
         args.aio = Some(AioEngine::IoUring);
         assert_eq!(args.drive_config().aio, AioEngine::IoUring);
+        args.drive_config().validate().unwrap();
+        args.aio = Some(AioEngine::Threads);
         args.drive_config().validate().unwrap();
         args.aio = Some(AioEngine::Native);
         assert!(args.drive_config().validate().is_err());

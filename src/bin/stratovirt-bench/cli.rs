@@ -18,7 +18,7 @@ Runs the real virtio-blk device (virtio-mmio transport, its own iothread) agains
 in-process guest driver that keeps N 4 KiB requests in flight, for every engine, backing,
 pattern and queue depth asked for, and fio on the same files as the host's ceiling.
 
-  --engines LIST    off,native,io_uring          (default: all)
+  --engines LIST    off,threads,native,io_uring  (default: all)
   --backings LIST   shm,disk,buffered            (default: all)
   --patterns LIST   randread,randwrite,randrw    (default: all)
   --depths LIST     queue depths                 (default: 1,8,32,128)
@@ -246,7 +246,7 @@ mod tests {
     #[test]
     fn defaults_are_the_full_matrix() {
         let o = parse(&[]).unwrap();
-        assert_eq!(o.engines.len(), 3);
+        assert_eq!(o.engines, AioEngine::ALL.to_vec());
         assert_eq!(o.backings.len(), 3);
         assert_eq!(o.patterns.len(), 3);
         assert_eq!(o.depths, vec![1, 8, 32, 128]);

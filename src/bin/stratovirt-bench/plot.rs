@@ -12,12 +12,18 @@ use anyhow::{bail, Context, Result};
 use crate::report::{Report, Source};
 
 /// Lines of the plot: source, engine, title, gnuplot style.
-const SERIES: [(Source, &str, &str, &str); 5] = [
+const SERIES: [(Source, &str, &str, &str); 6] = [
     (
         Source::Vmm,
         "off",
         "VMM aio=off",
         "lw 2 pt 7 lc rgb '#7f7f7f'",
+    ),
+    (
+        Source::Vmm,
+        "threads",
+        "VMM aio=threads",
+        "lw 2 pt 7 lc rgb '#2ca02c'",
     ),
     (
         Source::Vmm,

@@ -25,7 +25,8 @@ pub enum Source {
 pub struct Cell {
     /// VMM or fio.
     pub source: Source,
-    /// `off`, `native`, `io_uring` for the VMM; `libaio`, `io_uring` for fio.
+    /// `off`, `threads`, `native`, `io_uring` (`io_uring+prealloc`) for the VMM; `libaio`,
+    /// `io_uring` for fio.
     pub engine: String,
     /// The file.
     pub backing: Backing,
@@ -45,7 +46,8 @@ pub struct Cell {
     pub cpu_us_per_io: f64,
     /// CPU per I/O of the driver's thread (the "guest"), µs.
     pub driver_cpu_us_per_io: Option<f64>,
-    /// CPU per I/O of the bench's other threads (io_uring's kernel workers, SQPOLL), µs.
+    /// CPU per I/O of the bench's other threads (io_uring's kernel workers, SQPOLL, the
+    /// `aio=threads` pool), µs.
     pub other_cpu_us_per_io: Option<f64>,
     /// Notifications sent per I/O.
     pub kicks_per_io: Option<f64>,
@@ -143,13 +145,13 @@ impl Report {
     pub fn summary_table(&self) -> String {
         let prealloc = self.cells.iter().any(|c| c.engine == PREALLOC);
         let mut out = String::from(
-            "| backing | pattern | QD | off | native | io_uring | fio libaio | fio io_uring \
-             | io_uring / native | best VMM / best fio |",
+            "| backing | pattern | QD | off | threads | native | io_uring | fio libaio \
+             | fio io_uring | io_uring / native | best VMM / best fio |",
         );
         if prealloc {
             out.push_str(" io_uring+prealloc | +prealloc / io_uring |");
         }
-        out.push_str("\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        out.push_str("\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         if prealloc {
             out.push_str("---:|---:|");
         }
@@ -162,7 +164,7 @@ impl Report {
                 (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
                 _ => "-".into(),
             };
-            let best_vmm = ["off", "native", "io_uring", PREALLOC]
+            let best_vmm = ["off", "threads", "native", "io_uring", PREALLOC]
                 .iter()
                 .filter_map(|e| vmm(e))
                 .fold(0.0, f64::max);
@@ -173,10 +175,11 @@ impl Report {
             let positive = |v: f64| (v > 0.0).then_some(v);
             let _ = write!(
                 out,
-                "| {} | {} | {qd} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {qd} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 b.as_str(),
                 p.as_str(),
                 cell(vmm("off")),
+                cell(vmm("threads")),
                 cell(vmm("native")),
                 cell(vmm("io_uring")),
                 cell(fio("libaio")),
@@ -369,6 +372,7 @@ mod tests {
     #[test]
     fn summary_has_both_ratios() {
         let r = report(vec![
+            cell(Source::Vmm, "threads", 60_000.0),
             cell(Source::Vmm, "native", 100_000.0),
             cell(Source::Vmm, "io_uring", 130_000.0),
             cell(Source::Fio, "libaio", 200_000.0),
@@ -378,7 +382,7 @@ mod tests {
         let row = table.lines().nth(2).unwrap();
         assert_eq!(
             row,
-            "| shm | randread | 32 | - | 100K | 130K | 200K | 100K | 1.30 | 0.65 |"
+            "| shm | randread | 32 | - | 60K | 100K | 130K | 200K | 100K | 1.30 | 0.65 |"
         );
     }
 

@@ -133,8 +133,8 @@ pub fn thread_cpu_ns(tid: u32) -> Option<u64> {
     text.split_whitespace().next()?.parse().ok()
 }
 
-/// Nanoseconds every live thread of this process has run so far: device, driver, and the
-/// kernel's io_uring workers (which are threads of the process).
+/// Nanoseconds every live thread of this process has run so far: device, driver, the
+/// kernel's io_uring workers (which are threads of the process) and the `aio=threads` pool.
 pub fn process_cpu_ns() -> u64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return 0;

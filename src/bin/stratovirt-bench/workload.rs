@@ -314,6 +314,7 @@ mod tests {
         };
         for (aio, direct) in [
             (AioEngine::Off, false),
+            (AioEngine::Threads, true),
             (AioEngine::Native, true),
             (AioEngine::IoUring, true),
         ] {

@@ -195,7 +195,7 @@ pub(crate) struct Queue {
     /// Completions produced without the kernel, waiting for `reap`.
     ready: Vec<AioCompletion>,
     /// Iovec buffers of finished requests, cleared, for the caller's next requests.
-    spare: Vec<Vec<Iovec>>,
+    spares: Spares,
     efd: EventFd,
 }
 
@@ -212,14 +212,14 @@ impl Queue {
             slab: Slab::default(),
             pending: VecDeque::with_capacity(depth),
             ready: Vec::with_capacity(depth),
-            spare: Vec::with_capacity(depth),
+            spares: Spares::new(depth),
             efd,
         })
     }
 
     /// A cleared iovec buffer from a finished request, or a new one.
     pub(crate) fn iovec_buffer(&mut self) -> Vec<Iovec> {
-        self.spare.pop().unwrap_or_default()
+        self.spares.take()
     }
 
     /// Gives up every request still owned after a drain failed: the kernel may still use their
@@ -235,14 +235,9 @@ impl Queue {
         }
     }
 
-    /// Keeps the iovec buffer of a finished request for [`Queue::iovec_buffer`] (up to one per
-    /// request the queue holds).
+    /// Keeps the iovec buffer of a finished request for [`Queue::iovec_buffer`].
     fn recycle(&mut self, req: AioRequest) {
-        let mut iovecs = req.iovecs;
-        if self.spare.len() < self.spare.capacity() && iovecs.capacity() > 0 {
-            iovecs.clear();
-            self.spare.push(iovecs);
-        }
+        self.spares.keep(req);
     }
 
     /// The eventfd completions are announced on.
@@ -333,6 +328,33 @@ impl Queue {
     /// Requests accepted and not yet handed back.
     pub(crate) fn in_flight(&self) -> usize {
         self.slab.len() + self.ready.len()
+    }
+}
+
+/// The iovec buffers of finished requests, cleared, kept for the caller's next requests
+/// ([`super::AioContext::iovec_buffer`]): in a steady stream of requests none allocates.
+#[derive(Debug)]
+pub(crate) struct Spares(Vec<Vec<Iovec>>);
+
+impl Spares {
+    /// Room for up to `depth` buffers (one per request the engine is sized for).
+    pub(crate) fn new(depth: usize) -> Self {
+        Spares(Vec::with_capacity(depth))
+    }
+
+    /// A cleared buffer from a finished request, or a new (unallocated) one.
+    pub(crate) fn take(&mut self) -> Vec<Iovec> {
+        self.0.pop().unwrap_or_default()
+    }
+
+    /// Keeps the iovec buffer of the finished `req` while there is room, and releases the rest
+    /// of the request (its `KeepAlive`).
+    pub(crate) fn keep(&mut self, req: AioRequest) {
+        let mut iovecs = req.iovecs;
+        if self.0.len() < self.0.capacity() && iovecs.capacity() > 0 {
+            iovecs.clear();
+            self.0.push(iovecs);
+        }
     }
 }
 

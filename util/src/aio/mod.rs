@@ -1,4 +1,4 @@
-//! Block I/O engines behind one [`AioContext`] trait: `aio=off|native|io_uring`.
+//! Block I/O engines behind one [`AioContext`] trait: `aio=off|threads|native|io_uring`.
 //!
 //! ```text
 //!   device ──submit(batch)──► engine ──(one syscall per batch)──► kernel
@@ -11,8 +11,8 @@
 //!   returned by [`AioContext::reap`]; it is identified by its caller-chosen `tag`.
 //! - The engine's eventfd ([`AioContext::eventfd`]) becomes readable when completions are
 //!   ready. This holds for the synchronous engine too: it does the I/O inline, queues the
-//!   result and writes its eventfd, so callers have exactly one way to learn that a request
-//!   finished.
+//!   result and writes its eventfd, and for the thread pool, whose workers write it, so
+//!   callers have exactly one way to learn that a request finished.
 //! - A completion's `result` is the number of bytes transferred (the full request length:
 //!   short transfers are finished or retried by the engine) or a negative errno.
 //! - What the kernel does not accept at once (a full ring, `EAGAIN`) stays queued inside the
@@ -24,26 +24,29 @@
 //!   holds it until the request's completion is handed out. An engine dropped with requests it
 //!   could not drain (the kernel may still write into their buffers) leaks their `KeepAlive`s
 //!   instead of dropping them, so that memory is never unmapped under in-flight I/O.
-//! - An engine is used from one thread at a time. An `io_uring` ring is bound to the first
-//!   thread that submits to it (a single-issuer ring); calls from any other thread afterwards
-//!   fail with [`AioError::WrongThread`] and change nothing.
+//! - An engine is used from one thread at a time (the workers of `aio=threads` only run
+//!   requests and post completions; `submit`, `reap` and `drain` stay on the caller's thread).
+//!   An `io_uring` ring is bound to the first thread that submits to it (a single-issuer ring);
+//!   calls from any other thread afterwards fail with [`AioError::WrongThread`] and change
+//!   nothing.
 //! - A request the engine cannot carry ([`AioContext::supports`] is `false`) completes with
 //!   `-EOPNOTSUPP`; a read or write that moves no bytes completes with 0 at once.
 //! - Misaligned `O_DIRECT` requests are passed to the kernel as they are and its answer is
 //!   their completion: `-EINVAL` where the filesystem enforces alignment (ext4, XFS, block
 //!   devices), success on tmpfs, which has no alignment rule. No bounce buffers.
 //!
-//! Files: [`sync`] (`aio=off`), [`libaio`] (`aio=native`, on [`abi`]), [`uring`]
-//! (`aio=io_uring`, on [`crate::io_uring`]); `inflight` holds the per-request bookkeeping and
-//! the short-transfer rules the three share; `options` the per-drive options that shape what a
-//! device asks of its engine (error policy, discard, detect-zeroes, throttling), shared by the
-//! command line, QMP and the device.
+//! Files: [`sync`] (`aio=off`), [`threads`] (`aio=threads`), [`libaio`] (`aio=native`, on
+//! [`abi`]), [`uring`] (`aio=io_uring`, on [`crate::io_uring`]); `inflight` holds the
+//! per-request bookkeeping and the short-transfer rules the four share; `options` the
+//! per-drive options that shape what a device asks of its engine (error policy, discard,
+//! detect-zeroes, throttling), shared by the command line, QMP and the device.
 
 pub mod abi;
 mod inflight;
 pub mod libaio;
 mod options;
 pub mod sync;
+pub mod threads;
 pub mod uring;
 
 use std::any::Any;
@@ -149,11 +152,13 @@ pub struct AioCompletion {
     pub result: i64,
 }
 
-/// The engine of a drive, from `aio=off|native|io_uring`.
+/// The engine of a drive, from `aio=off|threads|native|io_uring`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AioEngine {
     /// Synchronous preadv/pwritev in the caller's thread.
     Off,
+    /// The same system calls run by a small pool of worker threads ([`threads`]).
+    Threads,
     /// Linux native AIO (io_setup/io_submit), completions signalled through an eventfd.
     Native,
     /// io_uring with its eventfd registered.
@@ -162,12 +167,18 @@ pub enum AioEngine {
 
 impl AioEngine {
     /// Every engine, in the order tables list them.
-    pub const ALL: [AioEngine; 3] = [AioEngine::Off, AioEngine::Native, AioEngine::IoUring];
+    pub const ALL: [AioEngine; 4] = [
+        AioEngine::Off,
+        AioEngine::Threads,
+        AioEngine::Native,
+        AioEngine::IoUring,
+    ];
 
     /// The spelling used on the command line.
     pub fn as_str(self) -> &'static str {
         match self {
             AioEngine::Off => "off",
+            AioEngine::Threads => "threads",
             AioEngine::Native => "native",
             AioEngine::IoUring => "io_uring",
         }
@@ -185,7 +196,8 @@ impl FromStr for AioEngine {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
-            "off" | "threads" => Ok(AioEngine::Off),
+            "off" => Ok(AioEngine::Off),
+            "threads" => Ok(AioEngine::Threads),
             "native" => Ok(AioEngine::Native),
             "io_uring" | "iouring" => Ok(AioEngine::IoUring),
             other => Err(AioError::UnknownEngine(other.to_string())),
@@ -196,8 +208,8 @@ impl FromStr for AioEngine {
 /// Errors of the block engines.
 #[derive(Debug, thiserror::Error)]
 pub enum AioError {
-    /// The engine name is not one of `off`, `native`, `io_uring` (`iouring`).
-    #[error("unknown aio engine {0:?}: expected off, native or io_uring")]
+    /// The engine name is not one of `off`, `threads`, `native`, `io_uring` (`iouring`).
+    #[error("unknown aio engine {0:?}: expected off, threads, native or io_uring")]
     UnknownEngine(String),
     /// The kernel refused to set the engine up (e.g. io_uring disabled by sysctl or seccomp).
     #[error("aio={engine} is not available on this kernel: {source}")]
@@ -288,7 +300,7 @@ pub trait AioContext: Send {
 pub fn probe(engine: AioEngine) -> Result<(), AioError> {
     let unavailable = |source| AioError::Unavailable { engine, source };
     match engine {
-        AioEngine::Off => Ok(()),
+        AioEngine::Off | AioEngine::Threads => Ok(()),
         AioEngine::Native => {
             let ctx = abi::io_setup(1).map_err(unavailable)?;
             abi::io_destroy(ctx).map_err(unavailable)
@@ -298,7 +310,8 @@ pub fn probe(engine: AioEngine) -> Result<(), AioError> {
 }
 
 /// Creates the `engine` for the open file `fd` with room for `depth` requests in the kernel at
-/// once (at least 1; more are queued inside the engine).
+/// once (at least 1; more are queued inside the engine). `aio=threads` starts its workers here,
+/// on the calling thread: `min(depth, threads::MAX_WORKERS)` of them.
 ///
 /// The fd is borrowed: the caller keeps the file open for the whole life of the returned
 /// engine, and drops the engine before closing it.
@@ -309,6 +322,7 @@ pub fn open_engine(
 ) -> Result<Box<dyn AioContext>, AioError> {
     Ok(match engine {
         AioEngine::Off => Box::new(sync::SyncContext::new(fd)?),
+        AioEngine::Threads => Box::new(threads::ThreadsContext::new(fd, depth)?),
         AioEngine::Native => Box::new(libaio::NativeContext::new(fd, depth)?),
         AioEngine::IoUring => Box::new(uring::UringContext::new(fd, depth)?),
     })

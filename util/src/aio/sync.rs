@@ -38,52 +38,6 @@ impl SyncContext {
             ready: Vec::new(),
         })
     }
-
-    /// Runs one round of `slot` and returns the raw result (bytes or -errno).
-    fn round(&self, slot: &Slot) -> i64 {
-        let iovecs = slot.iovecs();
-        let iov_ptr = iovecs.as_ptr() as *const libc::iovec;
-        let iov_cnt = iovecs.len().min(libc::c_int::MAX as usize) as libc::c_int;
-        let offset = slot.offset() as libc::off_t;
-        let len = slot.req.len as libc::off_t;
-        let offset_whole = slot.req.offset as libc::off_t;
-        // SAFETY: (all arms) `Iovec` has the layout of `struct iovec`; the array lives in the
-        // slot during the call, and the memory it names is valid (writable for reads) by
-        // the contract of `AioContext::submit`. The other calls take only integers.
-        let ret = unsafe {
-            match slot.req.opcode {
-                AioOpcode::Read => libc::preadv(self.fd, iov_ptr, iov_cnt, offset) as i64,
-                AioOpcode::Write => libc::pwritev(self.fd, iov_ptr, iov_cnt, offset) as i64,
-                AioOpcode::Flush => i64::from(libc::fdatasync(self.fd)),
-                AioOpcode::Discard | AioOpcode::WriteZeroes => i64::from(libc::fallocate(
-                    self.fd,
-                    slot.fallocate_mode(),
-                    offset_whole,
-                    len,
-                )),
-            }
-        };
-        if ret < 0 {
-            -i64::from(
-                std::io::Error::last_os_error()
-                    .raw_os_error()
-                    .unwrap_or(libc::EIO),
-            )
-        } else {
-            ret
-        }
-    }
-
-    /// Runs `req` to its end and returns its completion.
-    fn execute(&self, req: AioRequest) -> AioCompletion {
-        let mut slot = Slot::new(req);
-        loop {
-            let res = self.round(&slot);
-            if let Outcome::Complete(done) = advance(&mut slot, res, self.fd) {
-                return done;
-            }
-        }
-    }
 }
 
 impl AioContext for SyncContext {
@@ -107,7 +61,7 @@ impl AioContext for SyncContext {
                 });
                 continue;
             }
-            let done = self.execute(req);
+            let done = run_to_end(self.fd, &mut Slot::new(req));
             self.ready.push(done);
         }
         self.efd.write(1).map_err(|source| AioError::Syscall {
@@ -134,6 +88,54 @@ impl AioContext for SyncContext {
 
     fn drain(&mut self, out: &mut Vec<AioCompletion>) -> Result<(), AioError> {
         self.reap(out).map(|_| ())
+    }
+}
+
+/// Runs one round of `slot` on `fd` (one system call) and returns the raw result: bytes, or a
+/// negative errno.
+fn round(fd: RawFd, slot: &Slot) -> i64 {
+    let iovecs = slot.iovecs();
+    let iov_ptr = iovecs.as_ptr() as *const libc::iovec;
+    let iov_cnt = iovecs.len().min(libc::c_int::MAX as usize) as libc::c_int;
+    let offset = slot.offset() as libc::off_t;
+    let len = slot.req.len as libc::off_t;
+    let offset_whole = slot.req.offset as libc::off_t;
+    // SAFETY: (all arms) `Iovec` has the layout of `struct iovec`; the array lives in the
+    // slot during the call, and the memory it names is valid (writable for reads) by
+    // the contract of `AioContext::submit`. The other calls take only integers.
+    let ret = unsafe {
+        match slot.req.opcode {
+            AioOpcode::Read => libc::preadv(fd, iov_ptr, iov_cnt, offset) as i64,
+            AioOpcode::Write => libc::pwritev(fd, iov_ptr, iov_cnt, offset) as i64,
+            AioOpcode::Flush => i64::from(libc::fdatasync(fd)),
+            AioOpcode::Discard | AioOpcode::WriteZeroes => i64::from(libc::fallocate(
+                fd,
+                slot.fallocate_mode(),
+                offset_whole,
+                len,
+            )),
+        }
+    };
+    if ret < 0 {
+        -i64::from(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        )
+    } else {
+        ret
+    }
+}
+
+/// Runs the request in `slot` on `fd` to its end, round after round by the shared
+/// `inflight::advance` rules, in the calling thread, and returns its completion. `aio=off`
+/// calls it from `submit`; `aio=threads` from its workers.
+pub(super) fn run_to_end(fd: RawFd, slot: &mut Slot) -> AioCompletion {
+    loop {
+        let res = round(fd, slot);
+        if let Outcome::Complete(done) = advance(slot, res, fd) {
+            return done;
+        }
     }
 }
 

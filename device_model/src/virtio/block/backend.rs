@@ -1,4 +1,4 @@
-//! A drive: its open file and the engine (`aio=off|native|io_uring`) bound to it.
+//! A drive: its open file and the engine (`aio=off|threads|native|io_uring`) bound to it.
 //!
 //! Invariants:
 //! - The engine borrows the file's descriptor, so it is declared (and so dropped) before the

@@ -174,6 +174,9 @@ pub struct BlockIoError {
     pub action: ErrorAction,
     /// The errno the request failed with.
     pub errno: i32,
+    /// How many retries the device had made when the request failed: a `Stop` is out of date
+    /// once a retry was asked for after it ([`BlockHandle::retried_since`]).
+    pub retries_done: u64,
 }
 
 impl BlockIoError {
@@ -206,6 +209,11 @@ pub(super) struct Shared {
     resets_done: AtomicU64,
     error_sink: OnceLock<ErrorSink>,
     errors_reported: AtomicU64,
+    /// Retries of held requests asked for ([`BlockHandle::retry`], any thread) and made (the
+    /// device's thread): they tell a report of a held request from one that a retry already
+    /// answers.
+    retries_asked: AtomicU64,
+    pub(super) retries_done: AtomicU64,
     pub(super) stats: stats::Stats,
 }
 
@@ -247,6 +255,7 @@ impl Shared {
             operation,
             action,
             errno,
+            retries_done: self.retries_done.load(Ordering::Acquire),
         });
     }
 }
@@ -280,6 +289,8 @@ impl Block {
             resets_done: AtomicU64::new(0),
             error_sink: OnceLock::new(),
             errors_reported: AtomicU64::new(0),
+            retries_asked: AtomicU64::new(0),
+            retries_done: AtomicU64::new(0),
             stats: stats::Stats::default(),
         });
         Block {
@@ -375,8 +386,16 @@ impl BlockHandle {
     /// Submits again the requests an error stopped (`werror=stop`, `rerror=stop`), without
     /// waiting: the machine calls it when the VM resumes (QMP `cont`).
     pub fn retry(&self) {
+        self.shared.retries_asked.fetch_add(1, Ordering::AcqRel);
         let state = self.state.clone();
         self.event_loop.post(move || lock(&state).retry_held());
+    }
+
+    /// Whether a retry was asked for after `error` was reported: the request it held is (or
+    /// will be) submitted again by that retry, so its `Stop` must not pause the VM again. A
+    /// report can reach the machine's thread after the `cont` that retries its request.
+    pub fn retried_since(&self, error: &BlockIoError) -> bool {
+        self.shared.retries_asked.load(Ordering::Acquire) > error.retries_done
     }
 
     /// Changes the I/O limits of the current backend while the guest runs (QMP

@@ -24,6 +24,7 @@
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::os::unix::io::AsRawFd;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -972,6 +973,8 @@ impl BlockState {
 
     /// Submits the requests an error policy held, again (QMP `cont`).
     pub(super) fn retry_held(&mut self) {
+        // Counted first: a request held from here on is not part of this retry.
+        self.shared.retries_done.fetch_add(1, Ordering::AcqRel);
         let limits = self.limits();
         let id = self.id.as_str();
         let Some(active) = self.active.as_mut() else {
