@@ -1,9 +1,10 @@
 #!/bin/sh
 # The virtio-blk engine benchmark in one command (see docs/benchmark.md):
-# builds stratovirt-bench in release mode, installs fio and gnuplot if missing, runs
-# `stratovirt-bench blk` (the VMM's virtio-blk device with every engine, and fio on the same
-# files as the host's ceiling), and writes docs/bench/latest.json, docs/bench/latest.png and
-# the latest-results section of docs/benchmark.md.
+# builds stratovirt-bench in release mode, installs fio, qemu-utils and gnuplot if missing, runs
+# `stratovirt-bench blk` (the VMM's virtio-blk device with every engine, fio on the same files
+# as the host's ceiling and qemu-img bench as QEMU's block layer), and writes
+# docs/bench/latest.json, docs/bench/latest.png and the latest-results section of
+# docs/benchmark.md.
 #
 # Usage: scripts/bench.sh [stratovirt-bench blk options]      e.g. scripts/bench.sh --quick
 # With --quick only the table is printed (docs/ are left alone).
@@ -20,6 +21,7 @@ need() {
     command -v "$1" >/dev/null 2>&1 || echo "bench.sh: $1 not available ($2)" >&2
 }
 need fio fio
+need qemu-img qemu-utils
 need gnuplot gnuplot-nox
 
 cargo build --release -q --bin stratovirt-bench

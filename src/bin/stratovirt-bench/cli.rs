@@ -16,7 +16,8 @@ usage: stratovirt-bench blk [OPTIONS]
 
 Runs the real virtio-blk device (virtio-mmio transport, its own iothread) against an
 in-process guest driver that keeps N 4 KiB requests in flight, for every engine, backing,
-pattern and queue depth asked for, and fio on the same files as the host's ceiling.
+pattern and queue depth asked for; fio on the same files as the host's ceiling; and QEMU's
+block layer (qemu-img bench) on them as the peer.
 
   --engines LIST    off,threads,native,io_uring  (default: all)
   --backings LIST   shm,disk,buffered            (default: all)
@@ -35,6 +36,7 @@ pattern and queue depth asked for, and fio on the same files as the host's ceili
                     -drive keys for every engine's device: throttling.*, discard,
                     detect-zeroes, direct (wins over the backing's), werror, ...
   --no-fio          skip the fio ceiling
+  --no-qemu         skip QEMU's block layer (qemu-img bench, reads and writes only)
   --label TEXT      a note stored with the results (e.g. what changed)
   --json PATH       write every cell as JSON
   --plot PATH       draw IOPS by queue depth (PNG, needs gnuplot)
@@ -71,6 +73,8 @@ pub struct Options {
     pub drive: DriveOptions,
     /// Run fio as the ceiling.
     pub fio: bool,
+    /// Run `qemu-img bench` as the peer.
+    pub qemu: bool,
     /// Free text stored with the results.
     pub label: String,
     /// JSON output.
@@ -102,6 +106,7 @@ impl Default for Options {
             prealloc: false,
             drive: DriveOptions::default(),
             fio: true,
+            qemu: true,
             label: String::new(),
             json: None,
             plot: None,
@@ -196,6 +201,7 @@ pub fn parse(args: &[String]) -> Result<Options> {
             "--mem-prealloc" => opts.prealloc = true,
             "--drive-options" => opts.drive = DriveOptions::parse(value()?)?,
             "--no-fio" => opts.fio = false,
+            "--no-qemu" => opts.qemu = false,
             "--label" => opts.label = value()?.to_string(),
             "--json" => opts.json = Some(PathBuf::from(value()?)),
             "--plot" => opts.plot = Some(PathBuf::from(value()?)),

@@ -14,6 +14,7 @@ mod cli;
 mod drive;
 mod fio;
 mod plot;
+mod qemu;
 mod report;
 mod rig;
 mod stats;
@@ -167,7 +168,7 @@ fn progress(c: &Cell) {
         c.backing.as_str(),
         c.pattern.as_str(),
         c.qd,
-        if c.source == Source::Vmm { "vmm" } else { "fio" },
+        c.source.as_str(),
         c.engine,
         c.iops,
         c.p50_us,
@@ -175,6 +176,37 @@ fn progress(c: &Cell) {
         c.cpu_us_per_io,
         if c.errors > 0 { format!("  {} ERRORS", c.errors) } else { String::new() }
     );
+}
+
+fn qemu_cell(
+    opts: &Options,
+    path: &std::path::Path,
+    engine: &str,
+    backing: Backing,
+    pattern: workload::Pattern,
+    qd: u16,
+) -> Result<Option<Cell>> {
+    let direct = opts.drive.direct(backing);
+    let Some(r) = qemu::run(path, opts.size, direct, engine, pattern, qd, opts.window)? else {
+        return Ok(None);
+    };
+    Ok(Some(Cell {
+        source: Source::Qemu,
+        engine: engine.to_string(),
+        backing,
+        pattern,
+        qd,
+        iops: r.iops,
+        p50_us: f64::NAN,
+        p99_us: f64::NAN,
+        p999_us: f64::NAN,
+        cpu_us_per_io: r.cpu_us_per_io,
+        driver_cpu_us_per_io: None,
+        other_cpu_us_per_io: None,
+        kicks_per_io: None,
+        irqs_per_io: None,
+        errors: 0,
+    }))
 }
 
 fn fio_cell(
@@ -213,11 +245,21 @@ fn fio_cell(
     })
 }
 
-/// One row (backing, pattern, depth): every engine and the fio ceiling, `opts.repeat`
-/// rounds interleaved (all engines, then all again), keeping each engine's median-IOPS run.
+/// The programs run beside the VMM on the same files.
+#[derive(Debug, Clone, Copy)]
+struct Peers {
+    /// fio, the host's ceiling.
+    fio: bool,
+    /// `qemu-img bench`, QEMU's block layer.
+    qemu: bool,
+}
+
+/// One row (backing, pattern, depth): every engine, the fio ceiling and QEMU's block layer,
+/// `opts.repeat` rounds interleaved (all of them, then all again), keeping each one's
+/// median-IOPS run.
 fn run_row(
     opts: &Options,
-    fio: bool,
+    peers: Peers,
     path: &std::path::Path,
     backing: Backing,
     pattern: workload::Pattern,
@@ -239,8 +281,13 @@ fn run_row(
             prealloc: true,
         });
     }
-    let fio_engines: &[&str] = if fio { &fio::ENGINES } else { &[] };
-    let mut runs: Vec<Vec<Cell>> = vec![Vec::new(); engines.len() + fio_engines.len()];
+    let fio_engines: &[&str] = if peers.fio { &fio::ENGINES } else { &[] };
+    let qemu_engines: Vec<&str> = qemu::ENGINES
+        .into_iter()
+        .filter(|e| peers.qemu && qemu::runs(e, opts.drive.direct(backing)))
+        .collect();
+    let mut runs: Vec<Vec<Cell>> =
+        vec![Vec::new(); engines.len() + fio_engines.len() + qemu_engines.len()];
     for _ in 0..opts.repeat {
         for (i, &engine) in engines.iter().enumerate() {
             let cell = vmm_cell(opts, path, engine, backing, pattern, qd)?;
@@ -251,6 +298,12 @@ fn run_row(
             let cell = fio_cell(opts, path, engine, backing, pattern, qd)?;
             progress(&cell);
             runs[engines.len() + i].push(cell);
+        }
+        for (i, engine) in qemu_engines.iter().enumerate() {
+            if let Some(cell) = qemu_cell(opts, path, engine, backing, pattern, qd)? {
+                progress(&cell);
+                runs[engines.len() + fio_engines.len() + i].push(cell);
+            }
         }
     }
     Ok(runs.into_iter().filter_map(median_run).collect())
@@ -271,6 +324,13 @@ fn run(opts: &Options) -> Result<()> {
     if opts.fio && !fio {
         log::warn!("fio not found: running without the host ceiling (apt-get install fio)");
     }
+    let qemu = opts.qemu && qemu::available();
+    if opts.qemu && !qemu {
+        log::warn!(
+            "qemu-img not found: running without QEMU's block layer (apt-get install qemu-utils)"
+        );
+    }
+    let peers = Peers { fio, qemu };
     let mut report = Report {
         meta: meta(opts),
         cells: Vec::new(),
@@ -282,7 +342,7 @@ fn run(opts: &Options) -> Result<()> {
             for &qd in &opts.depths {
                 report
                     .cells
-                    .extend(run_row(opts, fio, &path, backing, pattern, qd)?);
+                    .extend(run_row(opts, peers, &path, backing, pattern, qd)?);
             }
         }
     }

@@ -18,6 +18,19 @@ pub enum Source {
     Vmm,
     /// fio on the host, on the same file (the ceiling).
     Fio,
+    /// QEMU's block layer (`qemu-img bench`) on the same file (the peer).
+    Qemu,
+}
+
+impl Source {
+    /// Its name in the tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Vmm => "vmm",
+            Source::Fio => "fio",
+            Source::Qemu => "qemu",
+        }
+    }
 }
 
 /// One measured cell.
@@ -26,7 +39,7 @@ pub struct Cell {
     /// VMM or fio.
     pub source: Source,
     /// `off`, `threads`, `native`, `io_uring` (`io_uring+prealloc`) for the VMM; `libaio`,
-    /// `io_uring` for fio.
+    /// `io_uring` for fio; `native`, `io_uring`, `threads` for QEMU.
     pub engine: String,
     /// The file.
     pub backing: Backing,
@@ -36,13 +49,13 @@ pub struct Cell {
     pub qd: u16,
     /// Completed requests per second.
     pub iops: f64,
-    /// Median latency, µs.
+    /// Median latency, µs (NaN, `null` in JSON, where the source reports none: QEMU).
     pub p50_us: f64,
     /// 99th percentile latency, µs.
     pub p99_us: f64,
     /// 99.9th percentile latency, µs.
     pub p999_us: f64,
-    /// CPU per I/O, µs: the device thread's for the VMM, fio's for fio.
+    /// CPU per I/O, µs: the device thread's for the VMM, fio's for fio, `qemu-img`'s for QEMU.
     pub cpu_us_per_io: f64,
     /// CPU per I/O of the driver's thread (the "guest"), µs.
     pub driver_cpu_us_per_io: Option<f64>,
@@ -140,18 +153,22 @@ impl Report {
         rows
     }
 
-    /// The IOPS summary: every engine side by side with the fio ceiling and the two ratios;
-    /// with `--mem-prealloc`, also the `io_uring+prealloc` column and its ratio to `io_uring`.
+    /// The IOPS summary: every engine side by side with the fio ceiling, QEMU's block layer
+    /// and the ratios; with `--mem-prealloc`, also the `io_uring+prealloc` column and its
+    /// ratio to `io_uring`.
     pub fn summary_table(&self) -> String {
         let prealloc = self.cells.iter().any(|c| c.engine == PREALLOC);
         let mut out = String::from(
             "| backing | pattern | QD | off | threads | native | io_uring | fio libaio \
-             | fio io_uring | io_uring / native | best VMM / best fio |",
+             | fio io_uring | qemu native | qemu io_uring | qemu threads | io_uring / native \
+             | best VMM / best fio | best VMM / best QEMU |",
         );
         if prealloc {
             out.push_str(" io_uring+prealloc | +prealloc / io_uring |");
         }
-        out.push_str("\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        out.push_str(
+            "\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        );
         if prealloc {
             out.push_str("---:|---:|");
         }
@@ -159,6 +176,7 @@ impl Report {
         for (b, p, qd) in self.rows() {
             let vmm = |e: &str| self.find(Source::Vmm, e, b, p, qd).map(|c| c.iops);
             let fio = |e: &str| self.find(Source::Fio, e, b, p, qd).map(|c| c.iops);
+            let qemu = |e: &str| self.find(Source::Qemu, e, b, p, qd).map(|c| c.iops);
             let cell = |v: Option<f64>| v.map_or("-".to_string(), fmt_iops);
             let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
                 (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
@@ -172,10 +190,14 @@ impl Report {
                 .iter()
                 .filter_map(|e| fio(e))
                 .fold(0.0, f64::max);
+            let best_qemu = crate::qemu::ENGINES
+                .iter()
+                .filter_map(|e| qemu(e))
+                .fold(0.0, f64::max);
             let positive = |v: f64| (v > 0.0).then_some(v);
             let _ = write!(
                 out,
-                "| {} | {} | {qd} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {qd} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 b.as_str(),
                 p.as_str(),
                 cell(vmm("off")),
@@ -184,8 +206,12 @@ impl Report {
                 cell(vmm("io_uring")),
                 cell(fio("libaio")),
                 cell(fio("io_uring")),
+                cell(qemu("native")),
+                cell(qemu("io_uring")),
+                cell(qemu("threads")),
                 ratio(vmm("io_uring"), vmm("native")),
                 ratio(positive(best_vmm), positive(best_fio)),
+                ratio(positive(best_vmm), positive(best_qemu)),
             );
             if prealloc {
                 let _ = write!(
@@ -208,6 +234,13 @@ impl Report {
              |---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+        let us = |v: f64| {
+            if v.is_finite() {
+                format!("{v:.1}")
+            } else {
+                "-".to_string()
+            }
+        };
         for (b, p, qd) in self.rows() {
             for c in self
                 .cells
@@ -216,15 +249,15 @@ impl Report {
             {
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {qd} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} | {} | {} | {} | {} |{}",
+                    "| {} | {} | {qd} | {} | {} | {:.0} | {} | {} | {} | {:.2} | {} | {} | {} | {} |{}",
                     b.as_str(),
                     p.as_str(),
-                    if c.source == Source::Vmm { "vmm" } else { "fio" },
+                    c.source.as_str(),
                     c.engine,
                     c.iops,
-                    c.p50_us,
-                    c.p99_us,
-                    c.p999_us,
+                    us(c.p50_us),
+                    us(c.p99_us),
+                    us(c.p999_us),
                     c.cpu_us_per_io,
                     opt(c.driver_cpu_us_per_io),
                     opt(c.other_cpu_us_per_io),
@@ -377,12 +410,22 @@ mod tests {
             cell(Source::Vmm, "io_uring", 130_000.0),
             cell(Source::Fio, "libaio", 200_000.0),
             cell(Source::Fio, "io_uring", 100_000.0),
+            cell(Source::Qemu, "native", 90_000.0),
+            cell(Source::Qemu, "io_uring", 104_000.0),
         ]);
         let table = r.summary_table();
         let row = table.lines().nth(2).unwrap();
         assert_eq!(
             row,
-            "| shm | randread | 32 | - | 60K | 100K | 130K | 200K | 100K | 1.30 | 0.65 |"
+            "| shm | randread | 32 | - | 60K | 100K | 130K | 200K | 100K | 90K | 104K | - \
+             | 1.30 | 0.65 | 1.25 |"
+        );
+        let mut qemu = cell(Source::Qemu, "threads", 1.0);
+        (qemu.p50_us, qemu.p99_us, qemu.p999_us) = (f64::NAN, f64::NAN, f64::NAN);
+        let detail = report(vec![qemu]).detail_table();
+        assert!(
+            detail.contains("| qemu | threads | 1 | - | - | - |"),
+            "{detail}"
         );
     }
 
