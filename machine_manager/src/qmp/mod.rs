@@ -6,8 +6,9 @@
 //!                                                   QmpEventSender (any thread) ──┘
 //! ```
 //!
-//! - `decoder` framing accepts requests split over reads and several per read; a
-//!   malformed request gets a `GenericError` and the connection stays usable.
+//! - `decoder` framing accepts requests split over reads and several per read, in time
+//!   linear in the input; a malformed request gets exactly one `GenericError` and the
+//!   connection stays usable.
 //! - `commands` parses each command's `arguments` into typed structs that refuse unknown
 //!   members; [`QmpHandler`] is what the machine implements; [`QmpServer`] runs it all on a
 //!   [`util::event_loop::EventLoop`], serving one client at a time.
