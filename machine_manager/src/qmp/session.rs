@@ -59,7 +59,7 @@ impl Session {
             let after = match frame {
                 Frame::Value(request) => self.handle_request(request, handler, out),
                 Frame::Malformed(reason) => {
-                    log::warn!("qmp: {reason}");
+                    util::warn_ratelimited!("qmp: {reason}");
                     out.extend(message::error(&QmpError::Generic(reason), None));
                     AfterReply::Continue
                 }
@@ -92,7 +92,7 @@ impl Session {
         let command = match result {
             Ok(command) => command,
             Err(e) => {
-                log::debug!("qmp: request refused: {e}");
+                util::debug_ratelimited!("qmp: request refused: {e}");
                 out.extend(message::error(&e, id.as_ref()));
                 return AfterReply::Continue;
             }
