@@ -27,18 +27,18 @@
 use serde_json::Value;
 
 /// The longest request accepted, in bytes (a QMP request is a few hundred bytes).
-pub(crate) const MAX_PENDING: usize = 1 << 20;
+pub const MAX_PENDING: usize = 1 << 20;
 
 /// The deepest nesting of arrays and objects the scanner follows; serde_json refuses values
 /// nested this deep anyway (its recursion limit).
-pub(crate) const MAX_DEPTH: usize = 128;
+pub const MAX_DEPTH: usize = 128;
 
 /// An empty buffer larger than this is freed rather than kept for the next request.
 const KEEP_CAPACITY: usize = 64 << 10;
 
 /// What [`JsonStream::next_frame`] found in the buffered bytes.
 #[derive(Debug, PartialEq)]
-pub(crate) enum Frame {
+pub enum Frame {
     /// A complete JSON value.
     Value(Value),
     /// Bytes that are not JSON (or too long); they were dropped. Holds the reason.
@@ -73,7 +73,7 @@ enum Step {
 
 /// Buffered, not yet decoded client input.
 #[derive(Debug, Default)]
-pub(crate) struct JsonStream {
+pub struct JsonStream {
     /// Bytes received and not yet consumed; `pending[..start]` are consumed (dropped on the
     /// next [`JsonStream::push`]).
     pending: Vec<u8>,
@@ -88,7 +88,7 @@ pub(crate) struct JsonStream {
 
 impl JsonStream {
     /// Appends bytes read from the client.
-    pub(crate) fn push(&mut self, bytes: &[u8]) {
+    pub fn push(&mut self, bytes: &[u8]) {
         // The bytes before `start` belong to values already returned. The bytes kept arrived
         // with the last push (a value that started earlier has `start` 0), so this moves each
         // byte at most once.
@@ -105,14 +105,14 @@ impl JsonStream {
     }
 
     /// Number of buffered bytes not yet consumed.
-    #[cfg(test)]
-    pub(crate) fn pending_len(&self) -> usize {
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn pending_len(&self) -> usize {
         self.pending.len() - self.start
     }
 
     /// Takes the next complete value (or reports malformed input); `None` when more bytes are
     /// needed.
-    pub(crate) fn next_frame(&mut self) -> Option<Frame> {
+    pub fn next_frame(&mut self) -> Option<Frame> {
         if self.skipping_line && !self.skip_line() {
             return None;
         }

@@ -28,3 +28,12 @@ pub use events::QmpEventSender;
 pub use handler::{CpuInfo, QmpError, QmpHandler, VmRunState};
 pub use message::{QmpEvent, ShutdownReason, Timestamp};
 pub use server::{QmpServer, QmpServerError};
+
+/// The decoder and the session, for the fuzz targets (`fuzz/`) to drive without a socket.
+/// Not an API: built only with the `fuzzing` feature.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::decoder::{Frame, JsonStream, MAX_DEPTH, MAX_PENDING};
+    pub use super::session::{AfterReply, Session};
+}

@@ -23,7 +23,7 @@ use super::message::{self, QmpEvent, ReturnValue, ShutdownReason, Timestamp};
 
 /// What the server must do once the replies of a request are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum AfterReply {
+pub enum AfterReply {
     /// Nothing: read the next request.
     Continue,
     /// Flush the output, then call [`QmpHandler::quit`]; ignore further input.
@@ -32,29 +32,25 @@ pub(crate) enum AfterReply {
 
 /// The protocol state of one connection.
 #[derive(Debug, Default)]
-pub(crate) struct Session {
+pub struct Session {
     input: JsonStream,
     negotiated: bool,
 }
 
 impl Session {
     /// Whether `qmp_capabilities` succeeded, so events may be sent.
-    pub(crate) fn negotiated(&self) -> bool {
+    pub fn negotiated(&self) -> bool {
         self.negotiated
     }
 
     /// Buffers bytes read from the client.
-    pub(crate) fn push_input(&mut self, bytes: &[u8]) {
+    pub fn push_input(&mut self, bytes: &[u8]) {
         self.input.push(bytes);
     }
 
     /// Answers every complete request buffered so far, appending the output to `out`.
     /// Stops early, leaving later input unread, after `quit`.
-    pub(crate) fn process(
-        &mut self,
-        handler: &Mutex<dyn QmpHandler>,
-        out: &mut Vec<u8>,
-    ) -> AfterReply {
+    pub fn process(&mut self, handler: &Mutex<dyn QmpHandler>, out: &mut Vec<u8>) -> AfterReply {
         while let Some(frame) = self.input.next_frame() {
             let after = match frame {
                 Frame::Value(request) => self.handle_request(request, handler, out),
