@@ -95,7 +95,11 @@ const GUEST_ERRORS_LOGGED: u32 = 16;
 impl Active {
     /// Logs a refused request; a guest that floods bad requests cannot flood the log.
     fn guest_error(&mut self, id: &str, message: std::fmt::Arguments<'_>) {
-        util::log_ratelimited!(limit: &self.guest_log, log::Level::Warn, "virtio-blk {id}: {message}");
+        util::log_ratelimited!(
+            limit: &self.guest_log,
+            log::Level::Warn,
+            "virtio-blk {id}: {message}"
+        );
     }
 
     fn break_device(&mut self, id: &str, error: QueueError) {
