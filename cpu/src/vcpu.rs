@@ -216,31 +216,33 @@ impl Vcpu {
             VcpuExit::IoIn(port, data) => {
                 if !self.pio.read(u64::from(port), data) {
                     data.fill(0xff);
-                    log::trace!("vcpu{index}: read from unmapped port {port:#x}");
+                    util::trace_ratelimited!("vcpu{index}: read from unmapped port {port:#x}");
                 }
                 return Ok(None);
             }
             VcpuExit::IoOut(port, data) => {
                 if !self.pio.write(u64::from(port), data) {
-                    log::trace!("vcpu{index}: write {data:x?} to unmapped port {port:#x}");
+                    util::trace_ratelimited!(
+                        "vcpu{index}: write {data:x?} to unmapped port {port:#x}"
+                    );
                 }
                 return Ok(None);
             }
             VcpuExit::MmioRead(addr, data) => {
                 if !self.mmio.read(addr, data) {
                     data.fill(0xff);
-                    log::debug!("vcpu{index}: read from unmapped MMIO {addr:#x}");
+                    util::debug_ratelimited!("vcpu{index}: read from unmapped MMIO {addr:#x}");
                 }
                 return Ok(None);
             }
             VcpuExit::MmioWrite(addr, data) => {
                 if !self.mmio.write(addr, data) {
-                    log::debug!("vcpu{index}: write to unmapped MMIO {addr:#x}");
+                    util::debug_ratelimited!("vcpu{index}: write to unmapped MMIO {addr:#x}");
                 }
                 return Ok(None);
             }
             VcpuExit::Hlt => {
-                log::debug!("vcpu{index}: HLT exit");
+                util::trace_ratelimited!("vcpu{index}: HLT exit");
                 return Ok(None);
             }
             VcpuExit::SystemEvent(kind, _) if kind == KVM_SYSTEM_EVENT_RESET => {

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
 use common::{buf, Rig, TempDisk, DATA, MODES, RAM, TIMEOUT};
@@ -16,6 +18,7 @@ use device_model::virtio::queue::{
     Descriptor, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
 use device_model::virtio::{feature, BlockBackend, STATUS_DEVICE_NEEDS_RESET};
+use util::aio::AioEngine;
 
 const HEADER: u64 = DATA + 0x10_0000;
 const STATUS: u64 = DATA + 0x10_0100;
@@ -283,13 +286,35 @@ fn broken_queues_need_a_reset_and_the_device_recovers_on_every_engine() {
     }
 }
 
+/// A read-only backend whose descriptor is open read-write: the kernel would take a write,
+/// so only the device's own read-only check can refuse it. It takes no image lock: the
+/// hot-replace test opens it while the slot's read-write backend still holds the image.
+fn readonly_backend_on_a_writable_fd(
+    disk: &TempDisk,
+    aio: AioEngine,
+    direct: bool,
+) -> BlockBackend {
+    let mut config = disk.config(aio, direct);
+    config.readonly = true;
+    config.locking = util::file::Locking::Off;
+    let mut options = OpenOptions::new();
+    options.read(true).write(true);
+    if direct {
+        options.custom_flags(libc::O_DIRECT);
+    }
+    let file = options.open(&disk.path).unwrap();
+    BlockBackend::from_file(file, &config).unwrap()
+}
+
+/// Writes to a read-only drive are refused by the device, not by the kernel: the backing
+/// descriptor is writable. Both ways a drive is read-only to a running guest: offered
+/// `VIRTIO_BLK_F_RO` from the start, and hot-replaced into a slot the driver negotiated
+/// read-write (the features cannot change under a running driver, so writes get `IOERR`).
 #[test]
 fn writes_to_a_readonly_disk_fail_on_every_engine() {
     for (aio, direct) in MODES {
         let disk = TempDisk::new(&vec![0x3c; (DISK_SECTORS * 512) as usize]);
-        let mut config = disk.config(aio, direct);
-        config.readonly = true;
-        let backend = BlockBackend::open(&config).unwrap();
+        let backend = readonly_backend_on_a_writable_fd(&disk, aio, direct);
         let mut rig = Rig::new(
             Some(backend),
             device_model::virtio::driver::DriverConfig::new(common::DRIVER_BASE, 64),
@@ -304,6 +329,29 @@ fn writes_to_a_readonly_disk_fail_on_every_engine() {
         assert!(
             disk.contents().iter().all(|&b| b == 0x3c),
             "{aio}: disk unchanged"
+        );
+    }
+}
+
+#[test]
+fn writes_to_a_readonly_disk_hot_replaced_into_a_read_write_slot_fail_on_every_engine() {
+    for (aio, direct) in MODES {
+        let disk = TempDisk::new(&vec![0x3c; (DISK_SECTORS * 512) as usize]);
+        let mut rig = Rig::with_disk(&disk, aio, direct, 64);
+        assert_eq!(
+            rig.driver.features() & feature(VIRTIO_BLK_F_RO),
+            0,
+            "{aio}: read-write slot"
+        );
+        assert_eq!(rig.write(4, &[0x11; 512]), VIRTIO_BLK_S_OK, "{aio}");
+        let backend = readonly_backend_on_a_writable_fd(&disk, aio, direct);
+        rig.slot.replace_backend(Some(backend)).unwrap();
+        assert_eq!(rig.write(4, &[0x22; 512]), VIRTIO_BLK_S_IOERR, "{aio}");
+        assert_still_serves(&mut rig, "a write to a read-only disk");
+        let contents = disk.contents();
+        assert!(
+            contents[4 * 512..5 * 512].iter().all(|&b| b == 0x11),
+            "{aio}: the refused write left no trace"
         );
     }
 }

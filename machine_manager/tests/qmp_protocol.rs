@@ -3,6 +3,7 @@
 
 mod qmp_common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::sync::{Arc, Mutex};
@@ -569,6 +570,8 @@ fn stale_socket_is_replaced_but_other_files_are_refused() {
     assert!(path.exists());
     let server = QmpServer::new(&path, handler()).expect("stale socket replaced");
     assert_eq!(server.path(), path.as_path());
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o7777, 0o600, "socket mode {mode:o}");
     drop(server);
     assert!(!path.exists(), "socket file removed on drop");
 

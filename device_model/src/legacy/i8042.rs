@@ -89,12 +89,12 @@ impl I8042 {
             CMD_READ_OUTPUT_PORT => self.output.push_back(OUTPUT_PORT_DEFAULT),
             CMD_DISABLE_AUX | CMD_ENABLE_AUX | CMD_DISABLE_KBD | CMD_ENABLE_KBD => {}
             CMD_RESET_CPU => {
-                log::info!("i8042: guest pulsed the CPU reset line");
+                util::info_ratelimited!("i8042: guest pulsed the CPU reset line");
                 if let Err(e) = self.reset.write(1) {
-                    log::error!("i8042: cannot signal the reset: {e}");
+                    util::error_ratelimited!("i8042: cannot signal the reset: {e}");
                 }
             }
-            other => log::debug!("i8042: ignoring command {other:#x}"),
+            other => util::debug_ratelimited!("i8042: ignoring command {other:#x}"),
         }
     }
 
@@ -132,7 +132,7 @@ impl BusDevice for I8042 {
         match offset {
             DATA => self.data(value),
             COMMAND => self.command(value),
-            _ => log::trace!(
+            _ => util::trace_ratelimited!(
                 "i8042: ignoring write to port {:#x}",
                 I8042_PORT_BASE + offset
             ),

@@ -115,7 +115,7 @@ impl Serial {
         let accepted = bytes.len().min(room);
         if accepted < bytes.len() {
             self.overrun = true;
-            log::debug!(
+            util::debug_ratelimited!(
                 "serial: receive buffer full, {} bytes dropped",
                 bytes.len() - accepted
             );
@@ -138,7 +138,7 @@ impl Serial {
             .write_all(&self.tx)
             .and_then(|()| self.output.flush())
         {
-            log::warn!("serial: cannot write console output: {e}");
+            util::warn_ratelimited!("serial: cannot write console output: {e}");
         }
         self.tx.clear();
     }
@@ -153,7 +153,7 @@ impl Serial {
 
     fn raise_interrupt(&self) {
         if let Err(e) = self.interrupt.write(1) {
-            log::warn!("serial: cannot signal the interrupt: {e}");
+            util::warn_ratelimited!("serial: cannot signal the interrupt: {e}");
         }
     }
 
@@ -274,7 +274,7 @@ impl BusDevice for Serial {
             LCR => self.lcr = value,
             MCR => self.mcr = value & MCR_MASK,
             SCR => self.scr = value,
-            _ => log::trace!("serial: write {value:#x} to read-only offset {offset}"),
+            _ => util::trace_ratelimited!("serial: write {value:#x} to read-only offset {offset}"),
         }
     }
 }

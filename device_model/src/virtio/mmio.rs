@@ -15,6 +15,8 @@
 //!
 //! Invariants:
 //! - Registers are 32-bit; other access widths to them are logged and ignored (reads give 0).
+//! - Every line a driver can make the transport log is rate-limited (`util::logger`): a guest
+//!   that repeats a bad access cannot flood the log.
 //! - `QueueNotify` writes normally never reach this code: KVM's ioeventfd (registered on
 //!   [`VirtioMmio::queue_notify_fds`]) signals the queue's eventfd directly. If one does arrive,
 //!   the same eventfd is signalled, so both paths end in the device's notify handler.
@@ -192,7 +194,9 @@ impl VirtioMmio {
             }
             reg::CONFIG_GENERATION => lock(&self.device).config_generation(),
             _ => {
-                log::warn!("virtio-mmio: read of write-only or unknown register {offset:#x}");
+                util::warn_ratelimited!(
+                    "virtio-mmio: read of write-only or unknown register {offset:#x}"
+                );
                 0
             }
         }
@@ -215,14 +219,16 @@ impl VirtioMmio {
             | reg::QUEUE_DRIVER_HIGH
             | reg::QUEUE_DEVICE_LOW
             | reg::QUEUE_DEVICE_HIGH => self.write_queue_register(offset, value),
-            _ => log::warn!("virtio-mmio: write of read-only or unknown register {offset:#x}"),
+            _ => util::warn_ratelimited!(
+                "virtio-mmio: write of read-only or unknown register {offset:#x}"
+            ),
         }
     }
 
     fn write_driver_features(&mut self, value: u32) {
         let settable = self.status & STATUS_DRIVER != 0 && self.status & STATUS_FEATURES_OK == 0;
         if !settable {
-            log::warn!(
+            util::warn_ratelimited!(
                 "virtio-mmio: driver features written in status {:#x}",
                 self.status
             );
@@ -234,18 +240,24 @@ impl VirtioMmio {
                 self.driver_features =
                     (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
             }
-            sel => log::warn!("virtio-mmio: driver features word {sel} does not exist"),
+            sel => {
+                util::warn_ratelimited!("virtio-mmio: driver features word {sel} does not exist")
+            }
         }
     }
 
     fn write_queue_register(&mut self, offset: u64, value: u32) {
         if self.status & STATUS_DRIVER_OK != 0 {
-            log::warn!("virtio-mmio: queue register {offset:#x} written after DRIVER_OK");
+            util::warn_ratelimited!(
+                "virtio-mmio: queue register {offset:#x} written after DRIVER_OK"
+            );
             return;
         }
         let sel = self.queue_sel;
         let Some(queue) = self.selected_queue() else {
-            log::warn!("virtio-mmio: queue register {offset:#x} written for absent queue {sel}");
+            util::warn_ratelimited!(
+                "virtio-mmio: queue register {offset:#x} written for absent queue {sel}"
+            );
             return;
         };
         let set_low = |addr: &mut u64| *addr = (*addr & !0xffff_ffff) | u64::from(value);
@@ -253,7 +265,9 @@ impl VirtioMmio {
         match offset {
             reg::QUEUE_READY => queue.ready = value == 1,
             _ if queue.ready => {
-                log::warn!("virtio-mmio: queue {sel} register {offset:#x} written while ready")
+                util::warn_ratelimited!(
+                    "virtio-mmio: queue {sel} register {offset:#x} written while ready"
+                )
             }
             reg::QUEUE_NUM => queue.size = value.try_into().unwrap_or(0),
             reg::QUEUE_DESC_LOW => set_low(&mut queue.desc_table),
@@ -269,10 +283,10 @@ impl VirtioMmio {
         match self.notify.get(index as usize) {
             Some(fd) => {
                 if let Err(e) = fd.write(1) {
-                    log::error!("virtio-mmio: cannot signal queue {index}: {e}");
+                    util::error_ratelimited!("virtio-mmio: cannot signal queue {index}: {e}");
                 }
             }
-            None => log::warn!("virtio-mmio: notify of absent queue {index}"),
+            None => util::warn_ratelimited!("virtio-mmio: notify of absent queue {index}"),
         }
     }
 
@@ -297,12 +311,12 @@ impl VirtioMmio {
             | STATUS_DRIVER_OK
             | STATUS_FAILED;
         if old & !value != 0 || value & !known != 0 || out_of_order {
-            log::warn!("virtio-mmio: status {old:#x} -> {value:#x} refused");
+            util::warn_ratelimited!("virtio-mmio: status {old:#x} -> {value:#x} refused");
             return;
         }
         let mut status = value;
         if added & STATUS_FEATURES_OK != 0 && !self.features_acceptable() {
-            log::warn!(
+            util::warn_ratelimited!(
                 "virtio-mmio: driver features {:#x} refused",
                 self.driver_features
             );
@@ -338,7 +352,7 @@ impl VirtioMmio {
         match lock(&self.device).activate(activation) {
             Ok(()) => self.activated = true,
             Err(e) => {
-                log::error!("virtio-mmio: activation failed: {e}");
+                util::error_ratelimited!("virtio-mmio: activation failed: {e}");
                 self.interrupt.set_needs_reset();
             }
         }
@@ -373,7 +387,7 @@ impl BusDevice for VirtioMmio {
             return;
         }
         if data.len() != 4 || !offset.is_multiple_of(4) {
-            log::warn!("virtio-mmio: {}-byte read at {offset:#x}", data.len());
+            util::warn_ratelimited!("virtio-mmio: {}-byte read at {offset:#x}", data.len());
             data.fill(0);
             return;
         }
@@ -386,11 +400,11 @@ impl BusDevice for VirtioMmio {
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            log::warn!("virtio-mmio: {}-byte write at {offset:#x}", data.len());
+            util::warn_ratelimited!("virtio-mmio: {}-byte write at {offset:#x}", data.len());
             return;
         };
         if !offset.is_multiple_of(4) {
-            log::warn!("virtio-mmio: misaligned write at {offset:#x}");
+            util::warn_ratelimited!("virtio-mmio: misaligned write at {offset:#x}");
             return;
         }
         self.write_register(offset, u32::from_le_bytes(bytes));

@@ -322,7 +322,7 @@ impl Interrupt {
     fn raise(&self, bit: u32) {
         self.status.fetch_or(bit, Ordering::SeqCst);
         if let Err(e) = self.irq.write(1) {
-            log::error!("virtio: cannot inject an interrupt: {e}");
+            util::error_ratelimited!("virtio: cannot inject an interrupt: {e}");
         }
     }
 }

@@ -315,7 +315,14 @@ pub(crate) fn parse_cpu(text: &str) -> Result<CpuConfig> {
         let enable = match value.as_str() {
             "on" | "true" => true,
             "off" | "false" => false,
-            _ => return Err(kv.invalid(&name, &value, "on or off")),
+            // The name is the user's text: it goes in the quoted value, never unquoted.
+            _ => {
+                return Err(kv.invalid(
+                    "feature",
+                    &format!("{name}={value}"),
+                    "FEATURE=on or FEATURE=off",
+                ))
+            }
         };
         add_feature(&mut cpu, enable, &name, &name)?;
     }
@@ -442,6 +449,19 @@ mod tests {
         ] {
             assert!(parse_smp(bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// Found by the `cmdline` fuzz target: a feature name with a newline, given a bad value,
+    /// was printed unquoted and broke the one-line error in two.
+    #[test]
+    fn a_bad_feature_value_is_reported_on_one_line() {
+        let err = parse_cpu("host,x2\napic=maybe").unwrap_err();
+        let message = err.to_string();
+        assert!(!message.contains('\n'), "{message:?}");
+        assert_eq!(
+            message,
+            r#"-cpu: invalid feature "x2\napic=maybe": expected FEATURE=on or FEATURE=off"#
+        );
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //!                                                   QmpEventSender (any thread) ──┘
 //! ```
 //!
-//! - `decoder` framing accepts requests split over reads and several per read; a
-//!   malformed request gets a `GenericError` and the connection stays usable.
+//! - `decoder` framing accepts requests split over reads and several per read, in time
+//!   linear in the input; a malformed request gets exactly one `GenericError` and the
+//!   connection stays usable.
 //! - `commands` parses each command's `arguments` into typed structs that refuse unknown
 //!   members; [`QmpHandler`] is what the machine implements; [`QmpServer`] runs it all on a
 //!   [`util::event_loop::EventLoop`], serving one client at a time.
@@ -32,3 +33,12 @@ pub use events::QmpEventSender;
 pub use handler::{CpuInfo, QmpError, QmpHandler, VmRunState};
 pub use message::{QmpEvent, ShutdownReason, Timestamp};
 pub use server::{QmpServer, QmpServerError};
+
+/// The decoder and the session, for the fuzz targets (`fuzz/`) to drive without a socket.
+/// Not an API: built only with the `fuzzing` feature.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::decoder::{Frame, JsonStream, MAX_DEPTH, MAX_PENDING};
+    pub use super::session::{AfterReply, Ending, Session};
+}

@@ -25,11 +25,13 @@
 //!   warning), so that a QEMU client's negotiation sees the reply to `qmp_capabilities` first.
 //!   With no client connected, events are dropped.
 //! - The socket file is created by [`QmpServer::new`] (replacing a stale socket, never another
-//!   kind of file) and removed when the server is dropped.
+//!   kind of file) with mode 0600, before anyone can connect, and removed when the server is
+//!   dropped.
 
 use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::FileTypeExt;
-use std::os::unix::io::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -86,6 +88,15 @@ pub enum QmpServerError {
         #[source]
         source: std::io::Error,
     },
+    /// The socket file's mode cannot be set to 0600 (owner only).
+    #[error("cannot restrict QMP socket {path} to its owner (mode 0600)")]
+    Restrict {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The listening socket cannot be made non-blocking.
     #[error("cannot make QMP socket {path} non-blocking")]
     NonBlocking {
@@ -129,10 +140,7 @@ impl QmpServer {
     /// Clients are served once [`QmpServer::register`] put the server on an event loop.
     pub fn new(path: &Path, handler: Arc<Mutex<dyn QmpHandler>>) -> Result<Self, QmpServerError> {
         remove_stale_socket(path)?;
-        let listener = UnixListener::bind(path).map_err(|source| QmpServerError::Bind {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let listener = listen_owner_only(path)?;
         let socket_file = SocketFile(path.to_path_buf());
         listener
             .set_nonblocking(true)
@@ -208,6 +216,65 @@ impl QmpServer {
         }
         Ok(sender)
     }
+}
+
+/// Binds a Unix stream socket at `path`, gives the socket file mode 0600 (only the owner may
+/// connect), then listens. Nobody can connect in between: a socket that is bound but not
+/// listening refuses connections. On failure after the bind the file is removed.
+fn listen_owner_only(path: &Path) -> Result<UnixListener, QmpServerError> {
+    let bind_error = |source| QmpServerError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut addr = libc::sockaddr_un {
+        sun_family: libc::AF_UNIX as libc::sa_family_t,
+        sun_path: [0; 108],
+    };
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(bind_error(std::io::Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "a socket path must be shorter than {} bytes, without NUL",
+                addr.sun_path.len()
+            ),
+        )));
+    }
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(bind_error(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is a socket just created and owned by nobody else.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: `addr` is a valid, NUL-terminated sockaddr_un and the length passed is its size.
+    let rc = unsafe {
+        libc::bind(
+            socket.as_raw_fd(),
+            std::ptr::addr_of!(addr).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(bind_error(std::io::Error::last_os_error()));
+    }
+    let bound = SocketFile(path.to_path_buf());
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        QmpServerError::Restrict {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    // SAFETY: listen(2) on the socket owned above; the result is checked.
+    if unsafe { libc::listen(socket.as_raw_fd(), 16) } < 0 {
+        return Err(bind_error(std::io::Error::last_os_error()));
+    }
+    // The caller owns the socket file from here on.
+    std::mem::forget(bound);
+    Ok(UnixListener::from(socket))
 }
 
 /// Removes `path` if it is a socket left by an earlier run; refuses any other kind of file.

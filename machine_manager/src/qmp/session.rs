@@ -34,7 +34,7 @@ use crate::config::{MACHINE_TYPE, MAX_CPUS};
 
 /// How a request asked the VM to end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Ending {
+pub enum Ending {
     /// `quit`: [`QmpHandler::quit`].
     Quit,
     /// `system_reset`: [`QmpHandler::system_reset`].
@@ -45,7 +45,7 @@ pub(crate) enum Ending {
 
 /// What the server must do once the replies of a request are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum AfterReply {
+pub enum AfterReply {
     /// Nothing: read the next request.
     Continue,
     /// Flush the output, then end the VM the way the request asked; ignore further input.
@@ -54,7 +54,7 @@ pub(crate) enum AfterReply {
 
 /// The protocol state of one connection.
 #[derive(Debug, Default)]
-pub(crate) struct Session {
+pub struct Session {
     input: JsonStream,
     answered: bool,
 }
@@ -66,22 +66,18 @@ impl Session {
     }
 
     /// Buffers bytes read from the client.
-    pub(crate) fn push_input(&mut self, bytes: &[u8]) {
+    pub fn push_input(&mut self, bytes: &[u8]) {
         self.input.push(bytes);
     }
 
     /// Answers every complete request buffered so far, appending the output to `out`.
     /// Stops early, leaving later input unread, after `quit`.
-    pub(crate) fn process(
-        &mut self,
-        handler: &Mutex<dyn QmpHandler>,
-        out: &mut Vec<u8>,
-    ) -> AfterReply {
+    pub fn process(&mut self, handler: &Mutex<dyn QmpHandler>, out: &mut Vec<u8>) -> AfterReply {
         while let Some(frame) = self.input.next_frame() {
             let after = match frame {
                 Frame::Value(request) => self.handle_request(request, handler, out),
                 Frame::Malformed(reason) => {
-                    log::warn!("qmp: {reason}");
+                    util::warn_ratelimited!("qmp: {reason}");
                     out.extend(message::error(&QmpError::Generic(reason), None));
                     AfterReply::Continue
                 }
@@ -113,7 +109,7 @@ impl Session {
         let command = match result {
             Ok(command) => command,
             Err(e) => {
-                log::debug!("qmp: request refused: {e}");
+                util::debug_ratelimited!("qmp: request refused: {e}");
                 out.extend(message::error(&e, id.as_ref()));
                 return AfterReply::Continue;
             }

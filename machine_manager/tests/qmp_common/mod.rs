@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
+use std::os::unix::thread::JoinHandleExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -235,7 +236,10 @@ impl Harness {
         let event_loop = EventLoop::new().expect("event loop");
         let events = server.register(&event_loop).expect("register");
         let runner = event_loop.clone();
-        let thread = std::thread::spawn(move || runner.run().expect("event loop run"));
+        let thread = std::thread::Builder::new()
+            .name("qmp-test-loop".into())
+            .spawn(move || runner.run().expect("event loop run"))
+            .expect("spawn the event-loop thread");
         Harness {
             path,
             vm,
@@ -261,6 +265,24 @@ impl Harness {
             serde_json::json!({"return": {}})
         );
         client
+    }
+
+    /// CPU time (user + system) the server's event-loop thread has used so far.
+    pub fn server_cpu_time(&self) -> Duration {
+        let thread = self.thread.as_ref().expect("the event loop runs");
+        let mut clock: libc::clockid_t = 0;
+        // SAFETY: the pthread_t belongs to a thread that is not joined yet (its JoinHandle is
+        // held by `self`), and `clock` is a valid place for the result.
+        let rc = unsafe { libc::pthread_getcpuclockid(thread.as_pthread_t(), &mut clock) };
+        assert_eq!(rc, 0, "pthread_getcpuclockid failed: {rc}");
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `clock` is the CPU-time clock of a live thread, `now` a valid timespec.
+        let rc = unsafe { libc::clock_gettime(clock, &mut now) };
+        assert_eq!(rc, 0, "clock_gettime: {}", std::io::Error::last_os_error());
+        Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
     }
 
     pub fn vm(&self) -> std::sync::MutexGuard<'_, TestVm> {

@@ -206,7 +206,7 @@ impl BlockBackend {
         if config.direct {
             options.custom_flags(libc::O_DIRECT);
         }
-        let mut file =
+        let file =
             host_file::open_checked(&path, &[FileKind::Regular, FileKind::BlockDevice], &options)
                 .map_err(|e| match e {
                 FileError::Kind(kind) => VirtioError::NotAnImage {
@@ -218,6 +218,23 @@ impl BlockBackend {
                     source,
                 },
             })?;
+        BlockBackend::from_file(file, config)
+    }
+
+    /// Sets a drive up on a file the caller opened as `config` describes (with `O_DIRECT` when
+    /// `config.direct`); `config.path` names it in messages. The image is locked here, as
+    /// `config.locking` says. The device enforces `config.readonly` itself (it offers
+    /// `VIRTIO_BLK_F_RO` and answers writes, discards and write-zeroes with `IOERR`), whatever
+    /// access mode the file was opened with: a caller may hand over a writable descriptor for
+    /// a drive the guest must only read.
+    pub fn from_file(
+        mut file: File,
+        config: &BlockBackendConfig,
+    ) -> Result<BlockBackend, VirtioError> {
+        let path = config.path.clone();
+        if config.aio == AioEngine::Native && !config.direct {
+            return Err(VirtioError::NativeNeedsDirect { path });
+        }
         let locked = lock_image(&file, &path, config.readonly, config.locking)?;
         // Seeking to the end sizes regular files and block devices alike.
         let bytes = file

@@ -474,7 +474,7 @@ impl VirtioDevice for Block {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::warn!(
+        util::warn_ratelimited!(
             "virtio-blk: ignored {}-byte write to read-only config at {offset:#x}",
             data.len()
         );
@@ -502,7 +502,7 @@ impl VirtioDevice for Block {
             (activation.mem, activation.interrupt, activation.features);
         self.post(move |state| {
             if let Err(e) = state.activate(queue, mem, interrupt.clone(), notify, features) {
-                log::error!("virtio-blk {}: activation failed: {e}", state.id());
+                util::error_ratelimited!("virtio-blk {}: activation failed: {e}", state.id());
                 interrupt.set_needs_reset();
             }
         });

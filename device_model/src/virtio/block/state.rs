@@ -34,6 +34,7 @@ use util::aio::{
     ThrottleConfig,
 };
 use util::event_loop::{EventLoop, HandlerAction};
+use util::logger::{RateLimit, GUEST_LOG_INTERVAL};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
@@ -95,7 +96,8 @@ pub(super) struct Active {
     notify: Arc<EventFd>,
     features: u64,
     broken: bool,
-    guest_errors: u64,
+    /// The device's limit on guest error lines (shared by all its activations).
+    guest_log: Arc<RateLimit>,
     inflight: Vec<Option<InFlight>>,
     /// Heads of failed requests kept for a retry (`werror=stop`/`rerror=stop`).
     held: Vec<u16>,
@@ -128,6 +130,8 @@ pub(super) struct BlockState {
     completions: Vec<AioCompletion>,
     engine_registered: Option<std::os::unix::io::RawFd>,
     shut_down: bool,
+    /// Limits the lines guest errors cause, across resets and activations.
+    guest_log: Arc<RateLimit>,
     this: Weak<Mutex<BlockState>>,
 }
 
@@ -135,22 +139,22 @@ pub(super) fn lock(state: &Mutex<BlockState>) -> MutexGuard<'_, BlockState> {
     state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Guest request errors logged in full before logging thins out to one in `GUEST_ERROR_EVERY`.
-const GUEST_ERRORS_LOGGED: u64 = 16;
-const GUEST_ERROR_EVERY: u64 = 1024;
+/// Guest request errors of one device logged in full before logging thins out to one line
+/// per [`util::logger::GUEST_LOG_INTERVAL`].
+const GUEST_ERRORS_LOGGED: u32 = 16;
 
 impl Active {
     /// Logs a refused request; a guest that floods bad requests cannot flood the log.
     fn guest_error(&mut self, id: &str, message: std::fmt::Arguments<'_>) {
-        self.guest_errors += 1;
-        let n = self.guest_errors;
-        if n <= GUEST_ERRORS_LOGGED || n.is_multiple_of(GUEST_ERROR_EVERY) {
-            log::warn!("virtio-blk {id}: {message} (guest error {n})");
-        }
+        util::log_ratelimited!(
+            limit: &self.guest_log,
+            log::Level::Warn,
+            "virtio-blk {id}: {message}"
+        );
     }
 
     fn break_device(&mut self, id: &str, error: QueueError) {
-        log::error!("virtio-blk {id}: queue broken, device needs reset: {error}");
+        util::error_ratelimited!("virtio-blk {id}: queue broken, device needs reset: {error}");
         self.broken = true;
         self.interrupt.set_needs_reset();
     }
@@ -165,7 +169,7 @@ impl Active {
     ) -> Result<(), QueueError> {
         // The status address was checked to be inside guest RAM when the chain was parsed.
         if let Err(e) = self.mem.write_obj(&value, status) {
-            log::error!("virtio-blk: cannot write status at {status:#x}: {e}");
+            util::error_ratelimited!("virtio-blk: cannot write status at {status:#x}: {e}");
         }
         self.untrack(head);
         self.queue.add_used(&self.mem, head, used_len)
@@ -568,7 +572,7 @@ impl Active {
             None => Ok(()),
         };
         if let Err(e) = result {
-            log::error!("virtio-blk {id}: submit failed: {e}");
+            util::error_ratelimited!("virtio-blk {id}: submit failed: {e}");
         }
         let refused: Vec<u64> = self.batch.drain(..).map(|r| r.tag).collect();
         for tag in refused {
@@ -595,11 +599,11 @@ impl Active {
             .ok()
             .and_then(|i| self.inflight.get_mut(i))
         else {
-            log::error!("virtio-blk {id}: completion for unknown tag {}", done.tag);
+            util::error_ratelimited!("virtio-blk {id}: completion for unknown tag {}", done.tag);
             return Ok(());
         };
         let Some(mut req) = slot.take() else {
-            log::error!("virtio-blk {id}: completion for idle tag {}", done.tag);
+            util::error_ratelimited!("virtio-blk {id}: completion for idle tag {}", done.tag);
             return Ok(());
         };
         let head = done.tag as u16;
@@ -730,6 +734,7 @@ impl BlockState {
                 completions: Vec::new(),
                 engine_registered: None,
                 shut_down: false,
+                guest_log: Arc::new(RateLimit::new(GUEST_ERRORS_LOGGED, GUEST_LOG_INTERVAL)),
                 this: this.clone(),
             })
         })
@@ -812,7 +817,7 @@ impl BlockState {
             notify,
             features,
             broken: false,
-            guest_errors: 0,
+            guest_log: self.guest_log.clone(),
             inflight: std::iter::repeat_with(|| None).take(size).collect(),
             held: Vec::new(),
             writes: Vec::new(),
@@ -911,7 +916,7 @@ impl BlockState {
     fn deactivate(&mut self) {
         let drained = self.drain_engine();
         if drained > 0 {
-            log::info!(
+            util::info_ratelimited!(
                 "virtio-blk {}: reset dropped {drained} finished requests",
                 self.id
             );
@@ -920,7 +925,7 @@ impl BlockState {
         if let Some(active) = self.active.take() {
             for fd in [active.notify.as_raw_fd(), active.throttle_timer.as_raw_fd()] {
                 if let Err(e) = self.event_loop.remove(fd) {
-                    log::error!("virtio-blk {}: {e}", self.id);
+                    util::error_ratelimited!("virtio-blk {}: {e}", self.id);
                 }
             }
         }
@@ -933,7 +938,7 @@ impl BlockState {
         if let Some(backend) = self.backend.as_mut() {
             if backend.engine().in_flight() > 0 {
                 if let Err(e) = backend.engine().drain(&mut self.completions) {
-                    log::error!("virtio-blk {}: drain failed: {e}", self.id);
+                    util::error_ratelimited!("virtio-blk {}: drain failed: {e}", self.id);
                 }
             }
         }
@@ -1045,7 +1050,7 @@ impl BlockState {
     fn detach_engine(&mut self) {
         if let Some(fd) = self.engine_registered.take() {
             if let Err(e) = self.event_loop.remove(fd) {
-                log::error!("virtio-blk {}: {e}", self.id);
+                util::error_ratelimited!("virtio-blk {}: {e}", self.id);
             }
         }
     }
@@ -1138,7 +1143,7 @@ impl BlockState {
         self.completions.clear();
         if let Some(backend) = self.backend.as_mut() {
             if let Err(e) = backend.engine().reap(&mut self.completions) {
-                log::error!("virtio-blk {}: reap failed: {e}", self.id);
+                util::error_ratelimited!("virtio-blk {}: reap failed: {e}", self.id);
             }
         }
         let limits = self.limits();
@@ -1184,7 +1189,7 @@ impl BlockState {
         if let Err(e) = result {
             // Chains already started still go to the engine.
             if let Err(e) = active.submit(id, self.backend.as_mut()) {
-                log::error!("virtio-blk {id}: {e}");
+                util::error_ratelimited!("virtio-blk {id}: {e}");
             }
             active.break_device(id, e);
         }
