@@ -124,12 +124,20 @@ struct Registration {
     poll: Option<SharedPollSource>,
 }
 
-type SharedPollSource = Arc<Mutex<Box<dyn PollSource>>>;
+/// A poll source and its own adaptive window (as QEMU keeps one per handler: a queue whose
+/// requests come quickly keeps polling paying off even while a slow disk's completions make
+/// the engine's window shrink).
+struct Polled {
+    source: Box<dyn PollSource>,
+    window: PollWindow,
+}
+
+type SharedPollSource = Arc<Mutex<Polled>>;
 
 /// What polling did so far (for tests and diagnostics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PollStats {
-    /// The window of the next turn, ns.
+    /// The window of the next turn (the largest of the sources'), ns.
     pub window_ns: u64,
     /// Turns whose polling found work.
     pub found: u64,
@@ -139,7 +147,8 @@ pub struct PollStats {
 
 /// The polling state of the thread that runs the loop.
 struct Poller {
-    window: PollWindow,
+    /// The parameters the sources' windows were made for.
+    params: PollParams,
     /// Sources were told polling began and not yet that it ended.
     started: bool,
     /// The sources as of `generation`, with their fds.
@@ -207,7 +216,7 @@ impl EventLoop {
             poll_params: Mutex::new(PollParams::OFF),
             poll_generation: AtomicU64::new(0),
             poller: Mutex::new(Poller {
-                window: PollWindow::new(PollParams::OFF),
+                params: PollParams::OFF,
                 started: false,
                 sources: Vec::new(),
                 generation: 0,
@@ -247,7 +256,8 @@ impl EventLoop {
         let registration = handlers
             .get_mut(&fd)
             .ok_or(EventLoopError::NotRegistered { fd })?;
-        registration.poll = Some(Arc::new(Mutex::new(source)));
+        let window = PollWindow::new(self.poll_params());
+        registration.poll = Some(Arc::new(Mutex::new(Polled { source, window })));
         self.poll_generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
@@ -445,9 +455,7 @@ impl EventLoop {
         };
         if polling.is_some() {
             let block_ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            let mut poller = self.lock_poller();
-            poller.window.adjust(block_ns);
-            self.window_ns.store(poller.window.ns(), Ordering::Relaxed);
+            self.adjust_windows(block_ns, &ready, &events[..waited]);
         }
         self.run_ready(&ready);
         self.give_back(ready);
@@ -492,8 +500,9 @@ impl EventLoop {
     fn poll_sources(&self, timeout_ms: i32) -> (Vec<(RawFd, SharedPollSource)>, Option<Spin>) {
         let params = self.poll_params();
         let mut poller = self.lock_poller();
-        if poller.window.params() != params {
-            poller.window = PollWindow::new(params);
+        let changed = poller.params != params;
+        if changed {
+            poller.params = params;
             self.window_ns.store(0, Ordering::Relaxed);
         }
         if !params.enabled() || timeout_ms == 0 {
@@ -502,7 +511,7 @@ impl EventLoop {
             return self.end_polling();
         }
         let generation = self.poll_generation.load(Ordering::Acquire);
-        if poller.generation != generation {
+        if poller.generation != generation || changed {
             poller.sources = self
                 .lock_handlers()
                 .iter()
@@ -514,7 +523,14 @@ impl EventLoop {
             return (Vec::new(), None);
         }
         let mut ready = std::mem::take(&mut poller.ready);
-        let mut window = poller.window.ns();
+        let mut window = 0;
+        for (_, source) in &poller.sources {
+            let mut polled = lock_source(source);
+            if polled.window.params() != params {
+                polled.window = PollWindow::new(params);
+            }
+            window = window.max(polled.window.ns());
+        }
         if timeout_ms > 0 {
             window = window.min(u64::from(timeout_ms.unsigned_abs()) * 1_000_000);
         }
@@ -525,7 +541,7 @@ impl EventLoop {
             } else {
                 if !poller.started {
                     for (_, source) in &poller.sources {
-                        lock_source(source).begin();
+                        lock_source(source).source.begin();
                     }
                     poller.started = true;
                 }
@@ -555,7 +571,7 @@ impl EventLoop {
         let start = Instant::now();
         loop {
             for (fd, source) in sources {
-                if lock_source(source).poll() {
+                if lock_source(source).source.poll() {
                     ready.push((*fd, source.clone()));
                 }
             }
@@ -584,12 +600,34 @@ impl EventLoop {
         self.ended.fetch_add(1, Ordering::Relaxed);
         for (fd, source) in &poller.sources {
             let mut guard = lock_source(source);
-            guard.end();
-            if guard.poll() {
+            guard.source.end();
+            if guard.source.poll() {
                 ready.push((*fd, source.clone()));
             }
         }
         (ready, None)
+    }
+
+    /// Adapts the window of every source that had work this turn (found by polling, or its fd
+    /// fired) to the turn's block time.
+    fn adjust_windows(
+        &self,
+        block_ns: u64,
+        ready: &[(RawFd, SharedPollSource)],
+        events: &[EpollEvent],
+    ) {
+        let poller = self.lock_poller();
+        let mut largest = 0;
+        for (fd, source) in &poller.sources {
+            let mut polled = lock_source(source);
+            let had_work =
+                ready.iter().any(|(f, _)| f == fd) || events.iter().any(|e| e.fd() == *fd);
+            if had_work {
+                polled.window.adjust(block_ns);
+            }
+            largest = largest.max(polled.window.ns());
+        }
+        self.window_ns.store(largest, Ordering::Relaxed);
     }
 
     /// Runs the sources that found work, skipping any whose handler was removed meanwhile.
@@ -601,7 +639,7 @@ impl EventLoop {
                 .and_then(|r| r.poll.as_ref())
                 .is_some_and(|p| Arc::ptr_eq(p, source));
             if registered {
-                lock_source(source).run();
+                lock_source(source).source.run();
             }
         }
     }
@@ -628,7 +666,7 @@ impl EventLoop {
     }
 }
 
-fn lock_source(source: &SharedPollSource) -> MutexGuard<'_, Box<dyn PollSource>> {
+fn lock_source(source: &SharedPollSource) -> MutexGuard<'_, Polled> {
     source.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -956,17 +994,22 @@ mod tests {
         }
     }
 
-    /// A loop with one probe on an eventfd nobody writes (only polling can find its work).
+    /// A loop with one probe on an eventfd that only the test writes (then its handler clears
+    /// it): work the probe's flag announces can only be found by polling.
     fn probed_loop(params: PollParams) -> (Arc<EventLoop>, Arc<Probe>, EventFd) {
         let event_loop = EventLoop::new().unwrap();
         event_loop.set_poll_params(params);
         let fd = EventFd::new(EFD_NONBLOCK).unwrap();
+        let clear = fd.try_clone().unwrap();
         event_loop
             .add(
                 "probe",
                 fd.as_raw_fd(),
                 EventSet::IN,
-                Box::new(|_| HandlerAction::Keep),
+                Box::new(move |_| {
+                    let _ = clear.read();
+                    HandlerAction::Keep
+                }),
             )
             .unwrap();
         let probe = Arc::new(Probe::default());
@@ -985,8 +1028,9 @@ mod tests {
 
     #[test]
     fn polling_finds_work_without_the_fd_and_keeps_notifications_off_meanwhile() {
-        let (event_loop, probe, _fd) = probed_loop(UNBOUNDED);
-        // Turn 1: the window is 0, nothing is polled; the 1 ms wait grows the window.
+        let (event_loop, probe, fd) = probed_loop(UNBOUNDED);
+        // Turn 1: the window is 0, nothing is polled; the fd's event grows the window.
+        fd.write(1).unwrap();
         assert!(event_loop.run_once(1).unwrap());
         assert_eq!(probe.polls.load(Ordering::SeqCst), 0);
         assert_eq!(event_loop.poll_stats().window_ns, INITIAL_NS);
@@ -1027,7 +1071,8 @@ mod tests {
 
     #[test]
     fn turning_polling_off_gives_notifications_back() {
-        let (event_loop, probe, _fd) = probed_loop(UNBOUNDED);
+        let (event_loop, probe, fd) = probed_loop(UNBOUNDED);
+        fd.write(1).unwrap();
         event_loop.run_once(1).unwrap();
         probe.work.store(true, Ordering::SeqCst);
         event_loop.run_once(1).unwrap();
@@ -1062,10 +1107,18 @@ mod tests {
             grow: 1000,
             shrink: 0,
         };
-        let (event_loop, _probe, _fd) = probed_loop(params);
-        // 0 -> 4 µs -> 4 ms -> 4 s (each turn waits longer than its window: 10 ms).
-        for _ in 0..3 {
-            event_loop.run_once(10).unwrap();
+        let (event_loop, _probe, fd) = probed_loop(params);
+        // 0 -> 4 µs -> 4 ms -> 4 s: each turn's event comes later than its window (10 ms).
+        fd.write(1).unwrap();
+        event_loop.run_once(100).unwrap();
+        for _ in 0..2 {
+            let late = fd.try_clone().unwrap();
+            let writer = std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                late.write(1).unwrap();
+            });
+            event_loop.run_once(-1).unwrap();
+            writer.join().unwrap();
         }
         assert!(event_loop.poll_stats().window_ns >= 4_000_000_000);
         let runner = event_loop.clone();

@@ -9,6 +9,9 @@
 //! ```
 //!
 //! Invariants:
+//! - Each source has its own window (as in QEMU, which keeps one per handler); a turn polls for
+//!   the largest, and after it only the windows of the sources that had work (found by
+//!   polling, or their fd fired) adapt.
 //! - The window starts at 0 and never exceeds `max_ns`; `max_ns` 0 means no polling at all.
 //! - After each turn the window adapts to how long the loop waited for an event, polling and
 //!   sleeping together (the "block time"): at most the window: unchanged (polling paid off);
