@@ -176,7 +176,9 @@ pub struct EventLoop {
     call_event: EventFd,
     calls: Mutex<Calls>,
     handlers: Mutex<HashMap<RawFd, Registration>>,
-    /// Set (before the eventfd write) by `post`, `call` and `stop`: ends polling early.
+    /// Set by `post`, `call` and `stop` after their eventfd write (so a loop that sees it finds
+    /// the eventfd readable); a polling loop that sees it clears it and looks at its fds
+    /// without blocking.
     woken: AtomicBool,
     poll_params: Mutex<PollParams>,
     /// Bumped whenever a poll source is added or removed.
@@ -332,9 +334,9 @@ impl EventLoop {
 
     /// Asks [`EventLoop::run`] to return; callable from any thread or handler.
     pub fn stop(&self) {
-        self.woken.store(true, Ordering::Release);
         // A full eventfd counter already means "stop requested".
         let _ = self.stop_event.write(1);
+        self.woken.store(true, Ordering::Release);
     }
 
     /// Sends `f` to the loop's thread and returns at once; `f` runs there after every message
@@ -345,9 +347,9 @@ impl EventLoop {
         F: FnOnce() + Send + 'static,
     {
         self.lock_calls().queue.push_back(Box::new(f));
-        self.woken.store(true, Ordering::Release);
         // A full counter still wakes the loop, which then runs every queued message.
         let _ = self.call_event.write(1);
+        self.woken.store(true, Ordering::Release);
     }
 
     /// Runs `f` on the loop's thread and returns its result; the caller waits. Runs `f` at
@@ -379,8 +381,8 @@ impl EventLoop {
             self.run_queued();
             return Ok(f());
         }
-        self.woken.store(true, Ordering::Release);
         let _ = self.call_event.write(1);
+        self.woken.store(true, Ordering::Release);
         result.recv().map_err(|_| EventLoopError::CallLost)
     }
 
@@ -414,8 +416,7 @@ impl EventLoop {
             Ok(())
         })();
         // Sources polled last turn get their notifications back before the loop goes away.
-        let (ready, _) = self.end_polling();
-        drop(ready);
+        drop(self.end_polling());
         self.lock_calls().runner = None;
         self.run_queued();
         result
@@ -463,13 +464,11 @@ impl EventLoop {
         for event in &events[..waited] {
             let fd = event.fd();
             if fd == self.stop_event.as_raw_fd() {
-                self.woken.store(false, Ordering::Release);
                 let _ = self.stop_event.read();
                 keep_running = false;
                 continue;
             }
             if fd == self.call_event.as_raw_fd() {
-                self.woken.store(false, Ordering::Release);
                 let _ = self.call_event.read();
                 self.run_queued();
                 continue;
@@ -508,7 +507,7 @@ impl EventLoop {
         if !params.enabled() || timeout_ms == 0 {
             drop(poller);
             // A loop that stopped polling gives its sources their notifications back.
-            return self.end_polling();
+            return (self.end_polling(), None);
         }
         let generation = self.poll_generation.load(Ordering::Acquire);
         if poller.generation != generation || changed {
@@ -536,7 +535,7 @@ impl EventLoop {
         }
         let mut spin = Spin::Expired;
         if window > 0 {
-            if self.woken.load(Ordering::Acquire) {
+            if self.woken.swap(false, Ordering::AcqRel) {
                 spin = Spin::Woken;
             } else {
                 if !poller.started {
@@ -555,8 +554,7 @@ impl EventLoop {
         if spin == Spin::Expired {
             // About to sleep: notifications back on, then one more look (the classic race:
             // work that arrived while they were off would otherwise wait for nothing).
-            let (late, _) = self.end_polling();
-            ready.extend(late);
+            ready.extend(self.end_polling());
         }
         (ready, Some(spin))
     }
@@ -578,7 +576,9 @@ impl EventLoop {
             if !ready.is_empty() {
                 return Spin::Found;
             }
-            if self.woken.load(Ordering::Acquire) {
+            // The flag is a hint: the eventfd that follows it is what the turn acts on, so a
+            // flag left over from a message already run costs one look, never a wait.
+            if self.woken.swap(false, Ordering::AcqRel) {
                 return Spin::Woken;
             }
             if start.elapsed().as_nanos() >= u128::from(window_ns) {
@@ -590,11 +590,11 @@ impl EventLoop {
 
     /// Ends a polling phase, if one is on: every source turns its notifications back on and
     /// is polled once more. Returns the sources that found work then.
-    fn end_polling(&self) -> (Vec<(RawFd, SharedPollSource)>, Option<Spin>) {
+    fn end_polling(&self) -> Vec<(RawFd, SharedPollSource)> {
         let mut poller = self.lock_poller();
         let mut ready = std::mem::take(&mut poller.ready);
         if !poller.started {
-            return (ready, None);
+            return ready;
         }
         poller.started = false;
         self.ended.fetch_add(1, Ordering::Relaxed);
@@ -605,7 +605,7 @@ impl EventLoop {
                 ready.push((*fd, source.clone()));
             }
         }
-        (ready, None)
+        ready
     }
 
     /// Adapts the window of every source that had work this turn (found by polling, or its fd
