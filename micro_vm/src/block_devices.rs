@@ -180,14 +180,21 @@ impl BlockDevices {
             nodes: HashMap::new(),
             shut_down: false,
         };
-        for id in &config.iothreads {
+        for iothread in &config.iothreads {
+            let id = &iothread.id;
             let thread = EventLoopThread::spawn(&format!("iothread-{id}")).map_err(|source| {
                 BlockDevicesError::Iothread {
                     id: id.clone(),
                     source,
                 }
             })?;
-            log::info!("iothread {id} started");
+            thread.event_loop().set_poll_params(iothread.poll);
+            log::info!(
+                "iothread {id} started (poll-max-ns {}, poll-grow {}, poll-shrink {})",
+                iothread.poll.max_ns,
+                iothread.poll.grow,
+                iothread.poll.shrink
+            );
             devices.iothreads.push((id.clone(), thread));
         }
         let drives: HashMap<&str, &DriveConfig> =

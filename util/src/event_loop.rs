@@ -25,11 +25,25 @@
 //!   thread on its way out, so a caller never waits for a loop that has stopped.
 //! - [`EventLoopThread`] is a loop on a thread of its own (an iothread): stopping it joins the
 //!   thread, and only then does the loop's last message run.
+//! - Polling ([`EventLoop::set_poll_params`], off by default): before it sleeps, a loop with
+//!   [`PollSource`]s ([`EventLoop::add_poll`]) spins up to its adaptive window calling their
+//!   `poll` (no system calls); a source that finds work has its `run` called, and the loop only
+//!   checks its fds without blocking (`epoll_wait` with timeout 0). Sources are told when a
+//!   polling phase begins and ends, and are polled once more after it ended, before the loop
+//!   sleeps, so nothing that arrived while their notifications were off waits for a wake-up
+//!   that never comes. A message or a stop cuts polling short. `poll` module: the window's
+//!   rules.
+
+mod poll;
 
 use std::collections::{HashMap, VecDeque};
 use std::os::unix::io::{AsRawFd, RawFd};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle, ThreadId};
+use std::time::Instant;
+
+pub use poll::{PollParams, PollSource, PollWindow, DEFAULT_GROW, DEFAULT_MAX_NS, INITIAL_NS};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -77,6 +91,12 @@ pub enum EventLoopError {
     /// A closure given to [`EventLoop::call`] ended without a result (it panicked).
     #[error("a call on the event-loop thread did not return")]
     CallLost,
+    /// A poll source was given for an fd that has no handler.
+    #[error("fd {fd} has no handler to attach a poll source to")]
+    NotRegistered {
+        /// The file descriptor.
+        fd: RawFd,
+    },
     /// The thread of an [`EventLoopThread`] could not be started.
     #[error("cannot start event-loop thread {name}")]
     Spawn {
@@ -101,6 +121,52 @@ struct Calls {
 struct Registration {
     name: String,
     handler: Arc<Mutex<Handler>>,
+    poll: Option<SharedPollSource>,
+}
+
+/// A poll source and its own adaptive window (as QEMU keeps one per handler: a queue whose
+/// requests come quickly keeps polling paying off even while a slow disk's completions make
+/// the engine's window shrink).
+struct Polled {
+    source: Box<dyn PollSource>,
+    window: PollWindow,
+}
+
+type SharedPollSource = Arc<Mutex<Polled>>;
+
+/// What polling did so far (for tests and diagnostics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PollStats {
+    /// The window of the next turn (the largest of the sources'), ns.
+    pub window_ns: u64,
+    /// Turns whose polling found work.
+    pub found: u64,
+    /// Polling phases that ended (the sources' notifications turned back on).
+    pub ended: u64,
+}
+
+/// The polling state of the thread that runs the loop.
+struct Poller {
+    /// The parameters the sources' windows were made for.
+    params: PollParams,
+    /// Sources were told polling began and not yet that it ended.
+    started: bool,
+    /// The sources as of `generation`, with their fds.
+    sources: Vec<(RawFd, SharedPollSource)>,
+    generation: u64,
+    /// Sources whose `poll` found work this turn.
+    ready: Vec<(RawFd, SharedPollSource)>,
+}
+
+/// How a polling phase ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spin {
+    /// A source has work.
+    Found,
+    /// A message or stop arrived: its eventfd is readable.
+    Woken,
+    /// The window passed with nothing found.
+    Expired,
 }
 
 /// An epoll loop of named handlers, shareable between threads (`Arc<EventLoop>`).
@@ -110,6 +176,17 @@ pub struct EventLoop {
     call_event: EventFd,
     calls: Mutex<Calls>,
     handlers: Mutex<HashMap<RawFd, Registration>>,
+    /// Set by `post`, `call` and `stop` after their eventfd write (so a loop that sees it finds
+    /// the eventfd readable); a polling loop that sees it clears it and looks at its fds
+    /// without blocking.
+    woken: AtomicBool,
+    poll_params: Mutex<PollParams>,
+    /// Bumped whenever a poll source is added or removed.
+    poll_generation: AtomicU64,
+    poller: Mutex<Poller>,
+    found: AtomicU64,
+    ended: AtomicU64,
+    window_ns: AtomicU64,
 }
 
 impl EventLoop {
@@ -137,7 +214,54 @@ impl EventLoop {
             call_event,
             calls: Mutex::new(Calls::default()),
             handlers: Mutex::new(HashMap::new()),
+            woken: AtomicBool::new(false),
+            poll_params: Mutex::new(PollParams::OFF),
+            poll_generation: AtomicU64::new(0),
+            poller: Mutex::new(Poller {
+                params: PollParams::OFF,
+                started: false,
+                sources: Vec::new(),
+                generation: 0,
+                ready: Vec::new(),
+            }),
+            found: AtomicU64::new(0),
+            ended: AtomicU64::new(0),
+            window_ns: AtomicU64::new(0),
         }))
+    }
+
+    /// Sets how the loop polls before it sleeps ([`PollParams::OFF`] by default); callable
+    /// from any thread, in force from the loop's next turn, with the window back at 0.
+    pub fn set_poll_params(&self, params: PollParams) {
+        *self.poll_params.lock().unwrap_or_else(|e| e.into_inner()) = params;
+    }
+
+    /// How the loop polls.
+    pub fn poll_params(&self) -> PollParams {
+        *self.poll_params.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What polling did so far.
+    pub fn poll_stats(&self) -> PollStats {
+        PollStats {
+            window_ns: self.window_ns.load(Ordering::Relaxed),
+            found: self.found.load(Ordering::Relaxed),
+            ended: self.ended.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Attaches `source` to the handler of `fd`: while the loop polls, `source.poll()` stands
+    /// in for the fd becoming readable and `source.run()` for the handler. Removed with the
+    /// handler. Replaces an earlier source of the same fd.
+    pub fn add_poll(&self, fd: RawFd, source: Box<dyn PollSource>) -> Result<(), EventLoopError> {
+        let mut handlers = self.lock_handlers();
+        let registration = handlers
+            .get_mut(&fd)
+            .ok_or(EventLoopError::NotRegistered { fd })?;
+        let window = PollWindow::new(self.poll_params());
+        registration.poll = Some(Arc::new(Mutex::new(Polled { source, window })));
+        self.poll_generation.fetch_add(1, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Registers `handler` under `name` for `events` on `fd`.
@@ -171,6 +295,7 @@ impl EventLoop {
             Registration {
                 name: name.to_string(),
                 handler: Arc::new(Mutex::new(handler)),
+                poll: None,
             },
         );
         log::debug!("event loop: added {name} (fd {fd})");
@@ -181,6 +306,9 @@ impl EventLoop {
     pub fn remove(&self, fd: RawFd) -> Result<(), EventLoopError> {
         let mut handlers = self.lock_handlers();
         if let Some(registration) = handlers.remove(&fd) {
+            if registration.poll.is_some() {
+                self.poll_generation.fetch_add(1, Ordering::AcqRel);
+            }
             self.epoll
                 .ctl(ControlOperation::Delete, fd, EpollEvent::default())
                 .map_err(|source| EventLoopError::Control {
@@ -208,6 +336,7 @@ impl EventLoop {
     pub fn stop(&self) {
         // A full eventfd counter already means "stop requested".
         let _ = self.stop_event.write(1);
+        self.woken.store(true, Ordering::Release);
     }
 
     /// Sends `f` to the loop's thread and returns at once; `f` runs there after every message
@@ -220,6 +349,7 @@ impl EventLoop {
         self.lock_calls().queue.push_back(Box::new(f));
         // A full counter still wakes the loop, which then runs every queued message.
         let _ = self.call_event.write(1);
+        self.woken.store(true, Ordering::Release);
     }
 
     /// Runs `f` on the loop's thread and returns its result; the caller waits. Runs `f` at
@@ -252,6 +382,7 @@ impl EventLoop {
             return Ok(f());
         }
         let _ = self.call_event.write(1);
+        self.woken.store(true, Ordering::Release);
         result.recv().map_err(|_| EventLoopError::CallLost)
     }
 
@@ -267,6 +398,7 @@ impl EventLoop {
     /// handler's destructor may use the loop).
     pub fn clear(&self) {
         let handlers = std::mem::take(&mut *self.lock_handlers());
+        self.poll_generation.fetch_add(1, Ordering::AcqRel);
         for fd in handlers.keys() {
             // Best effort: a closed fd has already left the epoll set.
             let _ = self
@@ -283,6 +415,8 @@ impl EventLoop {
             while self.run_once(-1)? {}
             Ok(())
         })();
+        // Sources polled last turn get their notifications back before the loop goes away.
+        drop(self.end_polling());
         self.lock_calls().runner = None;
         self.run_queued();
         result
@@ -298,19 +432,36 @@ impl EventLoop {
         }
     }
 
-    /// Waits up to `timeout_ms` (-1: forever) and runs the handlers of the ready fds.
-    /// Returns `false` once a stop was requested.
+    /// Waits up to `timeout_ms` (-1: forever) and runs the handlers of the ready fds; a loop
+    /// that polls ([`EventLoop::set_poll_params`]) first polls its sources for up to its
+    /// window. Returns `false` once a stop was requested.
     pub fn run_once(&self, timeout_ms: i32) -> Result<bool, EventLoopError> {
+        let start = Instant::now();
+        let (ready, polling) = self.poll_sources(timeout_ms);
+        let timeout_ms = if ready.is_empty() && polling != Some(Spin::Woken) {
+            timeout_ms
+        } else {
+            0
+        };
         let mut events = [EpollEvent::default(); 32];
-        let ready = loop {
+        let waited = loop {
             match self.epoll.wait(timeout_ms, &mut events) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(EventLoopError::Wait(e)),
+                Err(e) => {
+                    self.give_back(ready);
+                    return Err(EventLoopError::Wait(e));
+                }
             }
         };
+        if polling.is_some() {
+            let block_ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.adjust_windows(block_ns, &ready, &events[..waited]);
+        }
+        self.run_ready(&ready);
+        self.give_back(ready);
         let mut keep_running = true;
-        for event in &events[..ready] {
+        for event in &events[..waited] {
             let fd = event.fd();
             if fd == self.stop_event.as_raw_fd() {
                 let _ = self.stop_event.read();
@@ -343,6 +494,165 @@ impl EventLoop {
         Ok(keep_running)
     }
 
+    /// The polling part of a turn: returns the sources that found work, and how polling went
+    /// (`None`: the loop does not poll this turn, so the window is not adjusted either).
+    fn poll_sources(&self, timeout_ms: i32) -> (Vec<(RawFd, SharedPollSource)>, Option<Spin>) {
+        let params = self.poll_params();
+        let mut poller = self.lock_poller();
+        let changed = poller.params != params;
+        if changed {
+            poller.params = params;
+            self.window_ns.store(0, Ordering::Relaxed);
+        }
+        if !params.enabled() || timeout_ms == 0 {
+            drop(poller);
+            // A loop that stopped polling gives its sources their notifications back.
+            return (self.end_polling(), None);
+        }
+        let generation = self.poll_generation.load(Ordering::Acquire);
+        if poller.generation != generation || changed {
+            poller.sources = self
+                .lock_handlers()
+                .iter()
+                .filter_map(|(fd, r)| r.poll.clone().map(|p| (*fd, p)))
+                .collect();
+            poller.generation = generation;
+        }
+        if poller.sources.is_empty() {
+            return (Vec::new(), None);
+        }
+        let mut ready = std::mem::take(&mut poller.ready);
+        let mut window = 0;
+        for (_, source) in &poller.sources {
+            let mut polled = lock_source(source);
+            if polled.window.params() != params {
+                polled.window = PollWindow::new(params);
+            }
+            window = window.max(polled.window.ns());
+        }
+        if timeout_ms > 0 {
+            window = window.min(u64::from(timeout_ms.unsigned_abs()) * 1_000_000);
+        }
+        let mut spin = Spin::Expired;
+        if window > 0 {
+            if self.woken.swap(false, Ordering::AcqRel) {
+                spin = Spin::Woken;
+            } else {
+                if !poller.started {
+                    for (_, source) in &poller.sources {
+                        lock_source(source).source.begin();
+                    }
+                    poller.started = true;
+                }
+                spin = self.spin(&poller.sources, window, &mut ready);
+            }
+        }
+        if spin == Spin::Found {
+            self.found.fetch_add(1, Ordering::Relaxed);
+        }
+        drop(poller);
+        if spin == Spin::Expired {
+            // About to sleep: notifications back on, then one more look (the classic race:
+            // work that arrived while they were off would otherwise wait for nothing).
+            ready.extend(self.end_polling());
+        }
+        (ready, Some(spin))
+    }
+
+    /// Polls `sources` until one finds work, a message arrives, or `window_ns` passed.
+    fn spin(
+        &self,
+        sources: &[(RawFd, SharedPollSource)],
+        window_ns: u64,
+        ready: &mut Vec<(RawFd, SharedPollSource)>,
+    ) -> Spin {
+        let start = Instant::now();
+        loop {
+            for (fd, source) in sources {
+                if lock_source(source).source.poll() {
+                    ready.push((*fd, source.clone()));
+                }
+            }
+            if !ready.is_empty() {
+                return Spin::Found;
+            }
+            // The flag is a hint: the eventfd that follows it is what the turn acts on, so a
+            // flag left over from a message already run costs one look, never a wait.
+            if self.woken.swap(false, Ordering::AcqRel) {
+                return Spin::Woken;
+            }
+            if start.elapsed().as_nanos() >= u128::from(window_ns) {
+                return Spin::Expired;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Ends a polling phase, if one is on: every source turns its notifications back on and
+    /// is polled once more. Returns the sources that found work then.
+    fn end_polling(&self) -> Vec<(RawFd, SharedPollSource)> {
+        let mut poller = self.lock_poller();
+        let mut ready = std::mem::take(&mut poller.ready);
+        if !poller.started {
+            return ready;
+        }
+        poller.started = false;
+        self.ended.fetch_add(1, Ordering::Relaxed);
+        for (fd, source) in &poller.sources {
+            let mut guard = lock_source(source);
+            guard.source.end();
+            if guard.source.poll() {
+                ready.push((*fd, source.clone()));
+            }
+        }
+        ready
+    }
+
+    /// Adapts the window of every source that had work this turn (found by polling, or its fd
+    /// fired) to the turn's block time.
+    fn adjust_windows(
+        &self,
+        block_ns: u64,
+        ready: &[(RawFd, SharedPollSource)],
+        events: &[EpollEvent],
+    ) {
+        let poller = self.lock_poller();
+        let mut largest = 0;
+        for (fd, source) in &poller.sources {
+            let mut polled = lock_source(source);
+            let had_work =
+                ready.iter().any(|(f, _)| f == fd) || events.iter().any(|e| e.fd() == *fd);
+            if had_work {
+                polled.window.adjust(block_ns);
+            }
+            largest = largest.max(polled.window.ns());
+        }
+        self.window_ns.store(largest, Ordering::Relaxed);
+    }
+
+    /// Runs the sources that found work, skipping any whose handler was removed meanwhile.
+    fn run_ready(&self, ready: &[(RawFd, SharedPollSource)]) {
+        for (fd, source) in ready {
+            let registered = self
+                .lock_handlers()
+                .get(fd)
+                .and_then(|r| r.poll.as_ref())
+                .is_some_and(|p| Arc::ptr_eq(p, source));
+            if registered {
+                lock_source(source).source.run();
+            }
+        }
+    }
+
+    /// Returns the (emptied) list of ready sources for the next turn to reuse.
+    fn give_back(&self, mut ready: Vec<(RawFd, SharedPollSource)>) {
+        ready.clear();
+        let mut poller = self.lock_poller();
+        if poller.ready.capacity() < ready.capacity() {
+            poller.ready = ready;
+        }
+    }
+
     fn lock_handlers(&self) -> std::sync::MutexGuard<'_, HashMap<RawFd, Registration>> {
         self.handlers.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -350,6 +660,14 @@ impl EventLoop {
     fn lock_calls(&self) -> std::sync::MutexGuard<'_, Calls> {
         self.calls.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn lock_poller(&self) -> MutexGuard<'_, Poller> {
+        self.poller.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn lock_source(source: &SharedPollSource) -> MutexGuard<'_, Polled> {
+    source.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// An event loop running on a thread of its own (an iothread), stopped and joined when
@@ -427,7 +745,7 @@ impl Drop for EventLoopThread {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     #[test]
     fn handler_runs_when_its_eventfd_is_written() {
@@ -640,5 +958,182 @@ mod tests {
         assert!(event_loop.handler_names().is_empty());
         fd.write(1).unwrap();
         assert!(event_loop.run_once(0).unwrap(), "no handler left to run");
+    }
+
+    /// A source whose work is a flag other code sets, counting what the loop asks of it.
+    #[derive(Default)]
+    struct Probe {
+        work: AtomicBool,
+        /// `end` sets `work` (work that arrived while notifications were off, unannounced).
+        work_on_end: AtomicBool,
+        polls: AtomicUsize,
+        runs: AtomicUsize,
+        begins: AtomicUsize,
+        ends: AtomicUsize,
+    }
+
+    struct ProbeSource(Arc<Probe>);
+
+    impl PollSource for ProbeSource {
+        fn poll(&mut self) -> bool {
+            self.0.polls.fetch_add(1, Ordering::SeqCst);
+            self.0.work.load(Ordering::SeqCst)
+        }
+        fn run(&mut self) {
+            self.0.work.store(false, Ordering::SeqCst);
+            self.0.runs.fetch_add(1, Ordering::SeqCst);
+        }
+        fn begin(&mut self) {
+            self.0.begins.fetch_add(1, Ordering::SeqCst);
+        }
+        fn end(&mut self) {
+            self.0.ends.fetch_add(1, Ordering::SeqCst);
+            if self.0.work_on_end.swap(false, Ordering::SeqCst) {
+                self.0.work.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// A loop with one probe on an eventfd that only the test writes (then its handler clears
+    /// it): work the probe's flag announces can only be found by polling.
+    fn probed_loop(params: PollParams) -> (Arc<EventLoop>, Arc<Probe>, EventFd) {
+        let event_loop = EventLoop::new().unwrap();
+        event_loop.set_poll_params(params);
+        let fd = EventFd::new(EFD_NONBLOCK).unwrap();
+        let clear = fd.try_clone().unwrap();
+        event_loop
+            .add(
+                "probe",
+                fd.as_raw_fd(),
+                EventSet::IN,
+                Box::new(move |_| {
+                    let _ = clear.read();
+                    HandlerAction::Keep
+                }),
+            )
+            .unwrap();
+        let probe = Arc::new(Probe::default());
+        event_loop
+            .add_poll(fd.as_raw_fd(), Box::new(ProbeSource(probe.clone())))
+            .unwrap();
+        (event_loop, probe, fd)
+    }
+
+    /// Polls with no practical maximum, so each turn's wait grows the window.
+    const UNBOUNDED: PollParams = PollParams {
+        max_ns: 1 << 50,
+        grow: 0,
+        shrink: 0,
+    };
+
+    #[test]
+    fn polling_finds_work_without_the_fd_and_keeps_notifications_off_meanwhile() {
+        let (event_loop, probe, fd) = probed_loop(UNBOUNDED);
+        // Turn 1: the window is 0, nothing is polled; the fd's event grows the window.
+        fd.write(1).unwrap();
+        assert!(event_loop.run_once(1).unwrap());
+        assert_eq!(probe.polls.load(Ordering::SeqCst), 0);
+        assert_eq!(event_loop.poll_stats().window_ns, INITIAL_NS);
+        // Turn 2: polling begins and finds the work; the source runs, notifications stay off.
+        probe.work.store(true, Ordering::SeqCst);
+        assert!(event_loop.run_once(1).unwrap());
+        assert_eq!(probe.runs.load(Ordering::SeqCst), 1);
+        assert_eq!(probe.begins.load(Ordering::SeqCst), 1);
+        assert_eq!(probe.ends.load(Ordering::SeqCst), 0);
+        assert_eq!(event_loop.poll_stats().found, 1);
+        // Turn 3: nothing within the window; before sleeping the source gets its
+        // notifications back and is polled once more: what arrived meanwhile runs now.
+        probe.work_on_end.store(true, Ordering::SeqCst);
+        assert!(event_loop.run_once(1).unwrap());
+        assert_eq!(probe.ends.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            probe.runs.load(Ordering::SeqCst),
+            2,
+            "work found by the last look after polling ended was lost"
+        );
+        assert_eq!(event_loop.poll_stats().ended, 1);
+    }
+
+    #[test]
+    fn a_loop_that_does_not_poll_never_calls_its_sources() {
+        let (event_loop, probe, fd) = probed_loop(PollParams::OFF);
+        probe.work.store(true, Ordering::SeqCst);
+        for _ in 0..3 {
+            assert!(event_loop.run_once(1).unwrap());
+        }
+        fd.write(1).unwrap();
+        assert!(event_loop.run_once(1000).unwrap());
+        assert_eq!(probe.polls.load(Ordering::SeqCst), 0);
+        assert_eq!(probe.runs.load(Ordering::SeqCst), 0);
+        assert_eq!(probe.begins.load(Ordering::SeqCst), 0);
+        assert_eq!(event_loop.poll_stats(), PollStats::default());
+    }
+
+    #[test]
+    fn turning_polling_off_gives_notifications_back() {
+        let (event_loop, probe, fd) = probed_loop(UNBOUNDED);
+        fd.write(1).unwrap();
+        event_loop.run_once(1).unwrap();
+        probe.work.store(true, Ordering::SeqCst);
+        event_loop.run_once(1).unwrap();
+        assert_eq!(probe.begins.load(Ordering::SeqCst), 1);
+        event_loop.set_poll_params(PollParams::OFF);
+        probe.work_on_end.store(true, Ordering::SeqCst);
+        event_loop.run_once(1).unwrap();
+        assert_eq!(probe.ends.load(Ordering::SeqCst), 1);
+        assert_eq!(probe.runs.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_removed_handler_takes_its_poll_source_along() {
+        let (event_loop, probe, fd) = probed_loop(UNBOUNDED);
+        event_loop.run_once(1).unwrap();
+        event_loop.remove(fd.as_raw_fd()).unwrap();
+        probe.work.store(true, Ordering::SeqCst);
+        event_loop.run_once(1).unwrap();
+        assert_eq!(probe.runs.load(Ordering::SeqCst), 0);
+        let err = event_loop
+            .add_poll(fd.as_raw_fd(), Box::new(ProbeSource(probe.clone())))
+            .unwrap_err();
+        assert!(matches!(err, EventLoopError::NotRegistered { .. }));
+    }
+
+    #[test]
+    fn messages_and_stop_cut_a_long_polling_window_short() {
+        // Windows grow a thousandfold per turn up to about 18 minutes: a loop that ignored
+        // messages while polling would not answer this test in any useful time.
+        let params = PollParams {
+            max_ns: 1 << 40,
+            grow: 1000,
+            shrink: 0,
+        };
+        let (event_loop, _probe, fd) = probed_loop(params);
+        // 0 -> 4 µs -> 4 ms -> 4 s: each turn's event comes later than its window (10 ms).
+        fd.write(1).unwrap();
+        event_loop.run_once(100).unwrap();
+        for _ in 0..2 {
+            let late = fd.try_clone().unwrap();
+            let writer = std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                late.write(1).unwrap();
+            });
+            event_loop.run_once(-1).unwrap();
+            writer.join().unwrap();
+        }
+        assert!(event_loop.poll_stats().window_ns >= 4_000_000_000);
+        let runner = event_loop.clone();
+        let thread = std::thread::spawn(move || runner.run());
+        // Wait until the loop runs on its thread (a call there, not here).
+        let here = std::thread::current().id();
+        while event_loop
+            .call(move || std::thread::current().id())
+            .unwrap()
+            == here
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(event_loop.call(|| 7).unwrap(), 7);
+        event_loop.stop();
+        thread.join().unwrap().unwrap();
     }
 }

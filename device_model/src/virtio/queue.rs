@@ -14,6 +14,11 @@
 //! - The driver's `avail.idx` is read with acquire ordering before the ring entries it covers;
 //!   `used.idx` is published with release ordering after the entries it covers; a full fence
 //!   separates publishing an index from reading the other side's event index.
+//! - While the device polls the avail ring ([`SplitQueue::set_polling`]) the driver is asked not
+//!   to notify: `VIRTQ_USED_F_NO_NOTIFY` in the used ring's flags, or with `EVENT_IDX` an
+//!   `avail_event` one behind the next chain (already crossed, so no new chain crosses it).
+//!   Turning polling off asks for notifications again and is followed by a full fence, so the
+//!   caller's next look at `avail.idx` cannot miss a chain the driver offered without a kick.
 //! - A queue error is structural (the ring itself is broken): the device must then need a reset.
 
 use std::sync::atomic::{fence, Ordering};
@@ -173,6 +178,8 @@ pub struct SplitQueue {
     next_avail: u16,
     next_used: u16,
     signalled_used: u16,
+    /// The device polls the avail ring: notifications stay off.
+    polling: bool,
 }
 
 /// Whether an event index `event` was crossed by moving from `old` to `new` (virtio §2.7.7.2).
@@ -215,6 +222,7 @@ impl SplitQueue {
             next_avail: 0,
             next_used: 0,
             signalled_used: 0,
+            polling: false,
         })
     }
 
@@ -362,16 +370,61 @@ impl SplitQueue {
     }
 
     /// Asks for a notification at the next offered chain (`avail_event` with `EVENT_IDX`) and
-    /// returns whether chains arrived meanwhile (then the caller must pop them itself).
+    /// returns whether chains arrived meanwhile (then the caller must pop them itself). While
+    /// the device polls, notifications stay off and this returns `false`: the poller looks.
     pub fn enable_notification(&mut self, mem: &GuestMemory) -> Result<bool, QueueError> {
+        if self.polling {
+            return Ok(false);
+        }
         if self.event_idx {
-            let avail_event_addr = self.used_ring + 4 + 8 * u64::from(self.size);
-            mem.atomic_u16(avail_event_addr)
-                .map_err(QueueError::Memory)?
-                .store(self.next_avail, Ordering::Release);
+            self.set_avail_event(mem, self.next_avail)?;
         }
         fence(Ordering::SeqCst);
         self.has_avail(mem)
+    }
+
+    /// Turns polling on (the driver is asked not to notify) or off (notifications back on,
+    /// then a full fence). After turning it off the caller must look at the avail ring once
+    /// more ([`SplitQueue::has_avail`]): a chain offered while notifications were off came
+    /// with no kick.
+    pub fn set_polling(&mut self, mem: &GuestMemory, polling: bool) -> Result<(), QueueError> {
+        if polling == self.polling {
+            return Ok(());
+        }
+        self.polling = polling;
+        if !polling {
+            if !self.event_idx {
+                self.set_used_flags(mem, 0)?;
+            }
+            self.enable_notification(mem)?;
+            return Ok(());
+        }
+        if self.event_idx {
+            // One behind the next chain: the driver's next index change does not cross it.
+            self.set_avail_event(mem, self.next_avail.wrapping_sub(1))
+        } else {
+            self.set_used_flags(mem, VIRTQ_USED_F_NO_NOTIFY)
+        }
+    }
+
+    /// Whether the device polls the avail ring (notifications off).
+    pub fn polling(&self) -> bool {
+        self.polling
+    }
+
+    fn set_avail_event(&self, mem: &GuestMemory, value: u16) -> Result<(), QueueError> {
+        let avail_event_addr = self.used_ring + 4 + 8 * u64::from(self.size);
+        mem.atomic_u16(avail_event_addr)
+            .map_err(QueueError::Memory)?
+            .store(value, Ordering::Release);
+        Ok(())
+    }
+
+    fn set_used_flags(&self, mem: &GuestMemory, flags: u16) -> Result<(), QueueError> {
+        mem.atomic_u16(self.used_ring)
+            .map_err(QueueError::Memory)?
+            .store(flags, Ordering::Release);
+        Ok(())
     }
 }
 
@@ -560,5 +613,49 @@ mod tests {
         );
         let avail_event = USED + 4 + 8 * 8;
         assert_eq!(mem.read_obj::<u16>(avail_event).unwrap(), 0);
+    }
+
+    #[test]
+    fn polling_keeps_avail_event_behind_and_gives_it_back() {
+        let (mem, mut queue) = setup(8);
+        let avail_event = USED + 4 + 8 * 8;
+        offer(&mem, 0, 0, 1);
+        assert_eq!(queue.pop_avail(&mem).unwrap(), Some(0));
+        queue.set_polling(&mem, true).unwrap();
+        assert!(queue.polling());
+        let event: u16 = mem.read_obj(avail_event).unwrap();
+        // The driver moving avail.idx from 1 to 2, or further, crosses no event: no kick.
+        assert!(!need_event(event, 2, 1));
+        assert!(!need_event(event, 5, 1));
+        // Popping while polling leaves it behind.
+        offer(&mem, 1, 1, 2);
+        assert_eq!(queue.pop_avail(&mem).unwrap(), Some(1));
+        assert!(!queue.enable_notification(&mem).unwrap());
+        assert_eq!(mem.read_obj::<u16>(avail_event).unwrap(), event);
+        // A chain offered while notifications were off is seen by the look after polling.
+        offer(&mem, 2, 2, 3);
+        queue.set_polling(&mem, false).unwrap();
+        assert_eq!(mem.read_obj::<u16>(avail_event).unwrap(), 2);
+        assert!(queue.has_avail(&mem).unwrap());
+    }
+
+    #[test]
+    fn polling_without_event_idx_sets_the_no_notify_flag() {
+        let mem = GuestMemory::new(&[(0, 0x10000)]).unwrap();
+        let config = QueueConfig {
+            max_size: 256,
+            size: 8,
+            ready: true,
+            desc_table: DESC,
+            avail_ring: AVAIL,
+            used_ring: USED,
+        };
+        let mut queue = SplitQueue::new(&config, &mem, false).unwrap();
+        queue.set_polling(&mem, true).unwrap();
+        assert_eq!(mem.read_obj::<u16>(USED).unwrap(), VIRTQ_USED_F_NO_NOTIFY);
+        assert!(!queue.enable_notification(&mem).unwrap());
+        assert_eq!(mem.read_obj::<u16>(USED).unwrap(), VIRTQ_USED_F_NO_NOTIFY);
+        queue.set_polling(&mem, false).unwrap();
+        assert_eq!(mem.read_obj::<u16>(USED).unwrap(), 0);
     }
 }

@@ -16,6 +16,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use util::aio::{AioEngine, DetectZeroes, Discard, ErrorAction, ThrottleConfig};
+use util::event_loop::PollParams;
 use util::file::Locking;
 
 use super::error::{ConfigError, Result};
@@ -133,6 +134,29 @@ pub struct BlkDeviceConfig {
     /// The iothread that runs its queue (`iothread=`).
     pub iothread: Option<String>,
 }
+
+/// An iothread (`-object iothread,id=T[,poll-max-ns=N,poll-grow=G,poll-shrink=S]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IothreadConfig {
+    /// The iothread id (`id=`).
+    pub id: String,
+    /// How its loop polls before it sleeps (QEMU's keys and defaults: `poll-max-ns` 32768,
+    /// `poll-grow` 0 = double, `poll-shrink` 0 = reset; `poll-max-ns=0` turns polling off).
+    pub poll: PollParams,
+}
+
+impl From<&str> for IothreadConfig {
+    /// An iothread with the default polling.
+    fn from(id: &str) -> IothreadConfig {
+        IothreadConfig {
+            id: id.to_string(),
+            poll: PollParams::IOTHREAD_DEFAULT,
+        }
+    }
+}
+
+/// The largest value of the iothread's polling keys (QEMU's: a non-negative `int64`).
+const MAX_POLL_VALUE: u64 = i64::MAX as u64;
 
 /// A `-drive` as written, before ids are assigned.
 #[derive(Debug)]
@@ -312,8 +336,8 @@ pub(crate) fn parse_device(text: &str) -> Result<BlkDeviceConfig> {
     })
 }
 
-/// Parses the value of one `-object` (only `iothread,id=T`); returns the iothread id.
-pub(crate) fn parse_object(text: &str) -> Result<String> {
+/// Parses the value of one `-object iothread,...`.
+pub(crate) fn parse_object(text: &str) -> Result<IothreadConfig> {
     let mut kv = KvList::parse("-object", text)?;
     let kind = kv
         .take_implied("qom-type")?
@@ -323,8 +347,20 @@ pub(crate) fn parse_object(text: &str) -> Result<String> {
     }
     let id = kv.require("id")?;
     check_id(kv.option(), "id", &id)?;
+    let mut poll = PollParams::IOTHREAD_DEFAULT;
+    for (key, slot) in [
+        ("poll-max-ns", &mut poll.max_ns),
+        ("poll-grow", &mut poll.grow),
+        ("poll-shrink", &mut poll.shrink),
+    ] {
+        if let Some(value) = kv.take(key) {
+            *slot = parse_u64(&value)
+                .filter(|&n| n <= MAX_POLL_VALUE)
+                .ok_or_else(|| kv.invalid(key, &value, "a whole number from 0 to 2^63-1"))?;
+        }
+    }
     kv.finish()?;
-    Ok(id)
+    Ok(IothreadConfig { id, poll })
 }
 
 /// Drives, devices and iothreads in command-line order (`usize` = argument position).
@@ -332,23 +368,23 @@ pub(crate) fn parse_object(text: &str) -> Result<String> {
 pub(crate) struct BlockArgs {
     pub drives: Vec<(usize, DriveArg)>,
     pub devices: Vec<(usize, BlkDeviceConfig)>,
-    pub iothreads: Vec<String>,
+    pub iothreads: Vec<IothreadConfig>,
 }
 
 /// The resolved block configuration.
 pub(crate) struct Block {
     pub drives: Vec<DriveConfig>,
     pub devices: Vec<BlkDeviceConfig>,
-    pub iothreads: Vec<String>,
+    pub iothreads: Vec<IothreadConfig>,
 }
 
 /// Assigns automatic drive ids, checks every cross-reference, and creates the short-form
 /// devices.
 pub(crate) fn resolve(args: BlockArgs) -> Result<Block> {
     let mut iothread_ids = HashSet::new();
-    for id in &args.iothreads {
-        if !iothread_ids.insert(id.as_str()) {
-            return Err(ConfigError::DuplicateIothread(id.clone()));
+    for iothread in &args.iothreads {
+        if !iothread_ids.insert(iothread.id.as_str()) {
+            return Err(ConfigError::DuplicateIothread(iothread.id.clone()));
         }
     }
 

@@ -34,7 +34,9 @@ mod rng;
 
 use std::path::PathBuf;
 
-pub use drive::{default_aio, BlkDeviceConfig, DriveConfig, BLK_DRIVER, MAX_SERIAL_LEN};
+pub use drive::{
+    default_aio, BlkDeviceConfig, DriveConfig, IothreadConfig, BLK_DRIVER, MAX_SERIAL_LEN,
+};
 pub use error::{ConfigError, Result};
 pub use machine::{
     CpuConfig, CpuTopology, ACCEL, CPU_MODEL, DEFAULT_MEM_SIZE, LIBVIRT_NO_OPS, MACHINE_TYPE,
@@ -93,8 +95,8 @@ pub struct VmConfig {
     pub drives: Vec<DriveConfig>,
     /// virtio-blk devices, in the order they take slots.
     pub blk_devices: Vec<BlkDeviceConfig>,
-    /// Iothread ids (`-object iothread,id=T`).
-    pub iothreads: Vec<String>,
+    /// Iothreads (`-object iothread,id=T[,poll-max-ns=N,...]`).
+    pub iothreads: Vec<IothreadConfig>,
     /// virtio-rng devices with their entropy files (`-object rng-random` +
     /// `-device virtio-rng-device`), in command-line order.
     pub rngs: Vec<RngConfig>,
@@ -237,7 +239,12 @@ Usage: stratovirt [OPTIONS]
   -object rng-random,id=R,filename=FILE
   -device virtio-rng-device,rng=R[,id=DEVID][,max-bytes=N,period=MS]
                               virtio-mmio entropy device reading FILE
-  -object iothread,id=T       an I/O thread for devices
+  -object iothread,id=T[,poll-max-ns=N][,poll-grow=G][,poll-shrink=S]
+                              an I/O thread for devices; before it sleeps it polls
+                              its queues and engines for up to an adaptive window of
+                              at most poll-max-ns (default 32768; 0 = no polling),
+                              grown by poll-grow (default 0 = x2) and shrunk by
+                              poll-shrink (default 0 = to 0), as QEMU's iothreads
   -qmp unix:PATH,server,nowait
                               QMP socket
   -D [FILE]                   log to FILE (to stderr without FILE); the level comes from
@@ -328,7 +335,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<VmConfig> {
     config.blk_devices = resolved.devices;
     config.iothreads = resolved.iothreads;
     for object in &devices.rng_objects {
-        if config.iothreads.contains(&object.id)
+        if config.iothreads.iter().any(|t| t.id == object.id)
             || devices
                 .rng_objects
                 .iter()

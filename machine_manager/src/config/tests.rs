@@ -2,6 +2,7 @@
 
 use super::*;
 use util::aio::{AioEngine, DetectZeroes, Discard, ErrorAction, Limit, ThrottleConfig};
+use util::event_loop::PollParams;
 use util::file::Locking;
 
 fn parse(line: &str) -> Result<VmConfig> {
@@ -57,7 +58,8 @@ fn a_full_command_line() {
     assert_eq!(config.name.as_deref(), Some("vm1"));
     assert!(config.daemonize && config.start_paused);
     assert_eq!(config.pidfile, Some(PathBuf::from("/tmp/vm.pid")));
-    assert_eq!(config.iothreads, vec!["io0"]);
+    assert_eq!(config.iothreads, vec![IothreadConfig::from("io0")]);
+    assert_eq!(config.iothreads[0].poll, PollParams::IOTHREAD_DEFAULT);
     assert_eq!(config.qmp, Some(PathBuf::from("/tmp/qmp.sock")));
     assert_eq!(
         config.drives,
@@ -651,4 +653,86 @@ fn machine_keys_reach_the_config() {
         Some(CpuTopology::flat(3))
     );
     assert_eq!(parse("").unwrap().topology, None);
+}
+
+#[test]
+fn iothread_polling_keys_are_qemus() {
+    let config = parse("-object iothread,id=a -object iothread,id=b,poll-max-ns=0 -object iothread,id=c,poll-max-ns=100000,poll-grow=4,poll-shrink=2").unwrap();
+    let polls: Vec<(&str, PollParams)> = config
+        .iothreads
+        .iter()
+        .map(|t| (t.id.as_str(), t.poll))
+        .collect();
+    assert_eq!(
+        polls,
+        vec![
+            (
+                "a",
+                PollParams {
+                    max_ns: 32768,
+                    grow: 0,
+                    shrink: 0
+                }
+            ),
+            (
+                "b",
+                PollParams {
+                    max_ns: 0,
+                    grow: 0,
+                    shrink: 0
+                }
+            ),
+            (
+                "c",
+                PollParams {
+                    max_ns: 100_000,
+                    grow: 4,
+                    shrink: 2
+                }
+            ),
+        ]
+    );
+    assert!(
+        !config.iothreads[1].poll.enabled(),
+        "poll-max-ns=0 turns polling off"
+    );
+    let max = parse("-object iothread,id=a,poll-max-ns=9223372036854775807").unwrap();
+    assert_eq!(max.iothreads[0].poll.max_ns, i64::MAX as u64);
+}
+
+#[test]
+fn bad_iothread_polling_values_are_one_line_errors() {
+    for (line, key, value) in [
+        ("-object iothread,id=a,poll-max-ns=-1", "poll-max-ns", "-1"),
+        (
+            "-object iothread,id=a,poll-max-ns=32k",
+            "poll-max-ns",
+            "32k",
+        ),
+        ("-object iothread,id=a,poll-max-ns=", "poll-max-ns", ""),
+        (
+            "-object iothread,id=a,poll-max-ns=9223372036854775808",
+            "poll-max-ns",
+            "9223372036854775808",
+        ),
+        ("-object iothread,id=a,poll-grow=two", "poll-grow", "two"),
+        (
+            "-object iothread,id=a,poll-shrink=1.5",
+            "poll-shrink",
+            "1.5",
+        ),
+    ] {
+        match parse_err(line) {
+            ConfigError::InvalidValue {
+                key: k, value: v, ..
+            } => {
+                assert_eq!((k.as_str(), v.as_str()), (key, value), "{line}")
+            }
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        parse_err("-object iothread,id=a,poll-max=5"),
+        ConfigError::UnknownKey { .. }
+    ));
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use util::aio::AioEngine;
+use util::event_loop::PollParams;
 
 use crate::backing::Backing;
 use crate::drive::DriveOptions;
@@ -30,6 +31,9 @@ block layer (qemu-img bench) on them as the peer.
   --shm-dir DIR     where the tmpfs file goes    (default: /dev/shm)
   --repeat N        run each row N times, interleaved; keep the median (default: 1)
   --no-event-idx    do not negotiate VIRTIO_F_RING_EVENT_IDX
+  --poll-max-ns N   the device thread polls its queue and engine for up to N ns
+                    before it sleeps, as an iothread with poll-max-ns=N (0 = off;
+                    default 32768, an iothread's default)
   --mem-prealloc    also run io_uring with guest RAM preallocated, as -mem-prealloc does
                     (registered as fixed buffers), interleaved with the other engines
   --drive-options KEY=VALUE,...
@@ -67,6 +71,8 @@ pub struct Options {
     pub repeat: u32,
     /// Negotiate `EVENT_IDX`.
     pub event_idx: bool,
+    /// How the device thread polls (`--poll-max-ns`; grow and shrink as an iothread's).
+    pub poll: PollParams,
     /// Add the `io_uring+prealloc` variant (preallocated guest RAM, fixed buffers).
     pub prealloc: bool,
     /// `-drive` keys every device is given.
@@ -103,6 +109,7 @@ impl Default for Options {
             shm_dir: PathBuf::from("/dev/shm"),
             repeat: 1,
             event_idx: true,
+            poll: PollParams::IOTHREAD_DEFAULT,
             prealloc: false,
             drive: DriveOptions::default(),
             fio: true,
@@ -198,6 +205,13 @@ pub fn parse(args: &[String]) -> Result<Options> {
                     .ok_or_else(|| anyhow!("--repeat needs a count from 1 to 100"))?
             }
             "--no-event-idx" => opts.event_idx = false,
+            "--poll-max-ns" => {
+                opts.poll.max_ns = value()?
+                    .parse()
+                    .ok()
+                    .filter(|&n: &u64| n <= i64::MAX as u64)
+                    .ok_or_else(|| anyhow!("--poll-max-ns needs nanoseconds from 0 to 2^63-1"))?
+            }
             "--mem-prealloc" => opts.prealloc = true,
             "--drive-options" => opts.drive = DriveOptions::parse(value()?)?,
             "--no-fio" => opts.fio = false,
@@ -257,6 +271,18 @@ mod tests {
         assert_eq!(o.patterns.len(), 3);
         assert_eq!(o.depths, vec![1, 8, 32, 128]);
         assert_eq!(o.size, 1 << 30);
+        assert_eq!(o.poll, PollParams::IOTHREAD_DEFAULT);
+    }
+
+    #[test]
+    fn poll_max_ns_sets_the_device_threads_polling() {
+        assert_eq!(
+            parse(&args("--poll-max-ns 0")).unwrap().poll,
+            PollParams::OFF
+        );
+        let o = parse(&args("--poll-max-ns 100000")).unwrap();
+        assert_eq!(o.poll.max_ns, 100_000);
+        assert_eq!((o.poll.grow, o.poll.shrink), (0, 0));
     }
 
     #[test]
@@ -292,6 +318,9 @@ mod tests {
             "--bogus",
             "--json",
             "--repeat 0",
+            "--poll-max-ns -1",
+            "--poll-max-ns 1e5",
+            "--poll-max-ns",
             "--drive-options aio=native",
         ] {
             assert!(parse(&args(bad)).is_err(), "{bad}");

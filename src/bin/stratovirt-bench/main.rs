@@ -81,6 +81,7 @@ fn meta(opts: &Options) -> Meta {
         size: opts.size,
         repeat: opts.repeat,
         event_idx: opts.event_idx,
+        poll_max_ns: opts.poll.max_ns,
         drive_options: opts.drive.text.clone(),
         command: std::iter::once("stratovirt-bench".to_string())
             .chain(std::env::args().skip(1))
@@ -120,6 +121,7 @@ fn vmm_cell(
         &opts.drive.backend(path, engine.aio, backing),
         RigConfig {
             event_idx: opts.event_idx,
+            poll: opts.poll,
             prealloc: engine.prealloc,
         },
     )?;

@@ -97,6 +97,8 @@ pub struct Meta {
     pub repeat: u32,
     /// Whether `VIRTIO_F_RING_EVENT_IDX` was negotiated.
     pub event_idx: bool,
+    /// The device thread's `poll-max-ns` (0: it did not poll).
+    pub poll_max_ns: u64,
     /// The `--drive-options` every device was given (empty: none).
     pub drive_options: String,
     /// The command line.
@@ -275,7 +277,7 @@ impl Report {
         let m = &self.meta;
         format!(
             "{} UTC, commit {}, kernel {}, {} CPUs, load {} → {}, {:.1} s warm-up + {:.1} s per \
-             cell{}, {} MiB files, EVENT_IDX {}{}{}",
+             cell{}, {} MiB files, EVENT_IDX {}, poll-max-ns {}{}{}",
             m.date,
             m.commit,
             m.kernel,
@@ -291,6 +293,7 @@ impl Report {
             },
             m.size >> 20,
             if m.event_idx { "on" } else { "off" },
+            m.poll_max_ns,
             if m.drive_options.is_empty() {
                 String::new()
             } else {
@@ -395,6 +398,7 @@ mod tests {
                 size: 1 << 30,
                 repeat: 1,
                 event_idx: true,
+                poll_max_ns: 32768,
                 drive_options: "throttling.iops-total=5000".into(),
                 command: String::new(),
             },
@@ -435,6 +439,14 @@ mod tests {
         assert!(r
             .conditions()
             .contains("drive options throttling.iops-total=5000"));
+    }
+
+    #[test]
+    fn conditions_and_json_carry_the_polling() {
+        let r = report(Vec::new());
+        assert!(r.conditions().contains("poll-max-ns 32768"));
+        let json: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["meta"]["poll_max_ns"], 32768);
     }
 
     #[test]

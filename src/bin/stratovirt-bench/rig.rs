@@ -21,7 +21,7 @@ use device_model::virtio::driver::{Driver, DriverConfig};
 use device_model::virtio::{
     Block, BlockBackend, BlockBackendConfig, BlockHandle, VirtioDevice, VirtioMmio,
 };
-use util::event_loop::EventLoopThread;
+use util::event_loop::{EventLoopThread, PollParams};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Guest RAM of the bench VM.
@@ -38,6 +38,8 @@ pub const QUEUE_SIZE: u16 = device_model::virtio::block::QUEUE_SIZE;
 pub struct RigConfig {
     /// Negotiate `VIRTIO_F_RING_EVENT_IDX` (notification and interrupt suppression).
     pub event_idx: bool,
+    /// How the device thread polls (an iothread's `poll-max-ns`, `poll-grow`, `poll-shrink`).
+    pub poll: PollParams,
     /// Preallocate guest RAM (`-mem-prealloc`): an io_uring drive then registers it as fixed
     /// buffers.
     pub prealloc: bool,
@@ -62,6 +64,7 @@ impl Rig {
         let backend = BlockBackend::open(drive)
             .with_context(|| format!("drive {} aio={}", drive.path.display(), drive.aio))?;
         let iothread = EventLoopThread::spawn("bench-iothread").context("device thread")?;
+        iothread.event_loop().set_poll_params(config.poll);
         let block = Block::new(
             "bench0".into(),
             Some(backend),

@@ -296,6 +296,7 @@ mod tests {
     use crate::rig::RigConfig;
     use device_model::virtio::BlockBackendConfig;
     use util::aio::{AioEngine, ErrorAction};
+    use util::event_loop::PollParams;
 
     /// A real device, real engines and a real file: a short cell of each pattern completes
     /// requests, counts them and measures the device thread.
@@ -321,6 +322,7 @@ mod tests {
             for pattern in Pattern::ALL {
                 let config = RigConfig {
                     event_idx: pattern != Pattern::Mixed,
+                    poll: PollParams::OFF,
                     prealloc: false,
                 };
                 let drive = BlockBackendConfig {
@@ -348,6 +350,7 @@ mod tests {
         std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
         let config = RigConfig {
             event_idx: true,
+            poll: PollParams::OFF,
             prealloc: false,
         };
         let drive = BlockBackendConfig {

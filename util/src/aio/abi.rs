@@ -4,6 +4,11 @@
 //! - [`iocb`] and [`io_event`] are `#[repr(C)]` copies of the kernel structs for a little-endian
 //!   64-bit kernel; `tests/aio_abi_layout.rs` compiles a C program against the installed header
 //!   and checks every size, field offset and constant here against it.
+//! - An `aio_context_t` is the address at which `io_setup` mapped the context's completion
+//!   ring (`struct aio_ring` of the kernel's `fs/aio.c`, not in the header but a stable layout
+//!   that user-space reapers such as libaio's read): eight `u32` words `id, nr, head, tail,
+//!   magic, compat_features, incompat_features, header_length`, then the events. The mapping
+//!   lives until `io_destroy`.
 //! - The wrappers below only forward to the kernel; they return the raw count or the errno and
 //!   keep no state. Ownership of the memory an `iocb` names is the caller's business.
 
@@ -33,6 +38,15 @@ pub const IOCB_CMD_PWRITEV: u16 = 8;
 pub const IOCB_FLAG_RESFD: u32 = 1 << 0;
 /// `IOCB_FLAG_IOPRIO`: `aio_reqprio` carries an I/O priority.
 pub const IOCB_FLAG_IOPRIO: u32 = 1 << 1;
+
+/// The `magic` word of the completion ring `io_setup` maps into the caller's memory.
+pub const AIO_RING_MAGIC: u32 = 0xa10a_10a1;
+/// Byte offset of the ring's `head` (the next event to collect) from the context's address.
+pub const AIO_RING_HEAD: usize = 8;
+/// Byte offset of the ring's `tail` (one past the last event the kernel posted).
+pub const AIO_RING_TAIL: usize = 12;
+/// Byte offset of the ring's `magic` word.
+pub const AIO_RING_MAGIC_OFFSET: usize = 16;
 
 /// One request handed to `io_submit` (`struct iocb`, 64 bytes, little-endian field order).
 #[repr(C)]

@@ -320,6 +320,11 @@ impl Queue {
         out.append(&mut self.ready);
     }
 
+    /// Whether completions made without the kernel wait for `reap`.
+    pub(crate) fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
     /// Resets the eventfd before completions are collected.
     pub(crate) fn clear_eventfd(&self) -> Result<(), AioError> {
         clear_eventfd(&self.efd, self.engine)

@@ -21,9 +21,13 @@
 //!   iovec arrays they point to live in the slab until completion.
 //! - Linux AIO has no discard or write-zeroes: [`AioContext::supports`] says so, and such
 //!   requests complete with `-EOPNOTSUPP`.
+//! - [`AioContext::poll_ready`] reads the completion ring's `head` and `tail` in our memory
+//!   (acquire loads, no system call); it is used only when the ring's magic word was found at
+//!   set-up, so a kernel with another layout merely loses polling.
 //! - Dropping the context first waits for every request in the kernel, then `io_destroy`s it.
 
 use std::os::unix::io::RawFd;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::abi::{self, aio_context_t, io_event, iocb};
 use super::inflight::Queue;
@@ -54,6 +58,8 @@ pub struct NativeContext {
     iocbs: Vec<iocb>,
     ptrs: IocbPtrs,
     events: Vec<io_event>,
+    /// The completion ring's header was recognised: `poll_ready` may read it.
+    ring_pollable: bool,
 }
 
 /// Whether Linux AIO has a command for `opcode` (it has none for discard or write-zeroes).
@@ -77,7 +83,7 @@ impl NativeContext {
         let queue = Queue::new(ENGINE, depth as usize)?;
         let ctx = abi::io_setup(depth).map_err(|e| syscall_error("io_setup", e))?;
         let depth = depth as usize;
-        Ok(NativeContext {
+        let mut context = NativeContext {
             fd,
             ctx,
             depth,
@@ -86,7 +92,25 @@ impl NativeContext {
             iocbs: Vec::with_capacity(depth),
             ptrs: IocbPtrs(Vec::with_capacity(depth)),
             events: vec![io_event::default(); depth],
-        })
+            ring_pollable: false,
+        };
+        context.ring_pollable = ctx != 0
+            && context
+                .ring_word(abi::AIO_RING_MAGIC_OFFSET)
+                .load(Ordering::Acquire)
+                == abi::AIO_RING_MAGIC;
+        Ok(context)
+    }
+
+    /// A word of the completion ring's header, at `offset` bytes from its start.
+    fn ring_word(&self, offset: usize) -> &AtomicU32 {
+        debug_assert!(offset <= abi::AIO_RING_MAGIC_OFFSET && offset.is_multiple_of(4));
+        // SAFETY: `ctx` is the address where `io_setup` mapped the ring (readable and writable,
+        // page-aligned, at least one page, see `abi`); it stays mapped until `io_destroy` in
+        // `Drop`, after every borrow of `self`. The header's first words are 4-byte aligned
+        // `u32`s inside that page. The kernel updates them concurrently, which is why they are
+        // only ever read atomically here.
+        unsafe { &*((self.ctx as usize + offset) as *const AtomicU32) }
     }
 
     /// The iocb for the next round of the request under `key`.
@@ -228,6 +252,19 @@ impl AioContext for NativeContext {
 
     fn in_flight(&self) -> usize {
         self.queue.in_flight()
+    }
+
+    fn poll_ready(&self) -> bool {
+        if self.queue.has_ready() {
+            return true;
+        }
+        if !self.ring_pollable || self.in_kernel == 0 {
+            return false;
+        }
+        // Acquire pairs with the kernel's barrier before it publishes `tail`.
+        let tail = self.ring_word(abi::AIO_RING_TAIL).load(Ordering::Acquire);
+        let head = self.ring_word(abi::AIO_RING_HEAD).load(Ordering::Acquire);
+        head != tail
     }
 
     fn iovec_buffer(&mut self) -> Vec<Iovec> {

@@ -29,6 +29,9 @@
 //!   An `io_uring` ring is bound to the first thread that submits to it (a single-issuer ring);
 //!   calls from any other thread afterwards fail with [`AioError::WrongThread`] and change
 //!   nothing.
+//! - [`AioContext::poll_ready`] reads only memory (rings shared with the kernel with acquire
+//!   loads of their indexes, atomics shared with workers): it makes no system call, so an
+//!   event loop may call it in a spin.
 //! - A request the engine cannot carry ([`AioContext::supports`] is `false`) completes with
 //!   `-EOPNOTSUPP`; a read or write that moves no bytes completes with 0 at once.
 //! - Misaligned `O_DIRECT` requests are passed to the kernel as they are and its answer is
@@ -275,6 +278,13 @@ pub trait AioContext: Send {
 
     /// Requests submitted (or queued) whose completion has not yet been reaped.
     fn in_flight(&self) -> usize;
+
+    /// Whether [`AioContext::reap`] would find completions, learnt without a system call
+    /// (for an event loop that polls before it sleeps): the io_uring CQ ring's indexes and
+    /// flags, the Linux AIO ring's head and tail, the thread pool's finished flag, completions
+    /// made without the kernel. It may answer `true` once for completions the eventfd also
+    /// announced; a `false` is never wrong for long, since the eventfd still fires.
+    fn poll_ready(&self) -> bool;
 
     /// Waits until every in-flight request has completed and appends the completions to `out`.
     fn drain(&mut self, out: &mut Vec<AioCompletion>) -> Result<(), AioError>;

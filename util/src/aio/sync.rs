@@ -71,6 +71,10 @@ impl AioContext for SyncContext {
         })
     }
 
+    fn poll_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
     fn eventfd(&self) -> RawFd {
         self.efd.as_raw_fd()
     }

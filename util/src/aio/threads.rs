@@ -28,6 +28,8 @@
 //!   iovec buffer kept for [`AioContext::iovec_buffer`] there, never on a worker. In a steady
 //!   stream nothing allocates: the staging and shared queues, the finished list and its swap
 //!   partner keep their capacity.
+//! - `poll_ready` reads an atomic flag that mirrors "the finished list is not empty" (set and
+//!   cleared under the lock, with the list), so a polling event loop takes no lock.
 //! - `drain` sleeps on a condition variable that workers signal only while a drain waits; it
 //!   cannot fail. Dropping the engine drains it, then stops and joins every worker; a worker
 //!   leaves only once the queue is empty, so no request (and no buffer a worker could write
@@ -38,6 +40,7 @@
 use std::collections::VecDeque;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 
@@ -70,6 +73,9 @@ struct Shared {
     fd: RawFd,
     /// Readable when finished requests wait in `State::done`.
     efd: EventFd,
+    /// Whether `State::done` is non-empty, for `poll_ready` without the lock; written only
+    /// under the lock, together with `done`.
+    has_done: AtomicBool,
     state: Mutex<State>,
     /// Workers wait here for requests (or for `stop`).
     work: Condvar,
@@ -142,6 +148,7 @@ fn worker(shared: &Shared) {
             let mut st = shared.lock();
             let announce = st.done.is_empty();
             st.done.push((current, done));
+            shared.has_done.store(true, Ordering::Release);
             slot = st.queue.pop_front();
             (announce, st.draining)
         };
@@ -188,6 +195,7 @@ impl ThreadsContext {
         let shared = Arc::new(Shared {
             fd,
             efd,
+            has_done: AtomicBool::new(false),
             state: Mutex::new(State {
                 queue: VecDeque::with_capacity(depth),
                 done: Vec::with_capacity(depth),
@@ -246,6 +254,7 @@ impl ThreadsContext {
         {
             let mut st = self.shared.lock();
             std::mem::swap(&mut st.done, &mut self.reaped);
+            self.shared.has_done.store(false, Ordering::Release);
         }
         self.with_workers -= self.reaped.len();
         for (slot, done) in self.reaped.drain(..) {
@@ -328,6 +337,10 @@ impl AioContext for ThreadsContext {
 
     fn in_flight(&self) -> usize {
         self.with_workers + self.ready.len()
+    }
+
+    fn poll_ready(&self) -> bool {
+        !self.ready.is_empty() || self.shared.has_done.load(Ordering::Acquire)
     }
 
     fn drain(&mut self, out: &mut Vec<AioCompletion>) -> Result<(), AioError> {

@@ -30,6 +30,9 @@
 //! - With [`AioContext::register_memory`], a read or write whose single iovec lies in one
 //!   registered region becomes `READ_FIXED`/`WRITE_FIXED` (regions are registered in pieces of
 //!   at most 1 GiB, the kernel's limit per buffer).
+//! - [`AioContext::poll_ready`] reads the CQ ring's head and tail and the SQ ring's flags
+//!   (`IORING_SQ_TASKRUN`: deferred completions wait to be posted; `IORING_SQ_CQ_OVERFLOW`),
+//!   with acquire loads and no system call.
 //! - Dropping the context waits for every request in the ring before the ring is unmapped.
 //!   Only if that wait fails (`io_uring_enter` fails, or the context is dropped on a thread
 //!   that is not the ring's) is the ring closed with requests still in it: the kernel then
@@ -357,6 +360,15 @@ impl AioContext for UringContext {
 
     fn in_flight(&self) -> usize {
         self.queue.in_flight()
+    }
+
+    fn poll_ready(&self) -> bool {
+        // Completions deferred as task work announce themselves with IORING_SQ_TASKRUN (the
+        // ring is set up with IORING_SETUP_TASKRUN_FLAG); `reap` then posts them.
+        self.queue.has_ready()
+            || self.ring.cq_ready() > 0
+            || self.ring.cq_overflow_pending()
+            || (self.owner.is_some() && self.ring.taskrun_pending())
     }
 
     fn iovec_buffer(&mut self) -> Vec<Iovec> {

@@ -7,6 +7,7 @@
 //! - `lock.rs`: the image locks (QEMU's protocol) a backend holds on its file.
 //! - [`request`]: parsing a request from a descriptor chain (checks only, no I/O).
 //! - `state.rs`: the device's running half, owned by its event-loop thread.
+//! - `poll.rs`: what a polling event loop looks at (avail index, engine completions).
 //!
 //! ```text
 //!  vCPU (transport)                   device's event-loop thread              main thread
@@ -36,6 +37,7 @@
 mod backend;
 mod bounce;
 mod lock;
+mod poll;
 pub mod request;
 mod state;
 mod stats;

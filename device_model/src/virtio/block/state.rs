@@ -20,6 +20,10 @@
 //! - The engine handler is registered exactly while the device is active and has a backend.
 //! - After [`BlockState::shutdown`] the state has no backend and no handler and ignores every
 //!   later message.
+//! - Each handler has a poll source beside it (`poll.rs`) for a loop that polls: while the loop
+//!   polls, the queue asks the guest not to notify, and `process_queue` leaves `avail_event`
+//!   behind; when polling ends the queue asks for notifications again and the loop looks at
+//!   the avail index once more before it sleeps.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -41,6 +45,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use super::backend::BlockBackend;
 use super::bounce::{blocks, Bounce, Step};
+use super::poll::{EnginePoll, QueuePoll};
 use super::request::{
     status_address, DiskLimits, Request, RequestKind, Segment, SECTOR_SIZE, SERIAL_LEN,
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
@@ -795,6 +800,18 @@ impl BlockState {
                 }),
             )
             .map_err(VirtioError::EventLoop)?;
+        let queue_poll = QueuePoll {
+            state: self.this.clone(),
+        };
+        if let Err(e) = self
+            .event_loop
+            .add_poll(notify.as_raw_fd(), Box::new(queue_poll))
+        {
+            if let Err(e) = self.event_loop.remove(notify.as_raw_fd()) {
+                log::error!("virtio-blk {}: {e}", self.id);
+            }
+            return Err(VirtioError::EventLoop(e));
+        }
         let throttle_timer = match self.add_throttle_timer() {
             Ok(timer) => timer,
             Err(e) => {
@@ -1044,7 +1061,13 @@ impl BlockState {
             )
             .map_err(VirtioError::EventLoop)?;
         self.engine_registered = Some(fd);
-        Ok(())
+        let engine_poll = EnginePoll {
+            state: self.this.clone(),
+            generation,
+        };
+        self.event_loop
+            .add_poll(fd, Box::new(engine_poll))
+            .map_err(VirtioError::EventLoop)
     }
 
     fn detach_engine(&mut self) {
@@ -1131,10 +1154,45 @@ impl BlockState {
     }
 
     /// The guest notified the queue.
-    fn on_notify(&mut self) {
+    pub(super) fn on_notify(&mut self) {
         self.process_queue();
         if let Some(active) = self.active.as_mut() {
             active.signal(&self.id);
+        }
+    }
+
+    /// Whether the guest offered chains the device has not taken (guest memory only: a
+    /// polling loop's look). A ring it cannot read counts as work, so that the handler finds
+    /// the error and breaks the device.
+    pub(super) fn poll_queue(&self) -> bool {
+        self.active
+            .as_ref()
+            .is_some_and(|a| !a.broken && a.queue.has_avail(&a.mem).unwrap_or(true))
+    }
+
+    /// The loop starts or stops polling the queue: guest notifications off, or back on.
+    pub(super) fn set_queue_polling(&mut self, polling: bool) {
+        if let Some(active) = self.active.as_mut() {
+            if let Err(e) = active.queue.set_polling(&active.mem, polling) {
+                active.break_device(&self.id, e);
+            }
+        }
+    }
+
+    /// Whether the engine of backend `generation` has completions (no system call).
+    pub(super) fn poll_engine(&mut self, generation: u64) -> bool {
+        if self.backend_generation != generation {
+            return false;
+        }
+        self.backend
+            .as_mut()
+            .is_some_and(|b| b.engine().poll_ready())
+    }
+
+    /// The engine of backend `generation` has completions (stale generations are ignored).
+    pub(super) fn on_completions_of(&mut self, generation: u64) {
+        if self.backend_generation == generation {
+            self.on_completions();
         }
     }
 
