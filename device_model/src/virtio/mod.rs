@@ -188,6 +188,14 @@ pub enum VirtioError {
         /// The device.
         id: String,
     },
+    /// A device asked for with no request queue, or more than it may have.
+    #[error("{count} request queues asked for: a device has 1 to {max}")]
+    QueueCount {
+        /// The number asked for.
+        count: usize,
+        /// The most allowed.
+        max: u16,
+    },
     /// The device was shut down and takes no more backends.
     #[error("block device {id} is shut down")]
     ShutDown {
