@@ -84,6 +84,7 @@ impl Rig {
             features,
             // One descriptor per request, as Linux's virtio-blk driver posts them.
             indirect: true,
+            queues: 1,
         };
         let mut rig = Rig {
             driver: Driver::new(mmio, mem, irq, driver_config)
