@@ -28,6 +28,9 @@ pattern and queue depth asked for, and fio on the same files as the host's ceili
   --disk-dir DIR    where the disk files go      (default: /var/tmp)
   --shm-dir DIR     where the tmpfs file goes    (default: /dev/shm)
   --repeat N        run each row N times, interleaved; keep the median (default: 1)
+  --queues LIST      request queues of the device (num-queues), each on its own
+                    iothread with its own engine; the driver spreads requests
+                    round robin; every count is run, interleaved (default: 1)
   --no-event-idx    do not negotiate VIRTIO_F_RING_EVENT_IDX
   --mem-prealloc    also run io_uring with guest RAM preallocated, as -mem-prealloc does
                     (registered as fixed buffers), interleaved with the other engines
@@ -65,6 +68,8 @@ pub struct Options {
     pub repeat: u32,
     /// Negotiate `EVENT_IDX`.
     pub event_idx: bool,
+    /// The device's queue counts to run (each queue on its own iothread).
+    pub queues: Vec<u16>,
     /// Add the `io_uring+prealloc` variant (preallocated guest RAM, fixed buffers).
     pub prealloc: bool,
     /// `-drive` keys every device is given.
@@ -99,6 +104,7 @@ impl Default for Options {
             shm_dir: PathBuf::from("/dev/shm"),
             repeat: 1,
             event_idx: true,
+            queues: vec![1],
             prealloc: false,
             drive: DriveOptions::default(),
             fio: true,
@@ -192,6 +198,11 @@ pub fn parse(args: &[String]) -> Result<Options> {
                     .filter(|n| (1..=100).contains(n))
                     .ok_or_else(|| anyhow!("--repeat needs a count from 1 to 100"))?
             }
+            "--queues" => {
+                opts.queues = list(value()?, "queue count", |s| {
+                    machine_manager::config::parse_num_queues(s)
+                })?
+            }
             "--no-event-idx" => opts.event_idx = false,
             "--mem-prealloc" => opts.prealloc = true,
             "--drive-options" => opts.drive = DriveOptions::parse(value()?)?,
@@ -270,6 +281,8 @@ mod tests {
         assert_eq!(o.engines, vec![AioEngine::Native, AioEngine::IoUring]);
         assert_eq!(o.size, 64 << 20);
         assert_eq!(o.patterns, vec![Pattern::Mixed]);
+        assert_eq!(o.queues, vec![1]);
+        assert_eq!(parse(&args("--queues 2,1")).unwrap().queues, vec![2, 1]);
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert!(parse_size("99999999999999G").is_err());
     }
@@ -286,6 +299,9 @@ mod tests {
             "--bogus",
             "--json",
             "--repeat 0",
+            "--queues 0",
+            "--queues 33",
+            "--queues 1,x",
             "--drive-options aio=native",
         ] {
             assert!(parse(&args(bad)).is_err(), "{bad}");

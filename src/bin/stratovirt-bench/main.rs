@@ -80,6 +80,7 @@ fn meta(opts: &Options) -> Meta {
         size: opts.size,
         repeat: opts.repeat,
         event_idx: opts.event_idx,
+        queues: opts.queues.clone(),
         drive_options: opts.drive.text.clone(),
         command: std::iter::once("stratovirt-bench".to_string())
             .chain(std::env::args().skip(1))
@@ -106,11 +107,12 @@ impl VmmEngine {
     }
 }
 
-/// Runs one VMM cell.
+/// Runs one VMM cell, on a device with `queues` request queues.
 fn vmm_cell(
     opts: &Options,
     path: &std::path::Path,
     engine: VmmEngine,
+    queues: u16,
     backing: Backing,
     pattern: workload::Pattern,
     qd: u16,
@@ -120,6 +122,7 @@ fn vmm_cell(
         RigConfig {
             event_idx: opts.event_idx,
             prealloc: engine.prealloc,
+            queues,
         },
     )?;
     let mut m = workload::run(
@@ -131,7 +134,7 @@ fn vmm_cell(
     )
     .with_context(|| {
         format!(
-            "{} {} qd={qd} aio={}",
+            "{} {} qd={qd} aio={} queues={queues}",
             backing.as_str(),
             pattern.as_str(),
             engine.label()
@@ -142,6 +145,7 @@ fn vmm_cell(
     Ok(Cell {
         source: Source::Vmm,
         engine: engine.label(),
+        queues: Some(queues),
         backing,
         pattern,
         qd,
@@ -163,12 +167,12 @@ fn vmm_cell(
 
 fn progress(c: &Cell) {
     eprintln!(
-        "{:<8} {:<9} qd={:<3} {:<3} {:<8} {:>9.0} IOPS  p50 {:>7.1} µs  p99 {:>7.1} µs  cpu {:>5.2} µs/IO{}",
+        "{:<8} {:<9} qd={:<3} {:<3} {:<11} {:>9.0} IOPS  p50 {:>7.1} µs  p99 {:>7.1} µs  cpu {:>5.2} µs/IO{}",
         c.backing.as_str(),
         c.pattern.as_str(),
         c.qd,
         if c.source == Source::Vmm { "vmm" } else { "fio" },
-        c.engine,
+        c.column(),
         c.iops,
         c.p50_us,
         c.p99_us,
@@ -197,6 +201,7 @@ fn fio_cell(
     Ok(Cell {
         source: Source::Fio,
         engine: engine.to_string(),
+        queues: None,
         backing,
         pattern,
         qd,
@@ -213,8 +218,9 @@ fn fio_cell(
     })
 }
 
-/// One row (backing, pattern, depth): every engine and the fio ceiling, `opts.repeat`
-/// rounds interleaved (all engines, then all again), keeping each engine's median-IOPS run.
+/// One row (backing, pattern, depth): every engine at every queue count and the fio ceiling,
+/// `opts.repeat` rounds interleaved (all engines, then all again), keeping each engine's
+/// median-IOPS run.
 fn run_row(
     opts: &Options,
     fio: bool,
@@ -224,7 +230,7 @@ fn run_row(
     qd: u16,
 ) -> Result<Vec<Cell>> {
     // Linux AIO on a buffered file is synchronous; the VMM refuses it.
-    let mut engines: Vec<VmmEngine> = opts
+    let mut kinds: Vec<VmmEngine> = opts
         .engines
         .iter()
         .filter(|&&e| opts.drive.direct(backing) || e != AioEngine::Native)
@@ -234,16 +240,21 @@ fn run_row(
         })
         .collect();
     if opts.prealloc && opts.engines.contains(&AioEngine::IoUring) {
-        engines.push(VmmEngine {
+        kinds.push(VmmEngine {
             aio: AioEngine::IoUring,
             prealloc: true,
         });
     }
+    let engines: Vec<(VmmEngine, u16)> = opts
+        .queues
+        .iter()
+        .flat_map(|&queues| kinds.iter().map(move |&engine| (engine, queues)))
+        .collect();
     let fio_engines: &[&str] = if fio { &fio::ENGINES } else { &[] };
     let mut runs: Vec<Vec<Cell>> = vec![Vec::new(); engines.len() + fio_engines.len()];
     for _ in 0..opts.repeat {
-        for (i, &engine) in engines.iter().enumerate() {
-            let cell = vmm_cell(opts, path, engine, backing, pattern, qd)?;
+        for (i, &(engine, queues)) in engines.iter().enumerate() {
+            let cell = vmm_cell(opts, path, engine, queues, backing, pattern, qd)?;
             progress(&cell);
             runs[i].push(cell);
         }
@@ -318,6 +329,7 @@ mod tests {
         Cell {
             source: Source::Vmm,
             engine: "native".into(),
+            queues: Some(1),
             backing: Backing::Shm,
             pattern: workload::Pattern::Read,
             qd: 32,
