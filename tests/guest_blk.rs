@@ -5,8 +5,12 @@
 //! its partition. The fourth replaceable slot (/dev/vdd) is empty: capacity 0. The root
 //! drive keeps the defaults (`discard=ignore`, `detect-zeroes=off`): the guest kernel sees no
 //! discard and no write-zeroes; the io_uring run's scratch drive has `discard=unmap` and
-//! `detect-zeroes=unmap` and the guest sees both. The native run also keeps a QMP client
-//! connected, which sees the guest's reboot as `SHUTDOWN`.
+//! `detect-zeroes=unmap` and the guest sees both. The io_uring run gives the guest two vCPUs
+//! and its scratch disk two request queues (`num-queues=2`), one on each of two iothreads
+//! (`iothread-vq-mapping=io1:io2`): the guest kernel makes two hardware queues of them (two
+//! directories under `/sys/block/vdb/mq/`; the other disks have one), and the fio job runs
+//! on that disk. The native run also keeps a QMP client connected, which sees the guest's
+//! reboot as `SHUTDOWN`.
 //!
 //! Each boot takes minutes on a PVM host (the guest kernel is emulated). They need the test
 //! guest: `scripts/guest/build.sh` (or `STRATOVIRT_GUEST_DIR`).
@@ -59,7 +63,9 @@ fn boot_with_engine(aio: &str, iothread: bool, watch_qmp: bool) {
         .arg("-drive")
         .arg(format!("id=root,file={},aio={aio}", root.display()));
     if iothread {
-        cmd.args(["-object", "iothread,id=io1"])
+        // Two vCPUs: Linux uses no more queues than it has CPUs.
+        cmd.args(["-smp", "2"])
+            .args(["-object", "iothread,id=io1", "-object", "iothread,id=io2"])
             .arg("-drive")
             .arg(format!(
                 "id=scratch,file={},aio={aio},if=none,discard=unmap,detect-zeroes=unmap",
@@ -67,7 +73,8 @@ fn boot_with_engine(aio: &str, iothread: bool, watch_qmp: bool) {
             ))
             .args([
                 "-device",
-                "virtio-blk-device,drive=scratch,id=scratchdev,iothread=io1,serial=SCRATCH1",
+                "virtio-blk-device,drive=scratch,id=scratchdev,num-queues=2,\
+                 iothread-vq-mapping=io1:io2,serial=SCRATCH1",
             ]);
     } else {
         cmd.arg("-drive")
@@ -111,6 +118,10 @@ fn boot_with_engine(aio: &str, iothread: bool, watch_qmp: bool) {
         );
     }
     assert_eq!(blk::field(disk("vdd"), "sectors"), Some("0"), "{report}");
+    // Hardware queues: two for the two-queue disk, one for the others.
+    for (dev, queues) in [("vda", "1"), ("vdb", if iothread { "2" } else { "1" })] {
+        assert_eq!(blk::field(disk(dev), "mq"), Some(queues), "{dev}\n{report}");
+    }
     assert_eq!(blk::field(disk("vda"), "ro"), Some("0"), "{report}");
     assert_eq!(blk::field(disk("vdb"), "ro"), Some("0"), "{report}");
     assert_eq!(blk::field(disk("vdc"), "ro"), Some("1"), "{report}");

@@ -2,8 +2,8 @@
 //! storage is never the limit: with the limit at 2,000 and 20,000 requests per second (bursts
 //! off) the driver, keeping 32 requests in flight, gets within 5 % of it over 3 s on every
 //! engine; a bytes-per-second limit likewise; a running device takes new limits
-//! (`block_set_io_throttle`); and a device whose requests the limits hold back still shuts
-//! down and resets at once.
+//! (`block_set_io_throttle`), and releases at once what limits it no longer has held back; and
+//! a device whose requests the limits hold back still shuts down and resets at once.
 //!
 //! They check the throttle's arithmetic and its timer. They measure rates over seconds, so
 //! they allow 5 % (the limit is an average over time), and run one at a time.
@@ -201,6 +201,30 @@ fn a_running_device_takes_new_limits() {
         Duration::from_secs(1),
     );
     assert!(free > 10_000.0, "unlimited: {free:.0}");
+}
+
+/// Limits removed while they hold requests back: those requests go at once (they are not left
+/// waiting for a timer that no limit arms any more).
+#[test]
+fn removing_the_limits_releases_what_they_held_back() {
+    let disk = TempDisk::new_in(Path::new("/dev/shm"), &vec![0u8; IMAGE]);
+    // Ten requests a second: 32 requests would take three seconds to go.
+    let mut rig = rig(&disk, AioEngine::IoUring, true, iops(10));
+    for i in 0..32u64 {
+        rig.driver
+            .submit(VIRTIO_BLK_T_IN, i * 8, &[buf(DATA + i * 4096, 4096, true)])
+            .unwrap();
+    }
+    rig.driver.kick().unwrap();
+    let mut done = Vec::new();
+    rig.driver.wait(1, TIMEOUT, &mut done).unwrap();
+    assert!(done.len() < 32, "the limit held nothing back");
+    rig.slot.set_throttle(ThrottleConfig::default()).unwrap();
+    let left = 32 - done.len();
+    rig.driver
+        .wait(left, Duration::from_secs(2), &mut done)
+        .expect("requests held back by removed limits were not released");
+    assert!(done.iter().all(|c| c.status == Some(VIRTIO_BLK_S_OK)));
 }
 
 #[test]

@@ -14,8 +14,10 @@
 //!   is a KVM irqfd on the slot's GSI.
 //! - Every engine the command line uses is probed before any drive is opened, so an engine the
 //!   kernel refuses is one start-up error naming it.
-//! - A device belongs to its `iothread=` event loop, else to the machine's main loop; that
-//!   thread alone runs its queue and its engine.
+//! - Each queue of a device belongs to one event loop: the iothread `iothread-vq-mapping=`
+//!   gives it (round robin), else the device's `iothread=`, else the machine's main loop; that
+//!   thread alone runs the queue and its engine. A slot's queues and their threads are fixed
+//!   when it is created: an empty slot has one queue on the main loop.
 //! - [`BlockDevices::shutdown`] (also run on drop) shuts every device down on its own thread
 //!   (in-flight requests answered, images flushed, backends closed there), then stops and joins
 //!   the iothreads, then closes the nodes QMP opened. Call it from the main thread once the
@@ -80,6 +82,15 @@ pub enum BlockDevicesError {
         device: String,
         /// The iothread id.
         iothread: String,
+    },
+    /// A device's queues could not be set up (an engine for each queue).
+    #[error("cannot set up device {device}")]
+    Device {
+        /// The device id.
+        device: String,
+        /// The cause.
+        #[source]
+        source: VirtioError,
     },
     /// An iothread could not be started.
     #[error("cannot start iothread {id}")]
@@ -146,8 +157,9 @@ pub struct DeviceSlot {
     pub transport: Arc<Mutex<VirtioMmio>>,
     /// The device in the slot, `None` when empty (capacity 0).
     pub occupant: Option<Occupant>,
-    /// The iothread whose loop serves the slot (`None`: the main loop), fixed at start.
-    pub iothread: Option<String>,
+    /// The iothread whose loop serves each of the slot's queues (`None`: the main loop), in
+    /// queue order; fixed at start, as is the number of queues.
+    pub iothreads: Vec<Option<String>>,
 }
 
 /// A `blockdev-add` node: its drive description and, while no device uses it, its open
@@ -201,12 +213,17 @@ impl BlockDevices {
             config.drives.iter().map(|d| (d.id.as_str(), d)).collect();
         let count = config.blk_devices.len().max(REPLACEABLE_SLOTS);
         for index in 0..count {
-            let iothread = config
+            let iothreads = config
                 .blk_devices
                 .get(index)
-                .and_then(|d| d.iothread.clone());
-            let (name, backend, occupant, event_loop) = match config.blk_devices.get(index) {
-                None => (format!("slot{index}"), None, None, vm.event_loop().clone()),
+                .map_or(vec![None], |d| d.queue_iothreads());
+            let (name, backend, occupant, event_loops) = match config.blk_devices.get(index) {
+                None => (
+                    format!("slot{index}"),
+                    None,
+                    None,
+                    vec![vm.event_loop().clone()],
+                ),
                 Some(device) => {
                     let drive = drives.get(device.drive.as_str()).ok_or_else(|| {
                         BlockDevicesError::UnknownDrive {
@@ -218,15 +235,18 @@ impl BlockDevices {
                     if device.serial.is_some() {
                         drive.serial = device.serial.clone();
                     }
-                    let event_loop = match &device.iothread {
-                        None => vm.event_loop().clone(),
-                        Some(id) => devices.iothread_loop(id).ok_or_else(|| {
-                            BlockDevicesError::UnknownIothread {
-                                device: device.id.clone(),
-                                iothread: id.clone(),
-                            }
-                        })?,
-                    };
+                    let event_loops = iothreads
+                        .iter()
+                        .map(|iothread| match iothread {
+                            None => Ok(vm.event_loop().clone()),
+                            Some(id) => devices.iothread_loop(id).ok_or_else(|| {
+                                BlockDevicesError::UnknownIothread {
+                                    device: device.id.clone(),
+                                    iothread: id.clone(),
+                                }
+                            }),
+                        })
+                        .collect::<Result<Vec<_>>>()?;
                     let occupant = Occupant {
                         device: device.id.clone(),
                         node: drive.id.clone(),
@@ -235,17 +255,17 @@ impl BlockDevices {
                         device.id.clone(),
                         Some(open_backend(&drive)?),
                         Some(occupant),
-                        event_loop,
+                        event_loops,
                     )
                 }
             };
-            let (mmio, device, transport) = add_block_device(vm, name, backend, event_loop)?;
+            let (mmio, device, transport) = add_block_device(vm, name, backend, event_loops)?;
             devices.slots.push(DeviceSlot {
                 mmio,
                 device,
                 transport,
                 occupant,
-                iothread,
+                iothreads,
             });
         }
         Ok(devices)
@@ -388,16 +408,22 @@ pub fn open_backend(drive: &DriveConfig) -> Result<BlockBackend> {
     })
 }
 
-/// Builds one virtio-blk device behind virtio-mmio, puts it in the next slot of `vm` and
-/// binds its notify and interrupt eventfds in KVM.
+/// Builds one virtio-blk device behind virtio-mmio with a queue per event loop of
+/// `event_loops`, puts it in the next slot of `vm` and binds its notify (one per queue) and
+/// interrupt eventfds in KVM.
 fn add_block_device(
     vm: &mut MicroVm,
     name: String,
     backend: Option<BlockBackend>,
-    event_loop: Arc<EventLoop>,
+    event_loops: Vec<Arc<EventLoop>>,
 ) -> Result<(MmioSlot, BlockHandle, Arc<Mutex<VirtioMmio>>)> {
     let index = vm.mmio_slots().len();
-    let block = Block::new(name, backend, event_loop);
+    let block = Block::with_queues(name.clone(), backend, event_loops).map_err(|source| {
+        BlockDevicesError::Device {
+            device: name,
+            source,
+        }
+    })?;
     let handle = block.handle();
     let device: Arc<Mutex<dyn VirtioDevice>> = Arc::new(Mutex::new(block));
     let irq =

@@ -212,7 +212,8 @@ impl QmpHandler for MachineQmp {
                             args.slot, occupant.device
                         )));
                     }
-                    check_iothread(blocks, slot.iothread.as_deref(), &args)?;
+                    check_iothread(blocks, &slot.iothreads, &args)?;
+                    check_num_queues(slot.iothreads.len(), &args)?;
                 }
             }
             let node = blocks
@@ -423,10 +424,10 @@ impl QmpService {
 }
 
 /// A `device_add` may name the iothread that serves its slot: it must exist, and be the one
-/// the slot was created on at start (a hot-plugged disk runs where its slot runs).
+/// the slot's queues were created on at start (a hot-plugged disk runs where its slot runs).
 fn check_iothread(
     blocks: &BlockDevices,
-    slot_iothread: Option<&str>,
+    slot_iothreads: &[Option<String>],
     args: &DeviceAdd,
 ) -> Result<(), QmpError> {
     let Some(asked) = args.iothread.as_deref() else {
@@ -437,9 +438,19 @@ fn check_iothread(
             "no iothread {asked} (create it with -object iothread,id={asked})"
         )));
     }
-    if slot_iothread != Some(asked) {
-        let runs_on =
-            slot_iothread.map_or("the main loop".to_string(), |t| format!("iothread {t}"));
+    if slot_iothreads.iter().any(|t| t.as_deref() != Some(asked)) {
+        let name = |t: &Option<String>| {
+            t.as_ref()
+                .map_or("the main loop".to_string(), |t| format!("iothread {t}"))
+        };
+        let runs_on = match slot_iothreads {
+            [] | [None] => "the main loop".to_string(),
+            [Some(t)] => format!("iothread {t}"),
+            queues => format!(
+                "{} (queue by queue)",
+                queues.iter().map(name).collect::<Vec<_>>().join(", ")
+            ),
+        };
         return Err(QmpError::Generic(format!(
             "block slot {} is served by {runs_on}, fixed when the slot was created at start: \
              iothread {asked} cannot serve it",
@@ -447,6 +458,20 @@ fn check_iothread(
         )));
     }
     Ok(())
+}
+
+/// A `device_add` may say how many queues the device has: it must be the number the slot
+/// was created with at start (the guest's driver set the queues up when it found the slot).
+fn check_num_queues(slot_queues: usize, args: &DeviceAdd) -> Result<(), QmpError> {
+    match args.num_queues {
+        Some(asked) if usize::from(asked) != slot_queues => Err(QmpError::Generic(format!(
+            "block slot {} has {slot_queues} queue{}, fixed when the slot was created at start \
+             (-device ...,num-queues=N): num-queues {asked} cannot be given to it",
+            args.slot,
+            if slot_queues == 1 { "" } else { "s" },
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn generic(error: impl std::error::Error) -> QmpError {

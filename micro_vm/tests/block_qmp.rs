@@ -24,10 +24,8 @@ fn drive(id: &str, path: &Path, aio: AioEngine) -> DriveConfig {
 
 fn device(id: &str, drive: &str, iothread: Option<&str>) -> BlkDeviceConfig {
     BlkDeviceConfig {
-        id: id.into(),
-        drive: drive.into(),
-        serial: None,
         iothread: iothread.map(str::to_string),
+        ..BlkDeviceConfig::new(id, drive)
     }
 }
 
@@ -330,17 +328,28 @@ fn device_add_serial_iothread_bus_and_share_rw() {
         kernel: Some(dir.spin_kernel()),
         mem_size: 128 << 20,
         iothreads: vec!["io0".into(), "io1".into()],
-        drives: vec![drive("boot", &boot, AioEngine::IoUring)],
-        blk_devices: vec![device("bootdev", "boot", Some("io0"))],
+        drives: vec![
+            drive("boot", &boot, AioEngine::IoUring),
+            drive("two", &dir.disk("two.img", 1 << 20), AioEngine::Native),
+        ],
+        blk_devices: vec![
+            device("bootdev", "boot", Some("io0")),
+            BlkDeviceConfig {
+                num_queues: 3,
+                iothread_vq_mapping: vec!["io1".into(), "io0".into()],
+                ..device("mqdev", "two", None)
+            },
+        ],
         ..VmConfig::default()
     };
     let mut vm = MicroVm::new(&config).unwrap();
     let blocks = Arc::new(Mutex::new(BlockDevices::attach(&mut vm, &config).unwrap()));
-    assert_eq!(
-        blocks.lock().unwrap().slots()[0].iothread.as_deref(),
-        Some("io0")
-    );
-    assert_eq!(blocks.lock().unwrap().slots()[1].iothread, None);
+    let iothreads = |slot: usize| blocks.lock().unwrap().slots()[slot].iothreads.clone();
+    assert_eq!(iothreads(0), vec![Some("io0".to_string())]);
+    let mapped = ["io1", "io0", "io1"].map(|t| Some(t.to_string())).to_vec();
+    assert_eq!(iothreads(1), mapped);
+    assert_eq!(blocks.lock().unwrap().slots()[1].device.num_queues(), 3);
+    assert_eq!(iothreads(2), vec![None]);
     let vm = Arc::new(vm);
     let mut qmp = MachineQmp::new(&vm, &blocks);
     let disk = dir.disk("n.img", 1 << 20);
@@ -355,16 +364,16 @@ fn device_add_serial_iothread_bus_and_share_rw() {
         share_rw: Some(true),
         ..DeviceAdd::new("dev", "n", slot)
     };
-    generic(qmp.device_add(with(Some("a serial with spaces"), None, 1)));
-    generic(qmp.device_add(with(Some("123456789012345678901"), None, 1)));
-    qmp.device_add(with(Some("SER-7"), None, 1)).unwrap();
+    generic(qmp.device_add(with(Some("a serial with spaces"), None, 3)));
+    generic(qmp.device_add(with(Some("123456789012345678901"), None, 3)));
+    qmp.device_add(with(Some("SER-7"), None, 3)).unwrap();
     let serial = |blocks: &Mutex<BlockDevices>, slot: usize| {
         blocks.lock().unwrap().slots()[slot]
             .device
             .backend_config()
             .and_then(|c| c.serial)
     };
-    assert_eq!(serial(&blocks, 1).as_deref(), Some("SER-7"));
+    assert_eq!(serial(&blocks, 3).as_deref(), Some("SER-7"));
     qmp.device_del("dev").unwrap();
     // The serial belonged to the device: the node plugged again without one has none.
     qmp.device_add(with(None, None, 2)).unwrap();
@@ -372,10 +381,32 @@ fn device_add_serial_iothread_bus_and_share_rw() {
     qmp.device_del("dev").unwrap();
 
     // iothread: it must exist, and be the one serving the slot.
-    let desc = generic(qmp.device_add(with(None, Some("nope"), 1)));
+    let desc = generic(qmp.device_add(with(None, Some("nope"), 3)));
     assert!(desc.contains("no iothread nope"), "{desc}");
-    let desc = generic(qmp.device_add(with(None, Some("io1"), 1)));
+    let desc = generic(qmp.device_add(with(None, Some("io1"), 3)));
     assert!(desc.contains("main loop"), "{desc}");
+
+    // num-queues: the slot's, fixed at start; a slot whose queues run on several iothreads
+    // is served by none of them alone.
+    let queues = |n, slot| DeviceAdd {
+        num_queues: Some(n),
+        ..with(None, None, slot)
+    };
+    let desc = generic(qmp.device_add(queues(2, 3)));
+    assert!(
+        desc.contains("has 1 queue,") && desc.contains("num-queues 2"),
+        "{desc}"
+    );
+    qmp.device_del("mqdev").unwrap();
+    let desc = generic(qmp.device_add(queues(1, 1)));
+    assert!(desc.contains("has 3 queues"), "{desc}");
+    let desc = generic(qmp.device_add(with(None, Some("io1"), 1)));
+    assert!(
+        desc.contains("iothread io1, iothread io0, iothread io1 (queue by queue)"),
+        "{desc}"
+    );
+    qmp.device_add(queues(3, 1)).unwrap();
+    qmp.device_del("dev").unwrap();
     qmp.device_del("bootdev").unwrap();
     let desc = generic(qmp.device_add(with(None, Some("io1"), 0)));
     assert!(desc.contains("iothread io0"), "{desc}");

@@ -69,10 +69,8 @@ fn query_blockstats_counts_exactly_what_the_driver_sent() {
         mem_size: 128 << 20,
         drives: vec![drive],
         blk_devices: vec![BlkDeviceConfig {
-            id: "b0".into(),
-            drive: "d0".into(),
-            serial: None,
             iothread: Some("io0".into()),
+            ..BlkDeviceConfig::new("b0", "d0")
         }],
         iothreads: vec!["io0".into()],
         qmp: Some(socket.clone()),

@@ -43,10 +43,8 @@ fn enospc_stops_the_vm_and_cont_retries_every_write() {
         mem_size: 128 << 20,
         drives: vec![drive],
         blk_devices: vec![BlkDeviceConfig {
-            id: "b0".into(),
-            drive: "d0".into(),
-            serial: None,
             iothread: Some("io0".into()),
+            ..BlkDeviceConfig::new("b0", "d0")
         }],
         iothreads: vec!["io0".into()],
         qmp: Some(socket.clone()),

@@ -56,10 +56,8 @@ fn shut_down_with_requests_in_flight(aio: AioEngine, direct: bool, log: &LogCapt
         mem_size: 128 << 20,
         drives: vec![drive],
         blk_devices: vec![BlkDeviceConfig {
-            id: "b0".into(),
-            drive: "d0".into(),
-            serial: None,
             iothread: Some("io0".into()),
+            ..BlkDeviceConfig::new("b0", "d0")
         }],
         iothreads: vec!["io0".into()],
         qmp: Some(socket.clone()),

@@ -1,22 +1,27 @@
-//! The guest's half of a single-queue virtio device, played in-process: a driver for tests and
-//! benchmarks. [`Driver::submit`] builds virtio-blk requests; [`Driver::post`] posts any chain
-//! (virtio-rng requests are chains of device-writable buffers).
+//! The guest's half of a virtio device, played in-process: a driver for tests and benchmarks,
+//! with one queue or several ([`DriverConfig::queues`]). [`Driver::submit`] builds virtio-blk
+//! requests; [`Driver::post`] posts any chain (virtio-rng requests are chains of
+//! device-writable buffers); the `_to` and `_queue` forms name the queue, the others use
+//! queue 0.
 //!
 //! It drives a [`VirtioMmio`] exactly as a guest kernel would, with no KVM: it negotiates
-//! features through the register file, lays out queue 0 in the same [`GuestMemory`] the VM
+//! features through the register file, lays out its queues in the same [`GuestMemory`] the VM
 //! uses, posts descriptor chains, kicks the device by writing the eventfd KVM's ioeventfd would
-//! signal, and waits on the eventfd irqfd would inject.
+//! signal for that queue, and waits on the eventfd irqfd would inject (one interrupt line for
+//! every queue, as virtio-mmio has).
 //!
-//! Guest memory it uses, from `DriverConfig::base` ([`Driver::memory_needed`] bytes):
+//! Guest memory it uses, from `DriverConfig::base` ([`Driver::memory_needed`] bytes per queue,
+//! queue after queue; [`DriverConfig::memory_needed`] for them all):
 //!
 //! ```text
 //!  descriptor table │ avail ring │ used ring │ per-head slot: header(16) status(1) … │ indirect tables
 //! ```
 //!
-//! Each chain is identified by its head descriptor index, which also picks the header and
-//! status slot of [`Driver::submit`]. Data buffers are the caller's (guest addresses).
-//! [`Driver::submit`] refuses with [`DriverError::RingFull`] when descriptors run out: wait
-//! for completions, then submit again (that is how N requests are kept in flight).
+//! Each chain is identified by its queue and its head descriptor index, which also picks the
+//! header and status slot of [`Driver::submit`]. Data buffers are the caller's (guest
+//! addresses). [`Driver::submit`] refuses with [`DriverError::RingFull`] when the queue's
+//! descriptors run out: wait for completions, then submit again (that is how N requests are
+//! kept in flight).
 
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::atomic::{fence, Ordering};
@@ -47,7 +52,7 @@ pub enum DriverError {
     /// The device refused the features (FEATURES_OK did not stick).
     #[error("device refused features {0:#x}")]
     FeaturesRefused(u64),
-    /// The device has no queue 0, or it is smaller than asked.
+    /// The device has no such queue, or it is smaller than asked.
     #[error("queue size {asked} not available (device maximum {max})")]
     QueueSize {
         /// The size asked for.
@@ -92,17 +97,25 @@ pub struct DriverConfig {
     pub features: u64,
     /// Post every chain through an indirect table (needs `VIRTIO_F_RING_INDIRECT_DESC`).
     pub indirect: bool,
+    /// Queues to set up (0 to `queues - 1`, each of `queue_size` entries; at least 1).
+    pub queues: u16,
 }
 
 impl DriverConfig {
-    /// Accepts everything offered, with direct descriptors.
+    /// One queue; accepts everything offered, with direct descriptors.
     pub fn new(base: u64, queue_size: u16) -> DriverConfig {
         DriverConfig {
             base,
             queue_size,
             features: u64::MAX,
             indirect: false,
+            queues: 1,
         }
+    }
+
+    /// Bytes of guest memory the driver uses from its base, for all its queues.
+    pub fn memory_needed(&self) -> u64 {
+        Driver::memory_needed(self.queue_size) * u64::from(self.queues.max(1))
     }
 }
 
@@ -120,6 +133,8 @@ pub struct Buffer {
 /// A returned chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Completion {
+    /// The queue it was posted on.
+    pub queue: u16,
     /// Head index (the value [`Driver::submit`] returned).
     pub head: u16,
     /// Bytes the device says it wrote.
@@ -134,15 +149,9 @@ struct Posted {
     has_status_slot: bool,
 }
 
-/// The guest's driver for one virtio-blk device on virtio-mmio.
-pub struct Driver {
-    mmio: Arc<Mutex<VirtioMmio>>,
-    mem: Arc<GuestMemory>,
-    irq: Arc<EventFd>,
+/// One queue as the driver keeps it: where its rings are, and which chains are out.
+struct Ring {
     notify_fd: RawFd,
-    features: u64,
-    indirect: bool,
-    size: u16,
     desc: u64,
     avail: u64,
     used: u64,
@@ -153,6 +162,17 @@ pub struct Driver {
     avail_idx: u16,
     kicked_avail: u16,
     last_used: u16,
+}
+
+/// The guest's driver for one virtio-blk device on virtio-mmio.
+pub struct Driver {
+    mmio: Arc<Mutex<VirtioMmio>>,
+    mem: Arc<GuestMemory>,
+    irq: Arc<EventFd>,
+    features: u64,
+    indirect: bool,
+    size: u16,
+    rings: Vec<Ring>,
     config_interrupts: u64,
     kicks: u64,
     scratch: Vec<Buffer>,
@@ -163,7 +183,7 @@ fn align(value: u64, to: u64) -> u64 {
 }
 
 impl Driver {
-    /// Bytes of guest memory a driver with `queue_size` entries uses from its base.
+    /// Bytes of guest memory one queue of `queue_size` entries uses.
     pub fn memory_needed(queue_size: u16) -> u64 {
         let (_, _, _, _, tables) = Self::layout(0, queue_size);
         tables + u64::from(queue_size) * u64::from(INDIRECT_ENTRIES) * 16
@@ -180,42 +200,55 @@ impl Driver {
     }
 
     /// Initialises the device like a guest driver: reset, ACKNOWLEDGE, DRIVER, features,
-    /// FEATURES_OK, queue 0 set up, DRIVER_OK.
+    /// FEATURES_OK, queues 0 to `config.queues - 1` set up, DRIVER_OK.
     pub fn new(
         mmio: Arc<Mutex<VirtioMmio>>,
         mem: Arc<GuestMemory>,
         irq: Arc<EventFd>,
         config: DriverConfig,
     ) -> Result<Driver, DriverError> {
-        let notify_fd = mmio
+        let notify_fds = mmio
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .queue_notify_fds()
-            .first()
-            .map(|&(_, fd)| fd)
-            .ok_or(DriverError::QueueSize {
+            .queue_notify_fds();
+        let queues = usize::from(config.queues.max(1));
+        if notify_fds.len() < queues {
+            return Err(DriverError::QueueSize {
                 asked: config.queue_size,
                 max: 0,
-            })?;
-        let (desc, avail, used, slots, tables) = Self::layout(config.base, config.queue_size);
+            });
+        }
+        let per_queue = Self::memory_needed(config.queue_size);
+        let rings = notify_fds
+            .iter()
+            .take(queues)
+            .enumerate()
+            .map(|(q, &(_, notify_fd))| {
+                let base = config.base + per_queue * q as u64;
+                let (desc, avail, used, slots, tables) = Self::layout(base, config.queue_size);
+                Ring {
+                    notify_fd,
+                    desc,
+                    avail,
+                    used,
+                    slots,
+                    tables,
+                    free: Vec::new(),
+                    posted: Vec::new(),
+                    avail_idx: 0,
+                    kicked_avail: 0,
+                    last_used: 0,
+                }
+            })
+            .collect();
         let mut driver = Driver {
             mmio,
             mem,
             irq,
-            notify_fd,
             features: 0,
             indirect: false,
             size: config.queue_size,
-            desc,
-            avail,
-            used,
-            slots,
-            tables,
-            free: Vec::new(),
-            posted: Vec::new(),
-            avail_idx: 0,
-            kicked_avail: 0,
-            last_used: 0,
+            rings,
             config_interrupts: 0,
             kicks: 0,
             scratch: Vec::new(),
@@ -246,33 +279,38 @@ impl Driver {
         self.features = features;
         self.indirect = config.indirect && features & feature(VIRTIO_F_RING_INDIRECT_DESC) != 0;
 
-        self.write_reg(reg::QUEUE_SEL, 0);
-        let max = self.read_reg(reg::QUEUE_NUM_MAX);
-        if self.size == 0 || u32::from(self.size) > max || !self.size.is_power_of_two() {
-            return Err(DriverError::QueueSize {
-                asked: self.size,
-                max,
-            });
-        }
         let needed = Self::memory_needed(self.size);
-        self.mem
-            .zero(self.desc, needed)
-            .map_err(DriverError::Memory)?;
-        self.free = (0..self.size).rev().collect();
-        self.posted = vec![None; usize::from(self.size)];
-        self.avail_idx = 0;
-        self.kicked_avail = 0;
-        self.last_used = 0;
-        self.write_reg(reg::QUEUE_NUM, u32::from(self.size));
-        for (low, addr) in [
-            (reg::QUEUE_DESC_LOW, self.desc),
-            (reg::QUEUE_DRIVER_LOW, self.avail),
-            (reg::QUEUE_DEVICE_LOW, self.used),
-        ] {
-            self.write_reg(low, addr as u32);
-            self.write_reg(low + 4, (addr >> 32) as u32);
+        for q in 0..self.rings.len() {
+            self.write_reg(reg::QUEUE_SEL, q as u32);
+            let max = self.read_reg(reg::QUEUE_NUM_MAX);
+            if self.size == 0 || u32::from(self.size) > max || !self.size.is_power_of_two() {
+                return Err(DriverError::QueueSize {
+                    asked: self.size,
+                    max,
+                });
+            }
+            let size = self.size;
+            let ring = &mut self.rings[q];
+            self.mem
+                .zero(ring.desc, needed)
+                .map_err(DriverError::Memory)?;
+            ring.free = (0..size).rev().collect();
+            ring.posted = vec![None; usize::from(size)];
+            ring.avail_idx = 0;
+            ring.kicked_avail = 0;
+            ring.last_used = 0;
+            let addresses = [
+                (reg::QUEUE_DESC_LOW, ring.desc),
+                (reg::QUEUE_DRIVER_LOW, ring.avail),
+                (reg::QUEUE_DEVICE_LOW, ring.used),
+            ];
+            self.write_reg(reg::QUEUE_NUM, u32::from(size));
+            for (low, addr) in addresses {
+                self.write_reg(low, addr as u32);
+                self.write_reg(low + 4, (addr >> 32) as u32);
+            }
+            self.write_reg(reg::QUEUE_READY, 1);
         }
-        self.write_reg(reg::QUEUE_READY, 1);
         self.write_reg(reg::STATUS, ready | STATUS_DRIVER_OK);
         Ok(())
     }
@@ -340,14 +378,36 @@ impl Driver {
         self.features
     }
 
-    /// The queue size.
+    /// The queue size (of each queue).
     pub fn queue_size(&self) -> u16 {
         self.size
     }
 
-    /// Chains posted and not yet returned.
+    /// How many queues the driver set up.
+    pub fn num_queues(&self) -> u16 {
+        self.rings.len() as u16
+    }
+
+    /// Chains posted on every queue and not yet returned.
     pub fn in_flight(&self) -> usize {
-        self.posted.iter().filter(|p| p.is_some()).count()
+        (0..self.num_queues()).map(|q| self.in_flight_on(q)).sum()
+    }
+
+    /// Chains posted on queue `queue` and not yet returned.
+    pub fn in_flight_on(&self, queue: u16) -> usize {
+        self.rings
+            .get(usize::from(queue))
+            .map_or(0, |ring| ring.posted.iter().filter(|p| p.is_some()).count())
+    }
+
+    fn ring(&mut self, queue: u16) -> Result<&mut Ring, DriverError> {
+        let size = self.size;
+        self.rings
+            .get_mut(usize::from(queue))
+            .ok_or(DriverError::QueueSize {
+                asked: size,
+                max: 0,
+            })
     }
 
     /// Configuration-change interrupts seen so far.
@@ -360,20 +420,32 @@ impl Driver {
         self.kicks
     }
 
-    /// Posts a virtio-blk request: header (`request_type`, `sector`), `data` buffers (the
-    /// caller's), and a status byte; returns the head index. Does not kick.
+    /// Posts a virtio-blk request on queue 0: header (`request_type`, `sector`), `data`
+    /// buffers (the caller's), and a status byte; returns the head index. Does not kick.
     pub fn submit(
         &mut self,
         request_type: u32,
         sector: u64,
         data: &[Buffer],
     ) -> Result<u16, DriverError> {
+        self.submit_to(0, request_type, sector, data)
+    }
+
+    /// Posts a virtio-blk request on queue `queue` (see [`Driver::submit`]).
+    pub fn submit_to(
+        &mut self,
+        queue: u16,
+        request_type: u32,
+        sector: u64,
+        data: &[Buffer],
+    ) -> Result<u16, DriverError> {
         let needed = if self.indirect { 1 } else { data.len() + 2 };
-        if self.free.len() < needed {
+        let ring = self.ring(queue)?;
+        if ring.free.len() < needed {
             return Err(DriverError::RingFull);
         }
-        let head = *self.free.last().ok_or(DriverError::RingFull)?;
-        let slot = self.slots + SLOT_LEN * u64::from(head);
+        let head = *ring.free.last().ok_or(DriverError::RingFull)?;
+        let slot = ring.slots + SLOT_LEN * u64::from(head);
         let header = RequestHeader {
             request_type,
             reserved: 0,
@@ -398,25 +470,34 @@ impl Driver {
             len: 1,
             writable: true,
         });
-        let posted = self.post(&chain);
+        let posted = self.post_to(queue, &chain);
         self.scratch = chain;
         let head = posted?;
-        if let Some(posted) = self.posted[usize::from(head)].as_mut() {
+        if let Some(posted) = self.ring(queue)?.posted[usize::from(head)].as_mut() {
             posted.has_status_slot = true;
         }
         Ok(head)
     }
 
-    /// Posts any chain of buffers (for malformed-request tests); returns the head index.
+    /// Posts any chain of buffers on queue 0 (for malformed-request tests); returns the head
+    /// index.
     pub fn post(&mut self, chain: &[Buffer]) -> Result<u16, DriverError> {
+        self.post_to(0, chain)
+    }
+
+    /// Posts any chain of buffers on queue `queue`; returns the head index.
+    pub fn post_to(&mut self, queue: u16, chain: &[Buffer]) -> Result<u16, DriverError> {
         if chain.is_empty() || (self.indirect && chain.len() > usize::from(INDIRECT_ENTRIES)) {
             return Err(DriverError::BadChain(chain.len()));
         }
-        let direct = if self.indirect { 1 } else { chain.len() };
-        if self.free.len() < direct {
+        let indirect = self.indirect;
+        let mem = self.mem.clone();
+        let ring = self.ring(queue)?;
+        let direct = if indirect { 1 } else { chain.len() };
+        if ring.free.len() < direct {
             return Err(DriverError::RingFull);
         }
-        let head = *self.free.last().ok_or(DriverError::RingFull)?;
+        let head = *ring.free.last().ok_or(DriverError::RingFull)?;
         let to_desc = |i: usize, b: &Buffer, next: u16| Descriptor {
             addr: b.gpa,
             len: b.len,
@@ -428,15 +509,16 @@ impl Driver {
                 },
             next,
         };
-        if self.indirect {
-            self.free.pop();
-            let table = self.tables + u64::from(head) * u64::from(INDIRECT_ENTRIES) * 16;
+        if indirect {
+            ring.free.pop();
+            let table = ring.tables + u64::from(head) * u64::from(INDIRECT_ENTRIES) * 16;
             for (i, b) in chain.iter().enumerate() {
-                self.write_desc(table, i as u16, to_desc(i, b, i as u16 + 1))?;
+                write_desc(&mem, table, i as u16, to_desc(i, b, i as u16 + 1))?;
             }
             let len = chain.len() as u32 * 16;
-            self.write_desc(
-                self.desc,
+            write_desc(
+                &mem,
+                ring.desc,
                 head,
                 Descriptor {
                     addr: table,
@@ -448,81 +530,102 @@ impl Driver {
         } else {
             for (i, b) in chain.iter().enumerate() {
                 // The free list is a stack: the next descriptor is the one on top after this.
-                let index = self.free.pop().ok_or(DriverError::RingFull)?;
-                let next = self.free.last().copied().unwrap_or(0);
-                self.write_desc(self.desc, index, to_desc(i, b, next))?;
+                let index = ring.free.pop().ok_or(DriverError::RingFull)?;
+                let next = ring.free.last().copied().unwrap_or(0);
+                write_desc(&mem, ring.desc, index, to_desc(i, b, next))?;
             }
         }
-        self.posted[usize::from(head)] = Some(Posted {
+        ring.posted[usize::from(head)] = Some(Posted {
             descriptors: direct as u16,
             has_status_slot: false,
         });
-        self.publish_head(head)?;
+        self.publish_head(queue, head)?;
         Ok(head)
     }
 
-    /// Writes raw descriptors into the descriptor table and offers `head` (malformed chains
-    /// such as loops). The descriptors are not taken from the free list: reinitialise the
-    /// device afterwards.
+    /// Writes raw descriptors into queue 0's descriptor table and offers `head` (malformed
+    /// chains such as loops). The descriptors are not taken from the free list: reinitialise
+    /// the device afterwards.
     pub fn post_raw(&mut self, head: u16, table: &[(u16, Descriptor)]) -> Result<(), DriverError> {
-        for &(index, desc) in table {
-            self.write_desc(self.desc, index, desc)?;
+        let desc = self.ring(0)?.desc;
+        for &(index, d) in table {
+            write_desc(&self.mem, desc, index, d)?;
         }
-        self.publish_head(head)
+        self.publish_head(0, head)
     }
 
-    /// Sets `avail.idx` to any value (to test a driver that runs ahead of the ring).
+    /// Sets queue 0's `avail.idx` to any value (to test a driver that runs ahead of the ring).
     pub fn set_avail_idx(&mut self, idx: u16) -> Result<(), DriverError> {
-        self.avail_idx = idx;
-        self.mem
-            .atomic_u16(self.avail + 2)
+        let mem = self.mem.clone();
+        let ring = self.ring(0)?;
+        ring.avail_idx = idx;
+        mem.atomic_u16(ring.avail + 2)
             .map_err(DriverError::Memory)?
             .store(idx, Ordering::Release);
         Ok(())
     }
 
-    fn write_desc(&self, table: u64, index: u16, desc: Descriptor) -> Result<(), DriverError> {
-        self.mem
-            .write_obj(&desc, table + 16 * u64::from(index))
-            .map_err(DriverError::Memory)
-    }
-
-    fn publish_head(&mut self, head: u16) -> Result<(), DriverError> {
-        let slot = u64::from(self.avail_idx % self.size);
-        self.mem
-            .write_obj(&head, self.avail + 4 + 2 * slot)
+    fn publish_head(&mut self, queue: u16, head: u16) -> Result<(), DriverError> {
+        let size = self.size;
+        let mem = self.mem.clone();
+        let ring = self.ring(queue)?;
+        let slot = u64::from(ring.avail_idx % size);
+        mem.write_obj(&head, ring.avail + 4 + 2 * slot)
             .map_err(DriverError::Memory)?;
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.mem
-            .atomic_u16(self.avail + 2)
+        ring.avail_idx = ring.avail_idx.wrapping_add(1);
+        mem.atomic_u16(ring.avail + 2)
             .map_err(DriverError::Memory)?
-            .store(self.avail_idx, Ordering::Release);
+            .store(ring.avail_idx, Ordering::Release);
         Ok(())
     }
 
-    /// Notifies the device of the chains posted since the last kick, unless it asked not to
-    /// be (`avail_event` with `EVENT_IDX`, else the used ring's flag). Returns whether it kicked.
+    /// Notifies the device of the chains posted on every queue since the last kick, queue by
+    /// queue, unless it asked not to be (`avail_event` with `EVENT_IDX`, else the used ring's
+    /// flag). Returns whether it kicked any queue.
     pub fn kick(&mut self) -> Result<bool, DriverError> {
+        let mut kicked = false;
+        for queue in 0..self.num_queues() {
+            kicked |= self.kick_queue(queue)?;
+        }
+        Ok(kicked)
+    }
+
+    /// Notifies queue `queue` of the chains posted on it since its last kick, unless it asked
+    /// not to be. Returns whether it kicked.
+    pub fn kick_queue(&mut self, queue: u16) -> Result<bool, DriverError> {
         fence(Ordering::SeqCst);
-        let old = std::mem::replace(&mut self.kicked_avail, self.avail_idx);
-        let needed = if self.features & feature(VIRTIO_F_RING_EVENT_IDX) != 0 {
-            let avail_event = self.read_u16(self.used + 4 + 8 * u64::from(self.size))?;
-            need_event(avail_event, self.avail_idx, old)
+        let event_idx = self.features & feature(VIRTIO_F_RING_EVENT_IDX) != 0;
+        let size = self.size;
+        let ring = self.ring(queue)?;
+        if ring.kicked_avail == ring.avail_idx {
+            return Ok(false);
+        }
+        let old = std::mem::replace(&mut ring.kicked_avail, ring.avail_idx);
+        let (new, used) = (ring.avail_idx, ring.used);
+        let needed = if event_idx {
+            let avail_event = self.read_u16(used + 4 + 8 * u64::from(size))?;
+            need_event(avail_event, new, old)
         } else {
-            self.read_u16(self.used)? & VIRTQ_USED_F_NO_NOTIFY == 0
+            self.read_u16(used)? & VIRTQ_USED_F_NO_NOTIFY == 0
         };
         if needed {
-            self.force_kick()?;
+            self.force_kick_queue(queue)?;
         }
         Ok(needed)
     }
 
-    /// Notifies the device unconditionally (what KVM's ioeventfd does on a `QueueNotify` write).
+    /// Notifies queue 0 unconditionally (what KVM's ioeventfd does on a `QueueNotify` write).
     pub fn force_kick(&mut self) -> Result<(), DriverError> {
+        self.force_kick_queue(0)
+    }
+
+    /// Notifies queue `queue` unconditionally.
+    pub fn force_kick_queue(&mut self, queue: u16) -> Result<(), DriverError> {
+        let notify_fd = self.ring(queue)?.notify_fd;
         let one = 1u64.to_ne_bytes();
         // SAFETY: `notify_fd` is the transport's eventfd, alive as long as `self.mmio`; the
         // buffer is 8 valid bytes, as an eventfd write requires.
-        let n = unsafe { libc::write(self.notify_fd, one.as_ptr().cast(), one.len()) };
+        let n = unsafe { libc::write(notify_fd, one.as_ptr().cast(), one.len()) };
         if n != 8 {
             return Err(DriverError::Kick(std::io::Error::last_os_error()));
         }
@@ -531,71 +634,47 @@ impl Driver {
     }
 
     fn read_u16(&self, gpa: u64) -> Result<u16, DriverError> {
-        Ok(self
-            .mem
-            .atomic_u16(gpa)
-            .map_err(DriverError::Memory)?
-            .load(Ordering::Acquire))
+        read_u16(&self.mem, gpa)
     }
 
-    /// Collects returned chains into `out` without waiting; returns how many.
+    /// Collects returned chains of every queue into `out` without waiting; returns how many.
     pub fn poll(&mut self, out: &mut Vec<Completion>) -> Result<usize, DriverError> {
         let mut count = 0;
+        for queue in 0..self.num_queues() {
+            count += self.poll_queue(queue, out)?;
+        }
+        Ok(count)
+    }
+
+    /// Collects returned chains of queue `queue` into `out` without waiting.
+    fn poll_queue(&mut self, queue: u16, out: &mut Vec<Completion>) -> Result<usize, DriverError> {
+        let event_idx = self.features & feature(VIRTIO_F_RING_EVENT_IDX) != 0;
+        let size = self.size;
+        let mem = self.mem.clone();
+        let ring = self.ring(queue)?;
+        let mut count = 0;
         loop {
-            let used_idx = self.read_u16(self.used + 2)?;
-            while self.last_used != used_idx {
-                let slot = u64::from(self.last_used % self.size);
-                let elem: UsedElem = self
-                    .mem
-                    .read_obj(self.used + 4 + 8 * slot)
+            let used_idx = read_u16(&mem, ring.used + 2)?;
+            while ring.last_used != used_idx {
+                let slot = u64::from(ring.last_used % size);
+                let elem: UsedElem = mem
+                    .read_obj(ring.used + 4 + 8 * slot)
                     .map_err(DriverError::Memory)?;
-                self.last_used = self.last_used.wrapping_add(1);
-                out.push(self.recycle(elem)?);
+                ring.last_used = ring.last_used.wrapping_add(1);
+                out.push(ring.recycle(&mem, queue, elem)?);
                 count += 1;
             }
             // Ask for an interrupt at the next used entry, then look again (race with the device).
-            if self.features & feature(VIRTIO_F_RING_EVENT_IDX) != 0 {
-                self.mem
-                    .atomic_u16(self.avail + 4 + 2 * u64::from(self.size))
+            if event_idx {
+                mem.atomic_u16(ring.avail + 4 + 2 * u64::from(size))
                     .map_err(DriverError::Memory)?
-                    .store(self.last_used, Ordering::Release);
+                    .store(ring.last_used, Ordering::Release);
             }
             fence(Ordering::SeqCst);
-            if self.read_u16(self.used + 2)? == self.last_used {
+            if read_u16(&mem, ring.used + 2)? == ring.last_used {
                 return Ok(count);
             }
         }
-    }
-
-    fn recycle(&mut self, elem: UsedElem) -> Result<Completion, DriverError> {
-        let head = elem.id as u16;
-        let posted = self
-            .posted
-            .get_mut(usize::from(head))
-            .and_then(Option::take);
-        let mut status = None;
-        if let Some(posted) = posted {
-            let mut index = head;
-            for i in 0..posted.descriptors {
-                self.free.push(index);
-                if i + 1 < posted.descriptors {
-                    let desc: Descriptor = self
-                        .mem
-                        .read_obj(self.desc + 16 * u64::from(index))
-                        .map_err(DriverError::Memory)?;
-                    index = desc.next;
-                }
-            }
-            if posted.has_status_slot {
-                let gpa = self.slots + SLOT_LEN * u64::from(head) + 16;
-                status = Some(self.mem.read_obj(gpa).map_err(DriverError::Memory)?);
-            }
-        }
-        Ok(Completion {
-            head,
-            len: elem.len,
-            status,
-        })
     }
 
     /// Waits for the interrupt eventfd (at most `timeout`), acknowledges the interrupt bits
@@ -653,4 +732,60 @@ impl Driver {
         let end = raw.iter().position(|&b| b == 0).unwrap_or(SERIAL_LEN);
         Ok(raw[..end].to_vec())
     }
+}
+
+impl Ring {
+    /// Frees the descriptors of the returned chain `elem` and reads its status byte.
+    fn recycle(
+        &mut self,
+        mem: &GuestMemory,
+        queue: u16,
+        elem: UsedElem,
+    ) -> Result<Completion, DriverError> {
+        let head = elem.id as u16;
+        let posted = self
+            .posted
+            .get_mut(usize::from(head))
+            .and_then(Option::take);
+        let mut status = None;
+        if let Some(posted) = posted {
+            let mut index = head;
+            for i in 0..posted.descriptors {
+                self.free.push(index);
+                if i + 1 < posted.descriptors {
+                    let desc: Descriptor = mem
+                        .read_obj(self.desc + 16 * u64::from(index))
+                        .map_err(DriverError::Memory)?;
+                    index = desc.next;
+                }
+            }
+            if posted.has_status_slot {
+                let gpa = self.slots + SLOT_LEN * u64::from(head) + 16;
+                status = Some(mem.read_obj(gpa).map_err(DriverError::Memory)?);
+            }
+        }
+        Ok(Completion {
+            queue,
+            head,
+            len: elem.len,
+            status,
+        })
+    }
+}
+
+fn read_u16(mem: &GuestMemory, gpa: u64) -> Result<u16, DriverError> {
+    Ok(mem
+        .atomic_u16(gpa)
+        .map_err(DriverError::Memory)?
+        .load(Ordering::Acquire))
+}
+
+fn write_desc(
+    mem: &GuestMemory,
+    table: u64,
+    index: u16,
+    desc: Descriptor,
+) -> Result<(), DriverError> {
+    mem.write_obj(&desc, table + 16 * u64::from(index))
+        .map_err(DriverError::Memory)
 }

@@ -27,8 +27,11 @@
 //!
 //! Invariants:
 //! - A device's running state and its engine belong to one event-loop thread, which alone
-//!   touches them. A vCPU sends that thread messages and returns without waiting; the main
-//!   thread may wait for an iothread (hot-replace, shutdown); an iothread waits for nobody.
+//!   touches them; a block device with several queues has one such state and engine per
+//!   queue, each on the thread its queue was given, and only device-wide state (configuration,
+//!   counters, the file, the I/O limits) shared between them. A vCPU sends those threads
+//!   messages and returns without waiting; the main thread may wait for an iothread
+//!   (hot-replace, shutdown); an iothread waits for nobody.
 //! - The transport shows what the device published: configuration space, feature bits and
 //!   whether a reset has finished (the status register reads 0 only then).
 //! - The guest's queue is only touched on the device's thread: requests are popped, parsed,
@@ -187,6 +190,14 @@ pub enum VirtioError {
     NoBackend {
         /// The device.
         id: String,
+    },
+    /// A device asked for with no request queue, or more than it may have.
+    #[error("{count} request queues asked for: a device has 1 to {max}")]
+    QueueCount {
+        /// The number asked for.
+        count: usize,
+        /// The most allowed.
+        max: u16,
     },
     /// The device was shut down and takes no more backends.
     #[error("block device {id} is shut down")]

@@ -1,7 +1,7 @@
-//! A rig for virtio-blk tests: guest RAM, the device's own event-loop thread (an iothread), a
-//! block device behind the virtio-mmio register file, and the in-process guest driver on the
-//! test's thread. Real files, real engines. Dropping the rig shuts the device down on its
-//! thread, then joins the thread, as the machine does.
+//! A rig for virtio-blk tests: guest RAM, the device's own event-loop thread (an iothread; one
+//! per queue with [`Rig::with_queues`]), a block device behind the virtio-mmio register file,
+//! and the in-process guest driver on the test's thread. Real files, real engines. Dropping
+//! the rig shuts the device down on its threads, then joins them, as the machine does.
 
 #![allow(dead_code)]
 
@@ -118,7 +118,10 @@ pub struct Rig {
     pub mmio: Arc<Mutex<VirtioMmio>>,
     pub irq: Arc<EventFd>,
     pub config: DriverConfig,
+    /// The thread of queue 0 (of every queue, with one thread).
     pub iothread: EventLoopThread,
+    /// The threads of the other queues (see [`Rig::with_queues`]).
+    pub other_iothreads: Vec<EventLoopThread>,
 }
 
 impl Rig {
@@ -132,9 +135,35 @@ impl Rig {
         backend: Option<BlockBackend>,
         config: DriverConfig,
     ) -> Rig {
+        Rig::build(mem, backend, config, 1)
+    }
+
+    /// A rig whose device has `config.queues` queues spread over `threads` iothreads (queue q
+    /// on thread q mod `threads`), driven on every queue.
+    pub fn with_queues(backend: Option<BlockBackend>, config: DriverConfig, threads: usize) -> Rig {
+        Rig::build(
+            GuestMemory::new(&[(0, RAM)]).unwrap(),
+            backend,
+            config,
+            threads,
+        )
+    }
+
+    fn build(
+        mem: GuestMemory,
+        backend: Option<BlockBackend>,
+        config: DriverConfig,
+        threads: usize,
+    ) -> Rig {
         let mem = Arc::new(mem);
-        let iothread = EventLoopThread::spawn("blk0-iothread").unwrap();
-        let block = Block::new("blk0".into(), backend, iothread.event_loop().clone());
+        let mut iothreads: Vec<EventLoopThread> = (0..threads.max(1))
+            .map(|t| EventLoopThread::spawn(&format!("blk0-iothread{t}")).unwrap())
+            .collect();
+        let loops = (0..usize::from(config.queues.max(1)))
+            .map(|q| iothreads[q % iothreads.len()].event_loop().clone())
+            .collect();
+        let block = Block::with_queues("blk0".into(), backend, loops).unwrap();
+        let iothread = iothreads.remove(0);
         let slot = block.handle();
         let device: Arc<Mutex<dyn VirtioDevice>> = Arc::new(Mutex::new(block));
         let irq = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
@@ -150,7 +179,13 @@ impl Rig {
             irq,
             config,
             iothread,
+            other_iothreads: iothreads,
         }
+    }
+
+    /// Every iothread of the device, queue 0's first.
+    pub fn iothreads(&self) -> impl Iterator<Item = &EventLoopThread> {
+        std::iter::once(&self.iothread).chain(&self.other_iothreads)
     }
 
     pub fn with_disk(disk: &TempDisk, aio: AioEngine, direct: bool, queue_size: u16) -> Rig {
@@ -223,18 +258,26 @@ impl Drop for Rig {
     fn drop(&mut self) {
         let shut = self.slot.shutdown();
         self.iothread.stop();
+        for thread in &mut self.other_iothreads {
+            thread.stop();
+        }
         if !std::thread::panicking() {
             shut.unwrap();
         }
     }
 }
 
-/// Throttles the I/O of `rig`'s device thread (and of the `aio=threads` workers) to `device` to
-/// `iops` requests per second, until the returned value is dropped; `None` (with the reason
+/// Throttles the I/O of `rig`'s device threads (and of the `aio=threads` workers) to `device`
+/// to `iops` requests per second, until the returned value is dropped; `None` (with the reason
 /// printed) where the host has no throttle to offer.
 pub fn throttle_device_thread(rig: &Rig, device: &LoopDevice, iops: u32) -> Option<IoThrottle> {
     let made = IoThrottle::new("blk-test", device.device_number().unwrap(), iops)
-        .and_then(|mut throttle| throttle.add_thread(rig.iothread.tid()).map(|()| throttle))
+        .and_then(|mut throttle| {
+            for thread in rig.iothreads() {
+                throttle.add_thread(thread.tid())?;
+            }
+            Ok(throttle)
+        })
         .map(|mut throttle| {
             // With aio=threads the pool's workers make the system calls. Workers of other
             // tests' engines may join the group too: it limits I/O to this device only, which

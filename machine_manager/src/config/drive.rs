@@ -11,6 +11,12 @@
 //!   drive's id as the device id; such a drive may omit `id` and is named `driveN`.
 //! - Devices keep command-line order (a short-form device sits where its `-drive` was), which
 //!   is the order they fill the virtio-blk slots.
+//! - `num-queues=N` (StratoVirt's and QEMU's key, 1 to [`MAX_QUEUES`], default 1) gives a
+//!   device N request queues. They run on the device's `iothread=` (or the main loop), or are
+//!   spread over several iothreads by `iothread-vq-mapping=T0:T1:...` (QEMU's property name
+//!   with its meaning when no queue list is given: queue q runs on the (q mod n)-th iothread
+//!   listed; `:` separates them as StratoVirt's `fds=A:B` lists do). The mapping excludes
+//!   `iothread=`, names each iothread once, and no more of them than there are queues.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -26,6 +32,8 @@ use super::kv::{parse_u64, KvList};
 pub const MAX_SERIAL_LEN: usize = 20;
 /// Driver name of the block device on `-device`.
 pub const BLK_DRIVER: &str = "virtio-blk-device";
+/// The most request queues a block device may have (`num-queues`), as StratoVirt allows.
+pub const MAX_QUEUES: u16 = 32;
 
 /// A block backend: a host file opened with one I/O engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,8 +139,37 @@ pub struct BlkDeviceConfig {
     pub drive: String,
     /// Serial number (`serial=`), overriding the drive's.
     pub serial: Option<String>,
-    /// The iothread that runs its queue (`iothread=`).
+    /// The iothread that runs its queues (`iothread=`).
     pub iothread: Option<String>,
+    /// Request queues (`num-queues=`, 1 to [`MAX_QUEUES`]).
+    pub num_queues: u16,
+    /// The iothreads its queues are spread over, round robin (`iothread-vq-mapping=T0:T1`);
+    /// empty: every queue runs on `iothread` (or the main loop).
+    pub iothread_vq_mapping: Vec<String>,
+}
+
+impl BlkDeviceConfig {
+    /// Device `id` on drive `drive`, one queue, no serial, on the main loop.
+    pub fn new(id: &str, drive: &str) -> BlkDeviceConfig {
+        BlkDeviceConfig {
+            id: id.to_string(),
+            drive: drive.to_string(),
+            serial: None,
+            iothread: None,
+            num_queues: 1,
+            iothread_vq_mapping: Vec::new(),
+        }
+    }
+
+    /// The iothread of each queue, in queue order (`None`: the main loop).
+    pub fn queue_iothreads(&self) -> Vec<Option<String>> {
+        (0..usize::from(self.num_queues.max(1)))
+            .map(|q| match self.iothread_vq_mapping.len() {
+                0 => self.iothread.clone(),
+                n => Some(self.iothread_vq_mapping[q % n].clone()),
+            })
+            .collect()
+    }
 }
 
 /// An iothread (`-object iothread,id=T[,poll-max-ns=N,poll-grow=G,poll-shrink=S]`).
@@ -327,13 +364,53 @@ pub(crate) fn parse_device(text: &str) -> Result<BlkDeviceConfig> {
         check_serial("-device", serial)?;
     }
     let iothread = kv.take("iothread");
+    let num_queues = match kv.take("num-queues") {
+        None => 1,
+        Some(value) => parse_num_queues(&value)
+            .ok_or_else(|| kv.invalid("num-queues", &value, &format!("1 to {MAX_QUEUES}")))?,
+    };
+    let iothread_vq_mapping = match kv.take("iothread-vq-mapping") {
+        None => Vec::new(),
+        Some(value) => {
+            let expected = format!(
+                "at most {num_queues} different iothread ids (num-queues) separated by ':'"
+            );
+            let ids: Vec<String> = value.split(':').map(str::to_string).collect();
+            let distinct: HashSet<&String> = ids.iter().collect();
+            if ids.len() > usize::from(num_queues) || distinct.len() != ids.len() {
+                return Err(kv.invalid("iothread-vq-mapping", &value, &expected));
+            }
+            for id in &ids {
+                check_id(kv.option(), "iothread-vq-mapping", id)?;
+            }
+            if iothread.is_some() {
+                return Err(ConfigError::ConflictingKeys {
+                    option: kv.option().to_string(),
+                    first: "iothread".into(),
+                    second: "iothread-vq-mapping".into(),
+                    why: "the mapping names the iothread of every queue",
+                });
+            }
+            ids
+        }
+    };
     kv.finish()?;
     Ok(BlkDeviceConfig {
         id,
         drive,
         serial,
         iothread,
+        num_queues,
+        iothread_vq_mapping,
     })
+}
+
+/// A queue count from 1 to [`MAX_QUEUES`].
+pub fn parse_num_queues(value: &str) -> Option<u16> {
+    value
+        .parse::<u16>()
+        .ok()
+        .filter(|n| (1..=MAX_QUEUES).contains(n))
 }
 
 /// Parses the value of one `-object iothread,...`.
@@ -427,7 +504,7 @@ pub(crate) fn resolve(args: BlockArgs) -> Result<Block> {
         if !used_drives.insert(device.drive.clone()) {
             return Err(ConfigError::DriveUsedTwice(device.drive.clone()));
         }
-        if let Some(iothread) = &device.iothread {
+        for iothread in device.iothread.iter().chain(&device.iothread_vq_mapping) {
             if !iothread_ids.contains(iothread.as_str()) {
                 return Err(ConfigError::UnknownIothread {
                     device: device.id.clone(),
@@ -445,15 +522,7 @@ pub(crate) fn resolve(args: BlockArgs) -> Result<Block> {
         if !device_ids.insert(drive.id.clone()) {
             return Err(ConfigError::DuplicateDeviceId(drive.id.clone()));
         }
-        devices.push((
-            *position,
-            BlkDeviceConfig {
-                id: drive.id.clone(),
-                drive: drive.id.clone(),
-                serial: None,
-                iothread: None,
-            },
-        ));
+        devices.push((*position, BlkDeviceConfig::new(&drive.id, &drive.id)));
     }
     devices.sort_by_key(|(position, _)| *position);
     Ok(Block {

@@ -70,6 +70,18 @@ pub enum ConfigError {
     /// `aio=native` on a drive opened without O_DIRECT.
     #[error("drive {0:?}: aio=native needs direct=on: Linux native AIO runs synchronously on buffered (non-O_DIRECT) files, use aio=io_uring or aio=off")]
     AioNativeNeedsDirect(String),
+    /// Two keys that exclude each other were both given.
+    #[error("{option}: {first} and {second} cannot be given together: {why}")]
+    ConflictingKeys {
+        /// The option (`-device`).
+        option: String,
+        /// One key.
+        first: String,
+        /// The other.
+        second: String,
+        /// Why.
+        why: &'static str,
+    },
     /// Two drives with the same id.
     #[error("drive id {0:?} is used more than once")]
     DuplicateDriveId(String),

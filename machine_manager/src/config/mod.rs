@@ -35,7 +35,8 @@ mod rng;
 use std::path::PathBuf;
 
 pub use drive::{
-    default_aio, BlkDeviceConfig, DriveConfig, IothreadConfig, BLK_DRIVER, MAX_SERIAL_LEN,
+    default_aio, parse_num_queues, BlkDeviceConfig, DriveConfig, IothreadConfig, BLK_DRIVER,
+    MAX_QUEUES, MAX_SERIAL_LEN,
 };
 pub use error::{ConfigError, Result};
 pub use machine::{
@@ -235,7 +236,12 @@ Usage: stratovirt [OPTIONS]
                               -max-length seconds; a drive no -device uses gets its
                               own virtio-blk device, and may then omit id
   -device virtio-blk-device,drive=ID,id=DEVID[,serial=S][,iothread=T]
-                              virtio-mmio block device on drive ID
+         [,num-queues=N][,iothread-vq-mapping=T0:T1...]
+                              virtio-mmio block device on drive ID; num-queues (1 to
+                              32, default 1) request queues, each with its own engine,
+                              run on iothread T (or the main loop), or spread round
+                              robin over the iothreads of iothread-vq-mapping (queue q
+                              on the (q mod n)-th listed; not with iothread=)
   -object rng-random,id=R,filename=FILE
   -device virtio-rng-device,rng=R[,id=DEVID][,max-bytes=N,period=MS]
                               virtio-mmio entropy device reading FILE

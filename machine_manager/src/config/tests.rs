@@ -87,10 +87,9 @@ fn a_full_command_line() {
     assert_eq!(
         config.blk_devices,
         vec![BlkDeviceConfig {
-            id: "blk0".into(),
-            drive: "rootfs".into(),
             serial: Some("DEV1".into()),
             iothread: Some("io0".into()),
+            ..BlkDeviceConfig::new("blk0", "rootfs")
         }]
     );
 }
@@ -350,12 +349,77 @@ fn short_form_drives_get_their_own_devices() {
     assert_eq!(config.drives[0].aio, AioEngine::IoUring);
     assert_eq!(
         config.blk_devices,
-        vec![BlkDeviceConfig {
-            id: "drive0".into(),
-            drive: "drive0".into(),
-            serial: None,
-            iothread: None,
-        }]
+        vec![BlkDeviceConfig::new("drive0", "drive0")]
+    );
+}
+
+#[test]
+fn num_queues_and_the_iothread_mapping() {
+    let base = "-object iothread,id=io0 -object iothread,id=io1 -drive id=d,file=/a";
+    let device = |keys: &str| {
+        let config = parse(&format!(
+            "{base} -device virtio-blk-device,drive=d,id=x{keys}"
+        ))?;
+        Ok::<_, ConfigError>(config.blk_devices[0].clone())
+    };
+    // Default: one queue, on the main loop.
+    let one = device("").unwrap();
+    assert_eq!(one.num_queues, 1);
+    assert_eq!(one.queue_iothreads(), vec![None]);
+    // num-queues with iothread=: every queue on it.
+    let two = device(",num-queues=2,iothread=io0").unwrap();
+    assert_eq!(two.num_queues, 2);
+    assert_eq!(
+        two.queue_iothreads(),
+        vec![Some("io0".to_string()), Some("io0".to_string())]
+    );
+    // The mapping: round robin over the iothreads listed.
+    let spread = device(",num-queues=3,iothread-vq-mapping=io1:io0").unwrap();
+    assert_eq!(spread.iothread_vq_mapping, vec!["io1", "io0"]);
+    assert_eq!(
+        spread.queue_iothreads(),
+        ["io1", "io0", "io1"].map(|t| Some(t.to_string())).to_vec()
+    );
+    assert_eq!(device(",num-queues=32").unwrap().num_queues, 32);
+    // Bad values: one line naming the key.
+    for (keys, key) in [
+        (",num-queues=0", "num-queues"),
+        (",num-queues=33", "num-queues"),
+        (",num-queues=two", "num-queues"),
+        (",num-queues=-1", "num-queues"),
+        (
+            ",num-queues=2,iothread-vq-mapping=io0:io1:io0",
+            "iothread-vq-mapping",
+        ),
+        (
+            ",num-queues=2,iothread-vq-mapping=io0:io0",
+            "iothread-vq-mapping",
+        ),
+        (",iothread-vq-mapping=io0:io1", "iothread-vq-mapping"),
+        (
+            ",num-queues=2,iothread-vq-mapping=io0:",
+            "iothread-vq-mapping",
+        ),
+        (
+            ",num-queues=2,iothread-vq-mapping=io0:io1,iothread=io0",
+            "iothread-vq-mapping",
+        ),
+        (",num-queues=2,iothread-vq-mapping=io0:io9", "io9"),
+    ] {
+        let error = device(keys).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains(key) && !text.contains('\n'), "{keys}: {text}");
+    }
+    assert!(matches!(
+        device(",num-queues=2,iothread-vq-mapping=io0:io1,iothread=io0").unwrap_err(),
+        ConfigError::ConflictingKeys { .. }
+    ));
+    assert_eq!(
+        device(",num-queues=2,iothread-vq-mapping=io0:io9").unwrap_err(),
+        ConfigError::UnknownIothread {
+            device: "x".into(),
+            iothread: "io9".into()
+        }
     );
 }
 

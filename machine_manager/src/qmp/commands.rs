@@ -27,7 +27,7 @@ use util::aio::{AioEngine, DetectZeroes, Discard, ErrorAction, Limit, ThrottleCo
 use util::file::Locking;
 
 use super::handler::QmpError;
-use crate::config::{default_aio, BlkDeviceConfig, DriveConfig};
+use crate::config::{default_aio, parse_num_queues, BlkDeviceConfig, DriveConfig, MAX_QUEUES};
 
 /// `blockdev-add`: open a block backend, checked and with its members flattened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +122,10 @@ pub struct DeviceAdd {
     pub serial: Option<String>,
     /// `iothread`: the iothread that must serve the slot.
     pub iothread: Option<String>,
+    /// `num-queues`: the request queues the device must have (1 to
+    /// [`crate::config::MAX_QUEUES`]). A slot's queues are fixed when it is created at start,
+    /// so this is checked against the slot, not applied.
+    pub num_queues: Option<u16>,
     /// `bus`: the bus the client names. The micro VM has one virtio-mmio bus and `addr` picks
     /// the slot, so it only shows in the log (StratoVirt ignores it too).
     pub bus: Option<String>,
@@ -140,6 +144,7 @@ impl DeviceAdd {
             slot,
             serial: None,
             iothread: None,
+            num_queues: None,
             bus: None,
             share_rw: None,
         }
@@ -148,10 +153,10 @@ impl DeviceAdd {
     /// The device as a `-device virtio-blk-device` would describe it.
     pub fn blk_device_config(&self) -> BlkDeviceConfig {
         BlkDeviceConfig {
-            id: self.id.clone(),
-            drive: self.drive.clone(),
             serial: self.serial.clone(),
             iothread: self.iothread.clone(),
+            num_queues: self.num_queues.unwrap_or(1),
+            ..BlkDeviceConfig::new(&self.id, &self.drive)
         }
     }
 }
@@ -350,6 +355,8 @@ struct DeviceAddArguments {
     serial: Option<String>,
     #[serde(default)]
     iothread: Option<String>,
+    #[serde(default, rename = "num-queues")]
+    num_queues: Option<Value>,
     #[serde(default)]
     bus: Option<String>,
     #[serde(default, rename = "share-rw")]
@@ -615,6 +622,19 @@ fn parse_device_add(args: DeviceAddArguments) -> Result<Command, QmpError> {
         .iothread
         .map(|iothread| non_empty(NAME, "iothread", iothread))
         .transpose()?;
+    let num_queues = args
+        .num_queues
+        .map(|value| {
+            value
+                .as_u64()
+                .and_then(|n| parse_num_queues(&n.to_string()))
+                .ok_or_else(|| {
+                    QmpError::Generic(format!(
+                        "invalid arguments for '{NAME}': num-queues {value} is not a number from 1 to {MAX_QUEUES}"
+                    ))
+                })
+        })
+        .transpose()?;
     let share_rw = args
         .share_rw
         .map(|value| match value {
@@ -632,6 +652,7 @@ fn parse_device_add(args: DeviceAddArguments) -> Result<Command, QmpError> {
         slot,
         serial,
         iothread,
+        num_queues,
         bus: args.bus,
         share_rw,
     }))
@@ -781,12 +802,14 @@ mod tests {
             slot: 2,
             serial: Some("S1".into()),
             iothread: None,
+            num_queues: Some(2),
             bus: None,
             share_rw: None,
         }
         .blk_device_config();
         assert_eq!((device.id.as_str(), device.drive.as_str()), ("d", "n"));
         assert_eq!(device.serial.as_deref(), Some("S1"));
+        assert_eq!(device.num_queues, 2);
     }
 
     #[test]
@@ -860,6 +883,7 @@ mod tests {
                     slot,
                     serial: None,
                     iothread: None,
+                    num_queues: None,
                     bus: None,
                     share_rw: None,
                 })
@@ -878,6 +902,7 @@ mod tests {
                 slot: 0,
                 serial: None,
                 iothread: None,
+                num_queues: None,
                 bus: None,
                 share_rw: None,
             })
@@ -962,6 +987,7 @@ mod tests {
                 slot: 1,
                 serial: None,
                 iothread: None,
+                num_queues: None,
                 bus: None,
                 share_rw: None,
             })
@@ -1007,7 +1033,7 @@ mod tests {
             "device_add",
             json!({"id": "d", "driver": "virtio-blk-mmio", "addr": "0x2", "drive": "n",
                    "romfile": "", "serial": "SER1", "iothread": "io0", "bus": "virtio-mmio-bus.2",
-                   "share-rw": "on"}),
+                   "share-rw": "on", "num-queues": 2}),
         )
         .unwrap();
         assert_eq!(
@@ -1018,6 +1044,7 @@ mod tests {
                 slot: 2,
                 serial: Some("SER1".into()),
                 iothread: Some("io0".into()),
+                num_queues: Some(2),
                 bus: Some("virtio-mmio-bus.2".into()),
                 share_rw: Some(true),
             })
@@ -1038,6 +1065,10 @@ mod tests {
             ("share-rw", json!(1), "share-rw"),
             ("serial", json!(""), "serial"),
             ("iothread", json!(""), "iothread"),
+            ("num-queues", json!(0), "num-queues"),
+            ("num-queues", json!(33), "num-queues"),
+            ("num-queues", json!("2"), "num-queues"),
+            ("num-queues", json!(-1), "num-queues"),
             ("mac", json!("02:00:00:00:00:01"), "mac"),
         ] {
             let desc = generic_desc(parse(

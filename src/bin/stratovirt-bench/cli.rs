@@ -30,6 +30,9 @@ block layer (qemu-img bench) on them as the peer.
   --disk-dir DIR    where the disk files go      (default: /var/tmp)
   --shm-dir DIR     where the tmpfs file goes    (default: /dev/shm)
   --repeat N        run each row N times, interleaved; keep the median (default: 1)
+  --queues LIST      request queues of the device (num-queues), each on its own
+                    iothread with its own engine; the driver spreads requests
+                    round robin; every count is run, interleaved (default: 1)
   --no-event-idx    do not negotiate VIRTIO_F_RING_EVENT_IDX
   --poll-max-ns N   the device thread polls its queue and engine for up to N ns
                     before it sleeps, as an iothread with poll-max-ns=N (0 = off;
@@ -73,6 +76,8 @@ pub struct Options {
     pub event_idx: bool,
     /// How the device thread polls (`--poll-max-ns`; grow and shrink as an iothread's).
     pub poll: PollParams,
+    /// The device's queue counts to run (each queue on its own iothread).
+    pub queues: Vec<u16>,
     /// Add the `io_uring+prealloc` variant (preallocated guest RAM, fixed buffers).
     pub prealloc: bool,
     /// `-drive` keys every device is given.
@@ -110,6 +115,7 @@ impl Default for Options {
             repeat: 1,
             event_idx: true,
             poll: PollParams::IOTHREAD_DEFAULT,
+            queues: vec![1],
             prealloc: false,
             drive: DriveOptions::default(),
             fio: true,
@@ -203,6 +209,11 @@ pub fn parse(args: &[String]) -> Result<Options> {
                     .ok()
                     .filter(|n| (1..=100).contains(n))
                     .ok_or_else(|| anyhow!("--repeat needs a count from 1 to 100"))?
+            }
+            "--queues" => {
+                opts.queues = list(value()?, "queue count", |s| {
+                    machine_manager::config::parse_num_queues(s)
+                })?
             }
             "--no-event-idx" => opts.event_idx = false,
             "--poll-max-ns" => {
@@ -302,6 +313,8 @@ mod tests {
         assert_eq!(o.engines, vec![AioEngine::Native, AioEngine::IoUring]);
         assert_eq!(o.size, 64 << 20);
         assert_eq!(o.patterns, vec![Pattern::Mixed]);
+        assert_eq!(o.queues, vec![1]);
+        assert_eq!(parse(&args("--queues 2,1")).unwrap().queues, vec![2, 1]);
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert!(parse_size("99999999999999G").is_err());
     }
@@ -321,6 +334,9 @@ mod tests {
             "--poll-max-ns -1",
             "--poll-max-ns 1e5",
             "--poll-max-ns",
+            "--queues 0",
+            "--queues 33",
+            "--queues 1,x",
             "--drive-options aio=native",
         ] {
             assert!(parse(&args(bad)).is_err(), "{bad}");

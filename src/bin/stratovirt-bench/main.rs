@@ -82,6 +82,7 @@ fn meta(opts: &Options) -> Meta {
         repeat: opts.repeat,
         event_idx: opts.event_idx,
         poll_max_ns: opts.poll.max_ns,
+        queues: opts.queues.clone(),
         drive_options: opts.drive.text.clone(),
         command: std::iter::once("stratovirt-bench".to_string())
             .chain(std::env::args().skip(1))
@@ -108,11 +109,12 @@ impl VmmEngine {
     }
 }
 
-/// Runs one VMM cell.
+/// Runs one VMM cell, on a device with `queues` request queues.
 fn vmm_cell(
     opts: &Options,
     path: &std::path::Path,
     engine: VmmEngine,
+    queues: u16,
     backing: Backing,
     pattern: workload::Pattern,
     qd: u16,
@@ -123,6 +125,7 @@ fn vmm_cell(
             event_idx: opts.event_idx,
             poll: opts.poll,
             prealloc: engine.prealloc,
+            queues,
         },
     )?;
     let mut m = workload::run(
@@ -134,7 +137,7 @@ fn vmm_cell(
     )
     .with_context(|| {
         format!(
-            "{} {} qd={qd} aio={}",
+            "{} {} qd={qd} aio={} queues={queues}",
             backing.as_str(),
             pattern.as_str(),
             engine.label()
@@ -145,6 +148,7 @@ fn vmm_cell(
     Ok(Cell {
         source: Source::Vmm,
         engine: engine.label(),
+        queues: Some(queues),
         backing,
         pattern,
         qd,
@@ -166,12 +170,12 @@ fn vmm_cell(
 
 fn progress(c: &Cell) {
     eprintln!(
-        "{:<8} {:<9} qd={:<3} {:<3} {:<8} {:>9.0} IOPS  p50 {:>7.1} µs  p99 {:>7.1} µs  cpu {:>5.2} µs/IO{}",
+        "{:<8} {:<9} qd={:<3} {:<3} {:<11} {:>9.0} IOPS  p50 {:>7.1} µs  p99 {:>7.1} µs  cpu {:>5.2} µs/IO{}",
         c.backing.as_str(),
         c.pattern.as_str(),
         c.qd,
         c.source.as_str(),
-        c.engine,
+        c.column(),
         c.iops,
         c.p50_us,
         c.p99_us,
@@ -208,6 +212,7 @@ fn qemu_cell(
         kicks_per_io: None,
         irqs_per_io: None,
         errors: 0,
+        queues: None,
     }))
 }
 
@@ -231,6 +236,7 @@ fn fio_cell(
     Ok(Cell {
         source: Source::Fio,
         engine: engine.to_string(),
+        queues: None,
         backing,
         pattern,
         qd,
@@ -256,8 +262,9 @@ struct Peers {
     qemu: bool,
 }
 
-/// One row (backing, pattern, depth): every engine, the fio ceiling and QEMU's block layer,
-/// `opts.repeat` rounds interleaved (all of them, then all again), keeping each one's
+/// One row (backing, pattern, depth): every engine at every queue count, the fio ceiling and
+/// QEMU's block layer, `opts.repeat` rounds interleaved (all of them, then all again),
+/// keeping each one's
 /// median-IOPS run.
 fn run_row(
     opts: &Options,
@@ -268,7 +275,7 @@ fn run_row(
     qd: u16,
 ) -> Result<Vec<Cell>> {
     // Linux AIO on a buffered file is synchronous; the VMM refuses it.
-    let mut engines: Vec<VmmEngine> = opts
+    let mut kinds: Vec<VmmEngine> = opts
         .engines
         .iter()
         .filter(|&&e| opts.drive.direct(backing) || e != AioEngine::Native)
@@ -278,11 +285,16 @@ fn run_row(
         })
         .collect();
     if opts.prealloc && opts.engines.contains(&AioEngine::IoUring) {
-        engines.push(VmmEngine {
+        kinds.push(VmmEngine {
             aio: AioEngine::IoUring,
             prealloc: true,
         });
     }
+    let engines: Vec<(VmmEngine, u16)> = opts
+        .queues
+        .iter()
+        .flat_map(|&queues| kinds.iter().map(move |&engine| (engine, queues)))
+        .collect();
     let fio_engines: &[&str] = if peers.fio { &fio::ENGINES } else { &[] };
     let qemu_engines: Vec<&str> = qemu::ENGINES
         .into_iter()
@@ -291,8 +303,8 @@ fn run_row(
     let mut runs: Vec<Vec<Cell>> =
         vec![Vec::new(); engines.len() + fio_engines.len() + qemu_engines.len()];
     for _ in 0..opts.repeat {
-        for (i, &engine) in engines.iter().enumerate() {
-            let cell = vmm_cell(opts, path, engine, backing, pattern, qd)?;
+        for (i, &(engine, queues)) in engines.iter().enumerate() {
+            let cell = vmm_cell(opts, path, engine, queues, backing, pattern, qd)?;
             progress(&cell);
             runs[i].push(cell);
         }
@@ -380,6 +392,7 @@ mod tests {
         Cell {
             source: Source::Vmm,
             engine: "native".into(),
+            queues: Some(1),
             backing: Backing::Shm,
             pattern: workload::Pattern::Read,
             qd: 32,

@@ -82,6 +82,8 @@ pub fn script(report: &Report, png: &Path) -> String {
                     && c.pattern == patterns[pi]
                     && c.source == source
                     && c.engine == engine
+                    // One line per engine: the first queue count asked for.
+                    && c.queues.is_none_or(|q| Some(&q) == report.meta.queues.first())
             })
             .map(|c| (c.qd, c.iops / 1000.0))
             .collect()

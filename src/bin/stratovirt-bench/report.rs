@@ -41,6 +41,8 @@ pub struct Cell {
     /// `off`, `threads`, `native`, `io_uring` (`io_uring+prealloc`) for the VMM; `libaio`,
     /// `io_uring` for fio; `native`, `io_uring`, `threads` for QEMU.
     pub engine: String,
+    /// The device's request queues (VMM cells; `None` for fio).
+    pub queues: Option<u16>,
     /// The file.
     pub backing: Backing,
     /// The access pattern.
@@ -99,6 +101,8 @@ pub struct Meta {
     pub event_idx: bool,
     /// The device thread's `poll-max-ns` (0: it did not poll).
     pub poll_max_ns: u64,
+    /// The device's queue counts run (`--queues`), each queue on its own iothread.
+    pub queues: Vec<u16>,
     /// The `--drive-options` every device was given (empty: none).
     pub drive_options: String,
     /// The command line.
@@ -132,14 +136,33 @@ fn fmt_iops(iops: f64) -> String {
     }
 }
 
+impl Cell {
+    /// The engine as a column names it: with more than one queue, the queue count follows
+    /// (`io_uring/2q`).
+    pub fn column(&self) -> String {
+        match self.queues {
+            Some(q) if q > 1 => format!("{}/{q}q", self.engine),
+            _ => self.engine.clone(),
+        }
+    }
+}
+
 impl Report {
-    fn find(&self, source: Source, engine: &str, b: Backing, p: Pattern, qd: u16) -> Option<&Cell> {
+    /// The cell of `source` and `engine` in a row; a VMM cell also of `queues` queues (fio has
+    /// none: its cell belongs to every queue count's row).
+    fn find(
+        &self,
+        source: Source,
+        engine: &str,
+        (b, p, qd, queues): (Backing, Pattern, u16, u16),
+    ) -> Option<&Cell> {
         self.cells.iter().find(|c| {
             c.source == source
                 && c.engine == engine
                 && c.backing == b
                 && c.pattern == p
                 && c.qd == qd
+                && c.queues.is_none_or(|q| q == queues)
         })
     }
 
@@ -155,30 +178,48 @@ impl Report {
         rows
     }
 
+    /// Whether the run had devices with other than one queue (the summary then has a row per
+    /// queue count).
+    fn multi_queue(&self) -> bool {
+        self.meta.queues.iter().any(|&q| q != 1)
+    }
+
     /// The IOPS summary: every engine side by side with the fio ceiling, QEMU's block layer
     /// and the ratios; with `--mem-prealloc`, also the `io_uring+prealloc` column and its
     /// ratio to `io_uring`.
     pub fn summary_table(&self) -> String {
         let prealloc = self.cells.iter().any(|c| c.engine == PREALLOC);
-        let mut out = String::from(
-            "| backing | pattern | QD | off | threads | native | io_uring | fio libaio \
+        let multi = self.multi_queue();
+        let mut out = String::from("| backing | pattern | QD |");
+        if multi {
+            out.push_str(" queues |");
+        }
+        out.push_str(
+            " off | threads | native | io_uring | fio libaio \
              | fio io_uring | qemu native | qemu io_uring | qemu threads | io_uring / native \
              | best VMM / best fio | best VMM / best QEMU |",
         );
         if prealloc {
             out.push_str(" io_uring+prealloc | +prealloc / io_uring |");
         }
-        out.push_str(
-            "\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        );
+        out.push_str("\n|---|---|---:|");
+        if multi {
+            out.push_str("---:|");
+        }
+        out.push_str("---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         if prealloc {
             out.push_str("---:|---:|");
         }
         out.push('\n');
-        for (b, p, qd) in self.rows() {
-            let vmm = |e: &str| self.find(Source::Vmm, e, b, p, qd).map(|c| c.iops);
-            let fio = |e: &str| self.find(Source::Fio, e, b, p, qd).map(|c| c.iops);
-            let qemu = |e: &str| self.find(Source::Qemu, e, b, p, qd).map(|c| c.iops);
+        let rows = self
+            .rows()
+            .into_iter()
+            .flat_map(|(b, p, qd)| self.meta.queues.iter().map(move |&q| (b, p, qd, q)));
+        for row in rows {
+            let (b, p, qd, queues) = row;
+            let vmm = |e: &str| self.find(Source::Vmm, e, row).map(|c| c.iops);
+            let fio = |e: &str| self.find(Source::Fio, e, row).map(|c| c.iops);
+            let qemu = |e: &str| self.find(Source::Qemu, e, row).map(|c| c.iops);
             let cell = |v: Option<f64>| v.map_or("-".to_string(), fmt_iops);
             let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
                 (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
@@ -197,11 +238,13 @@ impl Report {
                 .filter_map(|e| qemu(e))
                 .fold(0.0, f64::max);
             let positive = |v: f64| (v > 0.0).then_some(v);
+            let _ = write!(out, "| {} | {} | {qd} |", b.as_str(), p.as_str());
+            if multi {
+                let _ = write!(out, " {queues} |");
+            }
             let _ = write!(
                 out,
-                "| {} | {} | {qd} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                b.as_str(),
-                p.as_str(),
+                " {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 cell(vmm("off")),
                 cell(vmm("threads")),
                 cell(vmm("native")),
@@ -255,7 +298,7 @@ impl Report {
                     b.as_str(),
                     p.as_str(),
                     c.source.as_str(),
-                    c.engine,
+                    c.column(),
                     c.iops,
                     us(c.p50_us),
                     us(c.p99_us),
@@ -277,7 +320,7 @@ impl Report {
         let m = &self.meta;
         format!(
             "{} UTC, commit {}, kernel {}, {} CPUs, load {} → {}, {:.1} s warm-up + {:.1} s per \
-             cell{}, {} MiB files, EVENT_IDX {}, poll-max-ns {}{}{}",
+             cell{}, {} MiB files, EVENT_IDX {}, poll-max-ns {}, {}{}{}",
             m.date,
             m.commit,
             m.kernel,
@@ -294,6 +337,14 @@ impl Report {
             m.size >> 20,
             if m.event_idx { "on" } else { "off" },
             m.poll_max_ns,
+            match m.queues.as_slice() {
+                [1] => "1 queue".to_string(),
+                [q] => format!("{q} queues (an iothread each)"),
+                qs => format!(
+                    "{} queues (an iothread each)",
+                    qs.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
+                ),
+            },
             if m.drive_options.is_empty() {
                 String::new()
             } else {
@@ -367,6 +418,7 @@ mod tests {
         Cell {
             source,
             engine: engine.into(),
+            queues: (source == Source::Vmm).then_some(1),
             backing: Backing::Shm,
             pattern: Pattern::Read,
             qd: 32,
@@ -399,6 +451,7 @@ mod tests {
                 repeat: 1,
                 event_idx: true,
                 poll_max_ns: 32768,
+                queues: vec![1],
                 drive_options: "throttling.iops-total=5000".into(),
                 command: String::new(),
             },
@@ -431,6 +484,36 @@ mod tests {
             detail.contains("| qemu | threads | 1 | - | - | - |"),
             "{detail}"
         );
+    }
+
+    #[test]
+    fn queue_counts_get_a_row_each() {
+        let mut two = cell(Source::Vmm, "io_uring", 150_000.0);
+        two.queues = Some(2);
+        let mut r = report(vec![
+            cell(Source::Vmm, "io_uring", 130_000.0),
+            two,
+            cell(Source::Fio, "io_uring", 100_000.0),
+        ]);
+        r.meta.queues = vec![1, 2];
+        let table = r.summary_table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].starts_with("| backing | pattern | QD | queues | off |"));
+        assert_eq!(
+            lines[2],
+            "| shm | randread | 32 | 1 | - | - | - | 130K | - | 100K | - | 1.30 |"
+        );
+        assert_eq!(
+            lines[3],
+            "| shm | randread | 32 | 2 | - | - | - | 150K | - | 100K | - | 1.50 |"
+        );
+        assert!(r.detail_table().contains("| io_uring/2q | 150000 |"));
+        assert!(r.conditions().contains("1, 2 queues (an iothread each)"));
+        // One queue: the table keeps its columns.
+        r.meta.queues = vec![1];
+        assert!(r
+            .summary_table()
+            .starts_with("| backing | pattern | QD | off |"));
     }
 
     #[test]

@@ -1,15 +1,15 @@
-//! One virtio-blk device under test: guest RAM, the device's own event-loop thread (an
-//! iothread), the block device behind the virtio-mmio register file, and the in-process guest
-//! driver on the caller's thread.
+//! One virtio-blk device under test: guest RAM, the device's own event-loop threads (one
+//! iothread per request queue), the block device behind the virtio-mmio register file, and the
+//! in-process guest driver on the caller's thread, driving every queue.
 //!
 //! ```text
-//!  caller's thread (the "guest")            device thread ("iothread")
-//!  ─────────────────────────────            ──────────────────────────
-//!  Driver::submit / kick ──notify eventfd──► queue handler ─► engine.submit(batch)
-//!  Driver::wait_interrupt ◄──irq eventfd──── completion handler ◄─ engine eventfd
+//!  caller's thread (the "guest")            device threads ("iothread" q, one per queue)
+//!  ─────────────────────────────            ────────────────────────────────────────────
+//!  Driver::submit_to(q) / kick ─notify q──► queue q handler ─► queue q's engine.submit(batch)
+//!  Driver::wait_interrupt ◄──irq eventfd─── completion handler ◄─ queue q's engine eventfd
 //! ```
 //!
-//! The device thread's CPU time is read from `/proc/self/task/<tid>/schedstat`, so it counts
+//! The device threads' CPU time is read from `/proc/self/task/<tid>/schedstat`, so it counts
 //! exactly the work the VMM does for the device (the kernel's share of its system calls
 //! included), and nothing the driver does.
 
@@ -43,6 +43,8 @@ pub struct RigConfig {
     /// Preallocate guest RAM (`-mem-prealloc`): an io_uring drive then registers it as fixed
     /// buffers.
     pub prealloc: bool,
+    /// Request queues of the device (`num-queues`), each on an iothread of its own.
+    pub queues: u16,
 }
 
 /// A running device and its driver.
@@ -50,7 +52,7 @@ pub struct Rig {
     /// The guest's driver.
     pub driver: Driver,
     device: BlockHandle,
-    iothread: EventLoopThread,
+    iothreads: Vec<EventLoopThread>,
 }
 
 impl Rig {
@@ -63,13 +65,16 @@ impl Rig {
         let mem = Arc::new(GuestMemory::with_options(&[(0, RAM)], &options).context("guest RAM")?);
         let backend = BlockBackend::open(drive)
             .with_context(|| format!("drive {} aio={}", drive.path.display(), drive.aio))?;
-        let iothread = EventLoopThread::spawn("bench-iothread").context("device thread")?;
-        iothread.event_loop().set_poll_params(config.poll);
-        let block = Block::new(
-            "bench0".into(),
-            Some(backend),
-            iothread.event_loop().clone(),
-        );
+        let iothreads = (0..config.queues.max(1))
+            .map(|q| EventLoopThread::spawn(&format!("bench-iothread{q}")))
+            .collect::<Result<Vec<_>, _>>()
+            .context("device threads")?;
+        for iothread in &iothreads {
+            iothread.event_loop().set_poll_params(config.poll);
+        }
+        let loops = iothreads.iter().map(|t| t.event_loop().clone()).collect();
+        let block = Block::with_queues("bench0".into(), Some(backend), loops)
+            .context("the device's queues")?;
         let handle = block.handle();
         let device: Arc<Mutex<dyn VirtioDevice>> = Arc::new(Mutex::new(block));
         let irq = Arc::new(EventFd::new(EFD_NONBLOCK).context("irq eventfd")?);
@@ -87,12 +92,13 @@ impl Rig {
             features,
             // One descriptor per request, as Linux's virtio-blk driver posts them.
             indirect: true,
+            queues: config.queues.max(1),
         };
         let mut rig = Rig {
             driver: Driver::new(mmio, mem, irq, driver_config)
                 .map_err(|e| anyhow!(e).context("driver set-up"))?,
             device: handle,
-            iothread,
+            iothreads,
         };
         rig.check_capacity()?;
         Ok(rig)
@@ -105,22 +111,24 @@ impl Rig {
         Ok(())
     }
 
-    /// Nanoseconds the device thread has run on a CPU so far.
+    /// Nanoseconds the device threads (every queue's) have run on a CPU so far.
     pub fn device_cpu_ns(&self) -> u64 {
-        u32::try_from(self.iothread.tid())
-            .ok()
-            .and_then(thread_cpu_ns)
-            .unwrap_or(0)
+        self.iothreads
+            .iter()
+            .filter_map(|t| u32::try_from(t.tid()).ok().and_then(thread_cpu_ns))
+            .sum()
     }
 }
 
 impl Drop for Rig {
-    /// Shuts the device down on its thread, then joins the thread (the VMM's order).
+    /// Shuts the device down on its threads, then joins them (the VMM's order).
     fn drop(&mut self) {
         if let Err(e) = self.device.shutdown() {
             log::error!("bench device: {e}");
         }
-        self.iothread.stop();
+        for thread in &mut self.iothreads {
+            thread.stop();
+        }
     }
 }
 

@@ -10,6 +10,9 @@
 //!        └──── kick once ◄── resubmit every free slot (one batch)
 //! ```
 //!
+//! With several queues the requests are spread over them round robin (a queue that is full is
+//! skipped), and one kick notifies every queue that got new requests.
+//!
 //! Latency is measured per request, from just before its descriptor was posted to the moment
 //! the driver saw it in the used ring. Only requests that complete inside the measured window
 //! count, in IOPS and in the latency percentiles. After the window nothing new is posted and
@@ -115,6 +118,8 @@ pub struct Measured {
     pub kicks: u64,
     /// Interrupts the driver took inside the window.
     pub interrupts: u64,
+    /// Requests answered inside the window, per queue.
+    pub per_queue: Vec<u64>,
 }
 
 struct Snapshot {
@@ -133,7 +138,10 @@ struct Runner<'a> {
     blocks: u64,
     rng: Rng,
     free_slots: Vec<u16>,
-    slot_of_head: Vec<Option<(u16, Instant)>>,
+    /// Per queue, per head: the buffer slot and when the request was posted.
+    slot_of_head: Vec<Vec<Option<(u16, Instant)>>>,
+    /// The queue the next request goes to first.
+    next_queue: u16,
     interrupts: u64,
     driver_tid: Option<u32>,
 }
@@ -156,22 +164,31 @@ impl Runner<'_> {
         } else {
             VIRTIO_BLK_T_OUT
         };
-        let started = Instant::now();
-        match self.rig.driver.submit(request_type, sector, &[buffer]) {
-            Ok(head) => {
-                let entry = self
-                    .slot_of_head
-                    .get_mut(usize::from(head))
-                    .ok_or_else(|| anyhow!("driver returned head {head} out of range"))?;
-                *entry = Some((slot, started));
-                Ok(true)
+        let queues = self.rig.driver.num_queues();
+        for attempt in 0..queues {
+            let queue = (self.next_queue + attempt) % queues;
+            let started = Instant::now();
+            match self
+                .rig
+                .driver
+                .submit_to(queue, request_type, sector, &[buffer])
+            {
+                Ok(head) => {
+                    let entry = self
+                        .slot_of_head
+                        .get_mut(usize::from(queue))
+                        .and_then(|heads| heads.get_mut(usize::from(head)))
+                        .ok_or_else(|| anyhow!("driver returned head {head} out of range"))?;
+                    *entry = Some((slot, started));
+                    self.next_queue = (queue + 1) % queues;
+                    return Ok(true);
+                }
+                Err(DriverError::RingFull) => continue,
+                Err(e) => return Err(anyhow!(e).context("posting a request")),
             }
-            Err(DriverError::RingFull) => {
-                self.free_slots.push(slot);
-                Ok(false)
-            }
-            Err(e) => Err(anyhow!(e).context("posting a request")),
         }
+        self.free_slots.push(slot);
+        Ok(false)
     }
 
     /// Posts requests until every slot is in flight, then kicks once.
@@ -230,13 +247,15 @@ pub fn run(
         bail!("queue depth and disk size must be positive");
     }
     let queue_size = rig.driver.queue_size();
+    let queues = usize::from(rig.driver.num_queues());
     let mut runner = Runner {
         rig,
         pattern,
         blocks,
         rng: Rng(0x9e37_79b9_7f4a_7c15 ^ u64::from(qd)),
         free_slots: (0..qd).rev().collect(),
-        slot_of_head: vec![None; usize::from(queue_size)],
+        slot_of_head: vec![vec![None; usize::from(queue_size)]; queues],
+        next_queue: 0,
         interrupts: 0,
         driver_tid: current_tid(),
     };
@@ -257,11 +276,20 @@ pub fn run(
         for c in &done {
             let (slot, started) = runner
                 .slot_of_head
-                .get_mut(usize::from(c.head))
+                .get_mut(usize::from(c.queue))
+                .and_then(|heads| heads.get_mut(usize::from(c.head)))
                 .and_then(Option::take)
-                .ok_or_else(|| anyhow!("completion for head {} not in flight", c.head))?;
+                .ok_or_else(|| {
+                    anyhow!(
+                        "completion for queue {} head {} not in flight",
+                        c.queue,
+                        c.head
+                    )
+                })?;
             runner.free_slots.push(slot);
             if in_window {
+                measured.per_queue.resize(queues, 0);
+                measured.per_queue[usize::from(c.queue)] += 1;
                 if c.status == Some(VIRTIO_BLK_S_OK) {
                     measured.ios += 1;
                 } else {
@@ -313,17 +341,20 @@ mod tests {
             warmup: Duration::from_millis(50),
             measure: Duration::from_millis(200),
         };
-        for (aio, direct) in [
-            (AioEngine::Off, false),
-            (AioEngine::Threads, true),
-            (AioEngine::Native, true),
-            (AioEngine::IoUring, true),
+        for (aio, direct, queues) in [
+            (AioEngine::Off, false, 1),
+            (AioEngine::Threads, true, 1),
+            (AioEngine::Native, true, 1),
+            (AioEngine::IoUring, true, 1),
+            (AioEngine::Native, true, 2),
+            (AioEngine::IoUring, true, 2),
         ] {
             for pattern in Pattern::ALL {
                 let config = RigConfig {
                     event_idx: pattern != Pattern::Mixed,
                     poll: PollParams::OFF,
                     prealloc: false,
+                    queues,
                 };
                 let drive = BlockBackendConfig {
                     aio,
@@ -339,6 +370,9 @@ mod tests {
                 assert!(m.latencies.percentile_us(0.5) > 0.0);
                 assert!(m.device_cpu_ns > 0 && m.interrupts > 0 && m.kicks > 0);
                 assert_eq!(rig.driver.in_flight(), 0, "cell must end idle");
+                assert_eq!(rig.driver.num_queues(), queues);
+                assert_eq!(m.per_queue.len(), usize::from(queues));
+                assert!(m.per_queue.iter().all(|&n| n > 0), "{:?}", m.per_queue);
             }
         }
         std::fs::remove_file(&path).unwrap();
@@ -352,6 +386,7 @@ mod tests {
             event_idx: true,
             poll: PollParams::OFF,
             prealloc: false,
+            queues: 1,
         };
         let drive = BlockBackendConfig {
             aio: AioEngine::Off,

@@ -1,8 +1,15 @@
-//! A drive: its open file and the engine (`aio=off|threads|native|io_uring`) bound to it.
+//! A drive: its open file ([`Disk`], shared by every queue of a device) and the engine
+//! (`aio=off|threads|native|io_uring`) of one queue bound to it.
 //!
 //! Invariants:
 //! - The engine borrows the file's descriptor, so it is declared (and so dropped) before the
-//!   file; its owner drains it first, on the thread that uses the engine.
+//!   disk it holds a reference to; its owner drains it first, on the thread that uses the
+//!   engine. The file is closed when the last queue's backend lets go of the [`Disk`].
+//! - A device with several queues has one [`BlockBackend`] per queue: the one
+//!   [`BlockBackend::open`] made and [`BlockBackend::sibling`]s of it, each with its own engine
+//!   of the same kind on the same open file. Everything about the file itself (its
+//!   configuration, size, alignment, locks, whether a flush failed) lives once, in the
+//!   [`Disk`] they share.
 //! - Guest RAM is registered with the engine (fixed buffers) only when it is preallocated:
 //!   registering pins every page, which must never be what makes guest RAM resident.
 //! - [`Alignment`] is what the host storage needs of a request, probed once at open:
@@ -19,6 +26,8 @@ use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use util::aio::{
     self, AioContext, AioEngine, AioOpcode, DetectZeroes, Discard, ErrorAction, ThrottleConfig,
@@ -179,19 +188,56 @@ fn block_sizes(file: &File) -> Option<(u64, u64)> {
 /// Requests each engine accepts into the kernel at once; more wait inside the engine.
 pub const ENGINE_DEPTH: u32 = 256;
 
-/// An open drive with its engine.
-pub struct BlockBackend {
-    // Declared before `file`: the engine uses the file's descriptor until it is dropped.
-    engine: Box<dyn AioContext>,
+/// An open drive's file and what is known of it: shared by the backends of every queue of a
+/// device, and closed when the last of them lets go of it.
+pub(super) struct Disk {
     file: File,
     config: BlockBackendConfig,
     capacity_sectors: u64,
     alignment: Alignment,
-    memory_registered: bool,
+    /// What the engine kind carries (every queue's engine is of the same kind).
+    discard: bool,
+    write_zeroes: bool,
     /// A flush failed: later flushes fail too, since Linux forgets a write-back error once
     /// it has reported it and a later `fdatasync` would claim that lost data is durable.
-    flush_failed: bool,
+    /// Device-wide: a flush on any queue sets it, and every queue's flushes then fail.
+    flush_failed: AtomicBool,
     locked: bool,
+}
+
+impl Disk {
+    /// How the drive was opened.
+    pub(super) fn config(&self) -> &BlockBackendConfig {
+        &self.config
+    }
+
+    /// Makes completed writes durable (`fdatasync`) before the file is closed; fails at once
+    /// if an earlier flush failed (what was lost then cannot be made durable now).
+    pub(super) fn sync(&self) -> Result<(), VirtioError> {
+        if self.config.readonly {
+            return Ok(());
+        }
+        if self.flush_failed.load(Ordering::Acquire) {
+            return Err(VirtioError::FlushFailedBefore {
+                path: self.config.path.clone(),
+            });
+        }
+        self.file.sync_data().map_err(|source| {
+            self.flush_failed.store(true, Ordering::Release);
+            VirtioError::Flush {
+                path: self.config.path.clone(),
+                source,
+            }
+        })
+    }
+}
+
+/// An open drive with the engine of one queue.
+pub struct BlockBackend {
+    // Declared before `disk`: the engine uses the file's descriptor until it is dropped.
+    engine: Box<dyn AioContext>,
+    disk: Arc<Disk>,
+    memory_registered: bool,
 }
 
 impl BlockBackend {
@@ -256,72 +302,90 @@ impl BlockBackend {
                 alignment.memory
             );
         }
-        let engine =
-            aio::open_engine(config.aio, file.as_raw_fd(), ENGINE_DEPTH).map_err(|source| {
-                VirtioError::Engine {
-                    path: path.clone(),
-                    engine: config.aio,
-                    source,
-                }
-            })?;
-        Ok(BlockBackend {
-            engine,
+        let engine = open_engine(&file, config)?;
+        let disk = Disk {
+            discard: engine.supports(AioOpcode::Discard),
+            write_zeroes: engine.supports(AioOpcode::WriteZeroes),
             file,
             config: config.clone(),
             capacity_sectors: bytes / SECTOR_SIZE,
             alignment,
-            memory_registered: false,
-            flush_failed: false,
+            flush_failed: AtomicBool::new(false),
             locked,
+        };
+        Ok(BlockBackend {
+            engine,
+            disk: Arc::new(disk),
+            memory_registered: false,
         })
+    }
+
+    /// Another backend on the same open file with an engine of its own (for another queue of
+    /// the same device). Call it on the thread that opens drives: `aio=threads` starts the new
+    /// engine's workers there.
+    pub(super) fn sibling(&self) -> Result<BlockBackend, VirtioError> {
+        Ok(BlockBackend {
+            engine: open_engine(&self.disk.file, &self.disk.config)?,
+            disk: self.disk.clone(),
+            memory_registered: false,
+        })
+    }
+
+    /// Drops the engine (drained by the caller, on its thread) and keeps the file.
+    pub(super) fn into_disk(self) -> Arc<Disk> {
+        let BlockBackend { engine, disk, .. } = self;
+        drop(engine);
+        disk
     }
 
     /// Size of the drive in 512-byte sectors.
     pub fn capacity_sectors(&self) -> u64 {
-        self.capacity_sectors
+        self.disk.capacity_sectors
     }
 
     /// Sets the serial number the device reports (`GET_ID`): QMP `device_add`'s `serial`
-    /// belongs to the device the backend is plugged into.
+    /// belongs to the device the backend is plugged into. Set it before the backend is put in
+    /// a device: once the device shares the file between its queues it is fixed.
     pub fn set_serial(&mut self, serial: Option<String>) {
-        self.config.serial = serial;
-    }
-
-    /// Changes the I/O limits (QMP `block_set_io_throttle`).
-    pub(super) fn set_throttle(&mut self, throttle: ThrottleConfig) {
-        self.config.throttle = throttle;
+        match Arc::get_mut(&mut self.disk) {
+            Some(disk) => disk.config.serial = serial,
+            None => log::error!(
+                "drive {:?}: serial not changed: the drive already serves a device",
+                self.disk.config.path
+            ),
+        }
     }
 
     /// Whether discards reach the image (`discard=unmap` and an engine that can).
     pub(super) fn discards(&self) -> bool {
-        self.config.discard == Discard::Unmap && self.supports(AioOpcode::Discard)
+        self.disk.config.discard == Discard::Unmap && self.disk.discard
     }
 
     /// Whether the guest is offered write-zeroes (`detect-zeroes=on|unmap`, as StratoVirt,
     /// and an engine that can).
     pub(super) fn writes_zeroes(&self) -> bool {
-        self.config.detect_zeroes != DetectZeroes::Off && self.supports(AioOpcode::WriteZeroes)
+        self.disk.config.detect_zeroes != DetectZeroes::Off && self.disk.write_zeroes
     }
 
     /// Whether a write-zeroes may punch a hole (`detect-zeroes=unmap` with `discard=unmap`).
     pub(super) fn zeroes_may_unmap(&self) -> bool {
-        self.config.detect_zeroes == DetectZeroes::Unmap && self.discards()
+        self.disk.config.detect_zeroes == DetectZeroes::Unmap && self.discards()
     }
 
     /// What the host storage needs of a request (offsets, lengths, buffers).
     pub fn alignment(&self) -> Alignment {
-        self.alignment
+        self.disk.alignment
     }
 
     /// How the drive was opened.
     pub fn config(&self) -> &BlockBackendConfig {
-        &self.config
+        &self.disk.config
     }
 
     /// Whether the drive holds its image locks (false with `locking=off`, or with
     /// `locking=auto` where the file system has no OFD locks).
     pub fn locked(&self) -> bool {
-        self.locked
+        self.disk.locked
     }
 
     /// Whether the drive's engine carries `opcode`.
@@ -342,48 +406,43 @@ impl BlockBackend {
         if let Err(e) = self.engine.register_memory(regions) {
             log::warn!(
                 "drive {:?}: guest RAM not registered: {e}",
-                self.config.path
+                self.disk.config.path
             );
         }
     }
 
-    /// Whether a flush of this backend has failed (it then fails every later flush).
+    /// Whether a flush of this drive has failed, on any queue (it then fails every later
+    /// flush).
     pub(super) fn flush_failed(&self) -> bool {
-        self.flush_failed
+        self.disk.flush_failed.load(Ordering::Acquire)
     }
 
-    /// Records that a flush failed; returns whether this is the first time.
-    pub(super) fn set_flush_failed(&mut self) -> bool {
-        !std::mem::replace(&mut self.flush_failed, true)
-    }
-
-    /// Makes completed writes durable (`fdatasync`) before the backend goes away; fails at once
-    /// if an earlier flush failed (what was lost then cannot be made durable now).
-    pub(super) fn sync(&mut self) -> Result<(), VirtioError> {
-        if self.config.readonly {
-            return Ok(());
-        }
-        if self.flush_failed {
-            return Err(VirtioError::FlushFailedBefore {
-                path: self.config.path.clone(),
-            });
-        }
-        self.file.sync_data().map_err(|source| {
-            self.flush_failed = true;
-            VirtioError::Flush {
-                path: self.config.path.clone(),
-                source,
-            }
-        })
+    /// Records that a flush failed; returns whether this is the first time (on any queue).
+    pub(super) fn set_flush_failed(&self) -> bool {
+        !self.disk.flush_failed.swap(true, Ordering::AcqRel)
     }
 }
 
 impl std::fmt::Debug for BlockBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BlockBackend")
-            .field("config", &self.config)
-            .field("capacity_sectors", &self.capacity_sectors)
-            .field("locked", &self.locked)
+            .field("config", &self.disk.config)
+            .field("capacity_sectors", &self.disk.capacity_sectors)
+            .field("locked", &self.disk.locked)
             .finish()
     }
+}
+
+/// Opens an engine of the kind `config` asks for on `file`.
+fn open_engine(
+    file: &File,
+    config: &BlockBackendConfig,
+) -> Result<Box<dyn AioContext>, VirtioError> {
+    aio::open_engine(config.aio, file.as_raw_fd(), ENGINE_DEPTH).map_err(|source| {
+        VirtioError::Engine {
+            path: config.path.clone(),
+            engine: config.aio,
+            source,
+        }
+    })
 }

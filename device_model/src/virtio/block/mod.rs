@@ -1,31 +1,41 @@
-//! virtio-blk: one request queue, a backend that can be replaced while the guest runs.
+//! virtio-blk: one request queue or several (`num-queues`, `VIRTIO_BLK_F_MQ`), a backend that
+//! can be replaced while the guest runs.
 //!
-//! - `backend.rs`: [`BlockBackend`], the open file and its engine, and what the host storage
-//!   needs of a request ([`Alignment`]).
+//! - `backend.rs`: [`BlockBackend`], the open file (shared by the queues) and one queue's
+//!   engine, and what the host storage needs of a request ([`Alignment`]).
 //! - `bounce.rs`: requests the storage cannot take as sent, through an aligned buffer
 //!   (read-modify-write for partial blocks).
 //! - `lock.rs`: the image locks (QEMU's protocol) a backend holds on its file.
 //! - [`request`]: parsing a request from a descriptor chain (checks only, no I/O).
-//! - `state.rs`: the device's running half, owned by its event-loop thread.
+//! - `state.rs`: the running half of one queue, owned by its event-loop thread.
 //! - `poll.rs`: what a polling event loop looks at (avail index, engine completions).
 //!
 //! ```text
-//!  vCPU (transport)                   device's event-loop thread              main thread
-//!  ────────────────                   ──────────────────────────              ───────────
-//!  Block::activate ──post──────────►  BlockState::activate
-//!  Block::reset ─────post──────────►  BlockState::reset ─► resets_done
-//!  Block::read_config ◄── Published ◄── (capacity, features, generation)
-//!                                      BlockState::replace_backend ◄─call── BlockHandle
-//!                                      BlockState::shutdown        ◄─call── BlockHandle
+//!  vCPU (transport)                   each queue's event-loop thread          main thread
+//!  ────────────────                   ──────────────────────────────          ───────────
+//!  Block::activate ──post (per queue)─►  BlockState::activate
+//!  Block::reset ─────post (per queue)─►  BlockState::reset ─► resets_done += 1
+//!  Block::read_config ◄── Published ◄───────────────────────── BlockHandle (after a replace)
+//!                                        BlockState::replace_backend ◄─call, queue by queue─┐
+//!                                        BlockState::shutdown        ◄─call, queue by queue─┤
+//!                                                                               BlockHandle ┘
 //! ```
 //!
-//! Threads: the device's state and its engine belong to one event-loop thread (its iothread,
-//! or the main loop), which alone touches them. A vCPU never waits for that thread: it posts
-//! activation and reset as messages ([`EventLoop::post`]) and returns; what the transport
-//! must show at once (configuration space, features, whether a reset has finished) comes
-//! from [`Published`], which the device's thread updates. The main thread's
-//! [`BlockHandle`] waits for the device's thread ([`EventLoop::call`]) to hot-replace the
-//! backend or shut the device down; an iothread never waits for anyone.
+//! Threads: each queue's state and its engine belong to one event-loop thread (the iothread
+//! the queue was given, or the main loop), which alone touches them; a one-queue device is one
+//! such state. A vCPU never waits for those threads: it posts activation and reset as messages
+//! ([`EventLoop::post`]) to every queue's thread and returns; what the transport must show at
+//! once (configuration space, features, whether a reset has finished) comes from
+//! [`Published`]. The main thread's [`BlockHandle`] waits for each queue's thread in turn
+//! ([`EventLoop::call`]) to hot-replace the backend or shut the device down; an iothread never
+//! waits for anyone.
+//!
+//! Device-wide, whatever the number of queues: one open file (its locks, size, alignment,
+//! and whether a flush failed: sticky for every queue), one error policy and its reports, one
+//! set of I/O limits (buckets every queue draws on), one set of counters, one configuration
+//! space, one interrupt line. A reset is done when every queue has finished it; a
+//! hot-replace or a shutdown has drained every queue's engine before the old file is flushed
+//! and closed (by the last queue to let go of it).
 //!
 //! Hot-replace: [`BlockHandle::replace_backend`] drains the old backend's in-flight requests
 //! and answers them, syncs it, installs the new one (or none: an empty slot is a device of
@@ -43,8 +53,9 @@ mod state;
 mod stats;
 mod throttle;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::Instant;
 
 use util::aio::{ErrorAction, ThrottleConfig};
 use util::event_loop::EventLoop;
@@ -52,8 +63,9 @@ use util::event_loop::EventLoop;
 pub use backend::{Alignment, BlockBackend, BlockBackendConfig, ENGINE_DEPTH};
 pub use lock::{lock_bytes, LockConflict};
 use request::SECTOR_SIZE;
-use state::{lock, BlockState, MAX_RANGE_SECTORS};
+use state::{lock, BlockState, WriteTracker, MAX_RANGE_SECTORS};
 pub use stats::BlockStats;
+use throttle::Throttle;
 
 use super::queue::{QueueError, SplitQueue};
 use super::{
@@ -77,9 +89,13 @@ pub const VIRTIO_BLK_F_FLUSH: u32 = 9;
 pub const VIRTIO_BLK_F_DISCARD: u32 = 13;
 /// Feature bit: write-zeroes is supported.
 pub const VIRTIO_BLK_F_WRITE_ZEROES: u32 = 14;
+/// Feature bit: `num_queues` is valid (more than one request queue).
+pub const VIRTIO_BLK_F_MQ: u32 = 12;
 
-/// Entries of the request queue.
+/// Entries of each request queue.
 pub const QUEUE_SIZE: u16 = 256;
+/// The most request queues a device may have (`num-queues`), as StratoVirt allows.
+pub const MAX_QUEUES: u16 = 32;
 /// The largest data segment the driver should build (`size_max`).
 pub const SIZE_MAX: u32 = 1 << 20;
 /// Bytes of the configuration space (`struct virtio_blk_config` up to `write_zeroes_may_unmap`).
@@ -202,47 +218,147 @@ pub type ErrorSink = Arc<dyn Fn(BlockIoError) + Send + Sync>;
 const ERROR_REPORTS_SENT: u64 = 16;
 const ERROR_REPORT_EVERY: u64 = 1024;
 
-/// The part of a device every thread may read: its id, what its thread published, the
-/// resets asked for and finished, and where failed requests are reported.
+/// One queue's running state and the event loop whose thread owns it.
+#[derive(Clone)]
+struct QueueRef {
+    state: Arc<Mutex<BlockState>>,
+    event_loop: Arc<EventLoop>,
+}
+
+impl QueueRef {
+    /// Runs `f` on the queue's state on its thread, without waiting.
+    fn post(&self, f: impl FnOnce(&mut BlockState) + Send + 'static) {
+        let state = self.state.clone();
+        self.event_loop.post(move || f(&mut lock(&state)));
+    }
+
+    /// Runs `f` on the queue's state on its thread and waits for the result (at once when
+    /// called on that thread, or when no thread runs its loop).
+    fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut BlockState) -> R + Send + 'static,
+    ) -> Result<R, VirtioError> {
+        let state = self.state.clone();
+        self.event_loop
+            .call(move || f(&mut lock(&state)))
+            .map_err(VirtioError::EventLoop)
+    }
+}
+
+/// A queue's state (weak: the queues hold the [`Shared`] that holds this) and its loop.
+type Peer = (Weak<Mutex<BlockState>>, Arc<EventLoop>);
+
+/// The part of a device every thread may read: its id, what the owner published, the resets
+/// asked for and finished, where failed requests are reported, and the state its queues
+/// share (I/O limits, writes tracked for read-modify-write).
 pub(super) struct Shared {
     pub(super) id: String,
+    /// How many request queues the device has.
+    queues: u16,
     published: Mutex<Published>,
+    /// Device resets asked for, and queue resets done: a reset is done when every queue has
+    /// done it (`resets_done == resets_asked × queues`).
     resets_asked: AtomicU64,
     resets_done: AtomicU64,
     error_sink: OnceLock<ErrorSink>,
     errors_reported: AtomicU64,
-    /// Retries of held requests asked for ([`BlockHandle::retry`], any thread) and made (the
-    /// device's thread): they tell a report of a held request from one that a retry already
-    /// answers.
+    /// Retries of held requests asked for ([`BlockHandle::retry`], any thread) and made (by
+    /// each queue, on its thread): they tell a report of a held request from one that a retry
+    /// already answers.
     retries_asked: AtomicU64,
-    pub(super) retries_done: AtomicU64,
+    pub(super) retries_done: Vec<AtomicU64>,
     pub(super) stats: stats::Stats,
+    /// The I/O limits' buckets, which every queue draws on (`None`: no limit), and whether
+    /// there are any (read without the lock on every request).
+    throttle: Mutex<Option<Throttle>>,
+    limited: AtomicBool,
+    /// Writes in flight that a read-modify-write must not overlap, on every queue.
+    writes: Mutex<WriteTracker>,
+    /// Every queue's state and loop, for a queue that must wake another (set once, right
+    /// after the queues are made; weak: the queues hold this).
+    peers: OnceLock<Vec<Peer>>,
+    /// [`BlockHandle::shutdown`] was called: no backend is taken any more.
+    shut_down: AtomicBool,
+}
+
+fn unpoison<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Shared {
     pub(super) fn published(&self) -> MutexGuard<'_, Published> {
-        self.published.lock().unwrap_or_else(|e| e.into_inner())
+        unpoison(&self.published)
     }
 
-    /// Publishes what `backend` shows the driver, under a new configuration generation.
-    pub(super) fn publish(&self, backend: Option<&BlockBackend>) {
+    /// Publishes `next` (what the new backend shows the driver) under a new configuration
+    /// generation.
+    fn publish(&self, next: Published) {
         let mut published = self.published();
-        *published = Published::of(backend, published.config_generation.wrapping_add(1));
+        let generation = published.config_generation.wrapping_add(1);
+        *published = Published {
+            config_generation: generation,
+            ..next
+        };
     }
 
-    /// Publishes the backend's changed configuration (I/O limits), which the guest does not
-    /// see: no new configuration generation.
-    pub(super) fn publish_config(&self, backend: &BlockBackend) {
-        self.published().backend = Some(backend.config().clone());
+    /// Records that one queue has finished a reset.
+    pub(super) fn queue_reset_done(&self) {
+        self.resets_done.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Records that the reset numbered `n` has finished.
-    pub(super) fn reset_done(&self, n: u64) {
-        self.resets_done.store(n, Ordering::Release);
+    /// The I/O limits' buckets (lock held for arithmetic only).
+    fn throttle(&self) -> MutexGuard<'_, Option<Throttle>> {
+        unpoison(&self.throttle)
     }
 
-    /// Tells the error sink (if any) that a request failed with `errno` and what was done.
-    pub(super) fn report_error(&self, operation: IoOperation, action: ErrorAction, errno: i32) {
+    /// Whether the current backend has I/O limits.
+    pub(super) fn limited(&self) -> bool {
+        self.limited.load(Ordering::Acquire)
+    }
+
+    /// Sets the I/O limits every queue draws on; the buckets start empty.
+    fn set_limits(&self, config: &ThrottleConfig) {
+        let throttle = Throttle::new(config, Instant::now());
+        let mut current = self.throttle();
+        self.limited.store(throttle.is_some(), Ordering::Release);
+        *current = throttle;
+    }
+
+    /// The writes tracked for read-modify-write (lock held for bookkeeping only).
+    fn writes(&self) -> MutexGuard<'_, WriteTracker> {
+        unpoison(&self.writes)
+    }
+
+    /// Posts to each queue in `queues` (a bit per queue) that writes it waited for finished.
+    pub(super) fn wake_writers(&self, queues: u64) {
+        if queues == 0 {
+            return;
+        }
+        let Some(peers) = self.peers.get() else {
+            return;
+        };
+        for (index, (state, event_loop)) in peers.iter().enumerate() {
+            if queues & (1 << index) == 0 {
+                continue;
+            }
+            let state = state.clone();
+            event_loop.post(move || {
+                if let Some(state) = state.upgrade() {
+                    lock(&state).on_writes_released();
+                }
+            });
+        }
+    }
+
+    /// Tells the error sink (if any) that a request of queue `queue` failed with `errno` and
+    /// what was done.
+    pub(super) fn report_error(
+        &self,
+        queue: u16,
+        operation: IoOperation,
+        action: ErrorAction,
+        errno: i32,
+    ) {
         let Some(sink) = self.error_sink.get() else {
             return;
         };
@@ -252,69 +368,146 @@ impl Shared {
                 return;
             }
         }
+        let retries_done = self
+            .retries_done
+            .get(usize::from(queue))
+            .map_or(0, |done| done.load(Ordering::Acquire));
         sink(BlockIoError {
             device: self.id.clone(),
             operation,
             action,
             errno,
-            retries_done: self.retries_done.load(Ordering::Acquire),
+            retries_done,
         });
     }
+}
+
+/// Splits `backend` into one backend per queue (each with its own engine on the shared file);
+/// `None` gives `queues` empty parts.
+fn per_queue(
+    backend: Option<BlockBackend>,
+    queues: u16,
+) -> Result<Vec<Option<BlockBackend>>, VirtioError> {
+    let mut parts = Vec::with_capacity(usize::from(queues));
+    match backend {
+        None => parts.resize_with(usize::from(queues), || None),
+        Some(first) => {
+            for _ in 1..queues {
+                parts.push(Some(first.sibling()?));
+            }
+            parts.insert(0, Some(first));
+        }
+    }
+    Ok(parts)
 }
 
 /// A virtio-blk device, the half the transport drives; put it behind a transport with
 /// `Arc<Mutex<Block>>`.
 pub struct Block {
     shared: Arc<Shared>,
-    state: Arc<Mutex<BlockState>>,
-    event_loop: Arc<EventLoop>,
+    queues: Arc<[QueueRef]>,
 }
 
 /// The owner's handle on a block device (the machine, for QMP hot-replace and shutdown).
-/// Its calls wait for the device's thread: make them from the main thread, never from a
+/// Its calls wait for the device's threads: make them from the main thread, never from a
 /// vCPU or an iothread.
 #[derive(Clone)]
 pub struct BlockHandle {
     shared: Arc<Shared>,
-    state: Arc<Mutex<BlockState>>,
-    event_loop: Arc<EventLoop>,
+    queues: Arc<[QueueRef]>,
 }
 
 impl Block {
-    /// A device named `id` (used in handler names and logs) owned by the thread of
-    /// `event_loop`; `backend: None` makes an empty slot of capacity 0.
+    /// A device named `id` (used in handler names and logs) with one request queue, owned by
+    /// the thread of `event_loop`; `backend: None` makes an empty slot of capacity 0.
     pub fn new(id: String, backend: Option<BlockBackend>, event_loop: Arc<EventLoop>) -> Block {
+        Block::build(id, vec![backend], vec![event_loop])
+    }
+
+    /// A device named `id` with one request queue per event loop in `event_loops` (at least
+    /// 1, at most [`MAX_QUEUES`]): queue `q` and its engine belong to the thread of
+    /// `event_loops[q]` (several queues may share a loop). More than one queue offers
+    /// `VIRTIO_BLK_F_MQ`. Each queue gets its own engine on `backend`'s file, opened here
+    /// (call it on the thread that opens drives).
+    pub fn with_queues(
+        id: String,
+        backend: Option<BlockBackend>,
+        event_loops: Vec<Arc<EventLoop>>,
+    ) -> Result<Block, VirtioError> {
+        let count = u16::try_from(event_loops.len())
+            .ok()
+            .filter(|n| (1..=MAX_QUEUES).contains(n))
+            .ok_or(VirtioError::QueueCount {
+                count: event_loops.len(),
+                max: MAX_QUEUES,
+            })?;
+        let backends = per_queue(backend, count)?;
+        Ok(Block::build(id, backends, event_loops))
+    }
+
+    /// `backends` and `event_loops`: one per queue, as many of each.
+    fn build(
+        id: String,
+        mut backends: Vec<Option<BlockBackend>>,
+        event_loops: Vec<Arc<EventLoop>>,
+    ) -> Block {
+        let count = event_loops.len();
+        let first = backends.first().and_then(Option::as_ref);
         let shared = Arc::new(Shared {
             id: id.clone(),
-            published: Mutex::new(Published::of(backend.as_ref(), 0)),
+            queues: count as u16,
+            published: Mutex::new(Published::of(first, 0)),
             resets_asked: AtomicU64::new(0),
             resets_done: AtomicU64::new(0),
             error_sink: OnceLock::new(),
             errors_reported: AtomicU64::new(0),
             retries_asked: AtomicU64::new(0),
-            retries_done: AtomicU64::new(0),
+            retries_done: (0..count).map(|_| AtomicU64::new(0)).collect(),
             stats: stats::Stats::default(),
+            throttle: Mutex::new(None),
+            limited: AtomicBool::new(false),
+            writes: Mutex::new(WriteTracker::default()),
+            peers: OnceLock::new(),
+            shut_down: AtomicBool::new(false),
         });
-        Block {
-            state: BlockState::new(id, backend, shared.clone(), event_loop.clone()),
-            shared,
-            event_loop,
+        if let Some(backend) = first {
+            shared.set_limits(&backend.config().throttle);
         }
+        backends.resize_with(count, || None);
+        let queues: Arc<[QueueRef]> = backends
+            .into_iter()
+            .zip(event_loops)
+            .enumerate()
+            .map(|(index, (backend, event_loop))| QueueRef {
+                state: BlockState::new(
+                    id.clone(),
+                    index as u16,
+                    backend,
+                    shared.clone(),
+                    event_loop.clone(),
+                ),
+                event_loop,
+            })
+            .collect();
+        let peers = queues
+            .iter()
+            .map(|q| (Arc::downgrade(&q.state), q.event_loop.clone()))
+            .collect();
+        let _ = shared.peers.set(peers);
+        Block { shared, queues }
     }
 
     /// The owner's handle (hot-replace, shutdown).
     pub fn handle(&self) -> BlockHandle {
         BlockHandle {
             shared: self.shared.clone(),
-            state: self.state.clone(),
-            event_loop: self.event_loop.clone(),
+            queues: self.queues.clone(),
         }
     }
 
-    /// Runs `f` on the device's state on its thread, without waiting.
-    fn post(&self, f: impl FnOnce(&mut BlockState) + Send + 'static) {
-        let state = self.state.clone();
-        self.event_loop.post(move || f(&mut lock(&state)));
+    /// How many request queues the device has.
+    pub fn num_queues(&self) -> u16 {
+        self.shared.queues
     }
 
     fn config_space(&self) -> [u8; CONFIG_LEN] {
@@ -327,7 +520,7 @@ impl Block {
         put(config::BLK_SIZE, &published.block_size.to_le_bytes());
         put(config::PHYSICAL_BLOCK_EXP, &[published.physical_block_exp]);
         put(config::MIN_IO_SIZE, &1u16.to_le_bytes());
-        put(config::NUM_QUEUES, &1u16.to_le_bytes());
+        put(config::NUM_QUEUES, &self.shared.queues.to_le_bytes());
         put(
             config::MAX_DISCARD_SECTORS,
             &MAX_RANGE_SECTORS.to_le_bytes(),
@@ -352,31 +545,85 @@ impl Block {
 }
 
 impl BlockHandle {
-    /// Runs `f` on the device's state on its thread and waits for the result (at once when
-    /// called on that thread, or when no thread runs its loop).
-    fn call<R: Send + 'static>(
+    /// Runs `f` on every queue's state, queue by queue, each on its own thread, waiting for
+    /// each; returns the results in queue order.
+    fn call_each<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut BlockState) -> R + Send + 'static,
-    ) -> Result<R, VirtioError> {
-        let state = self.state.clone();
-        self.event_loop
-            .call(move || f(&mut lock(&state)))
-            .map_err(VirtioError::EventLoop)
+        f: impl Fn(&mut BlockState) -> R + Send + Sync + 'static,
+    ) -> Result<Vec<R>, VirtioError> {
+        let f = Arc::new(f);
+        self.queues
+            .iter()
+            .map(|queue| {
+                let f = f.clone();
+                queue.call(move |state| f(state))
+            })
+            .collect()
     }
 
     /// Puts `backend` into the slot (`None` empties it) while the VM runs: in-flight requests
     /// of the old backend are drained and answered first (no completed write is lost), the
     /// capacity in the configuration space changes and the driver gets a configuration-change
-    /// interrupt. Returns once the device's thread has done it.
+    /// interrupt. Returns once every queue's thread has done its part.
+    ///
+    /// With several queues, each queue gets its own engine on the new file (opened here, on
+    /// the caller's thread; a failure leaves the device as it was). The queues change over
+    /// one after the other, each on its own thread: a request a queue takes meanwhile goes to
+    /// the backend that queue has then. The old file is flushed and closed by the last queue
+    /// to let go of it, once every queue has drained its engine; the new configuration is
+    /// published, and the interrupt raised, after every queue has the new backend.
     pub fn replace_backend(&self, backend: Option<BlockBackend>) -> Result<(), VirtioError> {
-        self.call(move |state| state.replace_backend(backend))?
+        if self.shared.shut_down.load(Ordering::Acquire) {
+            return Err(VirtioError::ShutDown {
+                id: self.shared.id.clone(),
+            });
+        }
+        let parts = per_queue(backend, self.shared.queues)?;
+        let next = Published::of(parts[0].as_ref(), 0);
+        let limits = parts[0].as_ref().map(|b| b.config().throttle);
+        let mut failed = None;
+        for (queue, part) in self.queues.iter().zip(parts) {
+            if let Err(e) = queue.call(move |state| state.replace_backend(part))? {
+                failed.get_or_insert(e);
+            }
+        }
+        if failed.is_some() {
+            // A queue could not take its part: the slot is emptied on every queue.
+            for queue in self.queues.iter() {
+                if let Err(e) = queue.call(|state| state.replace_backend(None))? {
+                    log::error!("virtio-blk {}: {e}", self.shared.id);
+                }
+            }
+        }
+        self.shared
+            .set_limits(&limits.filter(|_| failed.is_none()).unwrap_or_default());
+        self.shared.publish(match failed {
+            None => next,
+            Some(_) => Published::of(None, 0),
+        });
+        for queue in self.queues.iter() {
+            if queue.call(|state| state.signal_config_change())? {
+                break;
+            }
+        }
+        failed.map_or(Ok(()), Err)
     }
 
-    /// Shuts the device down on its thread: answers every in-flight request, makes completed
-    /// writes durable (`fdatasync`), closes the backend there and stops serving the queue. The
+    /// Shuts the device down, queue by queue on each queue's thread: answers every in-flight
+    /// request, makes completed writes durable (`fdatasync`, by the last queue once every
+    /// queue has drained its engine), closes the backend and stops serving the queues. The
     /// device stays in place, answering nothing; returns the error of the final flush, if any.
     pub fn shutdown(&self) -> Result<(), VirtioError> {
-        self.call(BlockState::shutdown)?
+        self.shared.shut_down.store(true, Ordering::Release);
+        let mut result = Ok(());
+        for done in self.call_each(BlockState::shutdown)? {
+            if let Err(e) = done {
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+        }
+        result
     }
 
     /// Sends the device's failed requests to `sink` from now on (set once; later calls are
@@ -389,8 +636,9 @@ impl BlockHandle {
     /// waiting: the machine calls it when the VM resumes (QMP `cont`).
     pub fn retry(&self) {
         self.shared.retries_asked.fetch_add(1, Ordering::AcqRel);
-        let state = self.state.clone();
-        self.event_loop.post(move || lock(&state).retry_held());
+        for queue in self.queues.iter() {
+            queue.post(BlockState::retry_held);
+        }
     }
 
     /// Whether a retry was asked for after `error` was reported: the request it held is (or
@@ -401,10 +649,22 @@ impl BlockHandle {
     }
 
     /// Changes the I/O limits of the current backend while the guest runs (QMP
-    /// `block_set_io_throttle`); waits for the device's thread. Requests held back by the old
-    /// limits are measured against the new ones.
+    /// `block_set_io_throttle`); waits for the device's threads. The levels start afresh, and
+    /// requests held back by the old limits are measured against the new ones (on every
+    /// queue: the limits are the device's).
     pub fn set_throttle(&self, throttle: ThrottleConfig) -> Result<(), VirtioError> {
-        self.call(move |state| state.set_throttle(throttle))?
+        {
+            let mut published = self.shared.published();
+            let Some(config) = published.backend.as_mut() else {
+                return Err(VirtioError::NoBackend {
+                    id: self.shared.id.clone(),
+                });
+            };
+            config.throttle = throttle;
+        }
+        self.shared.set_limits(&throttle);
+        self.call_each(BlockState::on_throttle_timer)?;
+        Ok(())
     }
 
     /// The device's I/O counters (QMP `query-blockstats`).
@@ -427,10 +687,15 @@ impl BlockHandle {
         self.shared.published().capacity_sectors
     }
 
-    /// Requests the device has taken and not answered yet: in its engine, or held by an error
-    /// policy for a retry (asks the device's thread).
+    /// Requests the device has taken and not answered yet: in its engines, or held by an
+    /// error policy for a retry (asks every queue's thread).
     pub fn in_flight(&self) -> Result<usize, VirtioError> {
-        self.call(|state| state.in_flight())
+        Ok(self.call_each(|state| state.in_flight())?.into_iter().sum())
+    }
+
+    /// How many request queues the device has.
+    pub fn num_queues(&self) -> u16 {
+        self.shared.queues
     }
 }
 
@@ -440,7 +705,7 @@ impl VirtioDevice for Block {
     }
 
     fn queue_max_sizes(&self) -> Vec<u16> {
-        vec![QUEUE_SIZE]
+        vec![QUEUE_SIZE; usize::from(self.shared.queues)]
     }
 
     fn device_features(&self) -> u64 {
@@ -453,6 +718,9 @@ impl VirtioDevice for Block {
             | feature(VIRTIO_BLK_F_BLK_SIZE)
             | feature(VIRTIO_BLK_F_TOPOLOGY)
             | feature(VIRTIO_BLK_F_FLUSH);
+        if self.shared.queues > 1 {
+            features |= feature(VIRTIO_BLK_F_MQ);
+        }
         if published.backend.as_ref().is_some_and(|b| b.readonly) {
             features |= feature(VIRTIO_BLK_F_RO);
         }
@@ -487,8 +755,10 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), VirtioError> {
-        let Some((index, config, notify)) = activation.queues.into_iter().find(|(i, _, _)| *i == 0)
-        else {
+        // Every queue the driver made ready is checked before any is started: a bad ring
+        // fails the activation at once, with nothing posted. Queue 0 must be there; the driver
+        // may leave the others unused (Linux uses no more queues than it has CPUs).
+        if !activation.queues.iter().any(|(i, _, _)| *i == 0) {
             return Err(VirtioError::Queue {
                 index: 0,
                 source: QueueError::BadSize {
@@ -496,28 +766,44 @@ impl VirtioDevice for Block {
                     max: QUEUE_SIZE,
                 },
             });
-        };
+        }
         let event_idx = activation.features & feature(VIRTIO_F_RING_EVENT_IDX) != 0;
-        let queue = SplitQueue::new(&config, &activation.mem, event_idx)
-            .map_err(|source| VirtioError::Queue { index, source })?;
+        let mut ready = Vec::with_capacity(activation.queues.len());
+        for (index, config, notify) in activation.queues {
+            let queue = SplitQueue::new(&config, &activation.mem, event_idx)
+                .map_err(|source| VirtioError::Queue { index, source })?;
+            ready.push((index, queue, notify));
+        }
         let (mem, interrupt, features) =
             (activation.mem, activation.interrupt, activation.features);
-        self.post(move |state| {
-            if let Err(e) = state.activate(queue, mem, interrupt.clone(), notify, features) {
-                util::error_ratelimited!("virtio-blk {}: activation failed: {e}", state.id());
-                interrupt.set_needs_reset();
-            }
-        });
+        for (index, queue, notify) in ready {
+            let Some(owner) = self.queues.get(index) else {
+                continue;
+            };
+            let (mem, interrupt) = (mem.clone(), interrupt.clone());
+            owner.post(move |state| {
+                if let Err(e) = state.activate(queue, mem, interrupt.clone(), notify, features) {
+                    util::error_ratelimited!(
+                        "virtio-blk {}: activation of queue {index} failed: {e}",
+                        state.id()
+                    );
+                    interrupt.set_needs_reset();
+                }
+            });
+        }
         Ok(())
     }
 
     fn reset(&mut self) {
-        let n = self.shared.resets_asked.fetch_add(1, Ordering::AcqRel) + 1;
-        self.post(move |state| state.reset(n));
+        self.shared.resets_asked.fetch_add(1, Ordering::AcqRel);
+        for queue in self.queues.iter() {
+            queue.post(BlockState::reset);
+        }
     }
 
     fn reset_pending(&self) -> bool {
+        // Done once every queue has done every reset asked for.
         self.shared.resets_done.load(Ordering::Acquire)
-            != self.shared.resets_asked.load(Ordering::Acquire)
+            != self.shared.resets_asked.load(Ordering::Acquire) * u64::from(self.shared.queues)
     }
 }

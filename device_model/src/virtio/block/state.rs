@@ -1,7 +1,10 @@
-//! The running half of a block device, owned by its event-loop thread: its queue, in-flight
-//! table and backend, driven by two event-loop handlers (`<id>-queue0` for the guest's
-//! notifications, `<id>-aio` for the engine's completions) and by the messages of the
-//! transport and the owner (activate, reset, replace, shut down).
+//! The running half of one queue of a block device, owned by that queue's event-loop thread:
+//! the queue, its in-flight table and its backend (the queue's own engine on the device's
+//! shared file), driven by two event-loop handlers (`<id>-queueN` for the guest's
+//! notifications, `<id>-aio` for queue 0's engine completions, `<id>-aioN` for queue N's) and
+//! by the messages of the transport and the owner (activate, reset, replace, shut down). A
+//! device with one queue has one `BlockState`; with `num-queues=N`, N of them, each on the
+//! event loop its queue was given.
 //!
 //! ```text
 //!  notify fd ─► pop every offered chain ─► parse ─┬─ bad / GET_ID / nothing to do: used now
@@ -13,13 +16,22 @@
 //!
 //! Invariants:
 //! - Only the thread of `event_loop` locks the state (handlers and messages run there), so
-//!   the lock is never contended and nobody waits for it.
+//!   the lock is never contended and nobody waits for it. No queue's thread ever locks another
+//!   queue's state: queues reach each other only by posting messages.
 //! - `inflight[head]` is `Some` exactly while the chain `head` is owned by the engine.
 //! - Every request handed to the engine carries a [`KeepAlive`] of `Active::mem`, so guest
 //!   RAM stays mapped while the kernel may use it, even if a drain fails.
 //! - The engine handler is registered exactly while the device is active and has a backend.
 //! - After [`BlockState::shutdown`] the state has no backend and no handler and ignores every
 //!   later message.
+//! - Device-wide state lives in [`Shared`] and is reached by every queue's thread under a
+//!   short lock held for arithmetic only (never across a system call or a wait): the I/O
+//!   limits' buckets (only when limits are set) and the writes tracked for read-modify-write
+//!   (only on storage with blocks larger than a sector). A queue that untracks a write another
+//!   queue waits for posts that queue a message; it never touches its state.
+//! - The file is flushed (`fdatasync`) and closed by the queue that lets go of it last
+//!   ([`Arc::into_inner`]): after every queue's engine has been drained, so the flush covers
+//!   every completed write of every queue.
 //! - Each handler has a poll source beside it (`poll.rs`) for a loop that polls: while the loop
 //!   polls, the queue asks the guest not to notify, and `process_queue` leaves `avail_event`
 //!   behind; when polling ends the queue asks for notifications again and the loop looks at
@@ -35,7 +47,6 @@ use std::time::{Duration, Instant};
 use address_space::GuestMemory;
 use util::aio::{
     AioCompletion, AioOpcode, AioRequest, DetectZeroes, ErrorAction, Iovec, KeepAlive,
-    ThrottleConfig,
 };
 use util::event_loop::{EventLoop, HandlerAction};
 use util::logger::{RateLimit, GUEST_LOG_INTERVAL};
@@ -51,7 +62,6 @@ use super::request::{
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
 };
 use super::stats::Kind;
-use super::throttle::Throttle;
 use super::{IoOperation, Shared, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES};
 use crate::virtio::queue::{Descriptor, QueueError, SplitQueue};
 use crate::virtio::{feature, Interrupt, VirtioError};
@@ -86,13 +96,62 @@ struct InFlight {
 /// A write (or discard, write-zeroes) in flight on storage with blocks larger than a sector,
 /// where a partial-block write is read-modified-written.
 struct TrackedWrite {
+    queue: u16,
     head: u16,
     blocks: Range<u64>,
     read_modify_write: bool,
 }
 
+/// The writes in flight on every queue of a device whose blocks a read-modify-write must not
+/// overlap (only on storage with blocks larger than a sector), and the queues with writes
+/// waiting for one of them. Device-wide: a read-modify-write on one queue and a write to the
+/// same block on another would otherwise lose one of them.
+#[derive(Default)]
+pub(super) struct WriteTracker {
+    writes: Vec<TrackedWrite>,
+    /// Bit `q` set: queue `q` has writes waiting for a tracked write to finish.
+    waiting: u64,
+}
+
+impl WriteTracker {
+    /// Whether a write over `range` must wait: a read-modify-write must not overlap any
+    /// write in flight, nor any write overlap a read-modify-write in flight.
+    fn conflicts(&self, range: &Range<u64>, read_modify_write: bool) -> bool {
+        self.writes.iter().any(|w| {
+            w.blocks.start < range.end
+                && range.start < w.blocks.end
+                && (read_modify_write || w.read_modify_write)
+        })
+    }
+
+    /// Forgets the write `head` of `queue`; returns whether it was tracked.
+    fn untrack(&mut self, queue: u16, head: u16) -> bool {
+        match self
+            .writes
+            .iter()
+            .position(|w| w.queue == queue && w.head == head)
+        {
+            Some(at) => {
+                self.writes.swap_remove(at);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The other queues with waiting writes (cleared: a woken queue sets its bit again if its
+    /// writes still conflict).
+    fn take_waiters(&mut self, queue: u16) -> u64 {
+        let others = self.waiting & !(1 << queue);
+        self.waiting &= 1 << queue;
+        others
+    }
+}
+
 /// The queue of an activated device.
 pub(super) struct Active {
+    /// This queue's index.
+    index: u16,
     queue: SplitQueue,
     mem: Arc<GuestMemory>,
     keep_alive: KeepAlive,
@@ -106,27 +165,28 @@ pub(super) struct Active {
     inflight: Vec<Option<InFlight>>,
     /// Heads of failed requests kept for a retry (`werror=stop`/`rerror=stop`).
     held: Vec<u16>,
-    /// Writes in flight whose blocks a read-modify-write must not overlap (only on storage
-    /// with blocks larger than a sector).
-    writes: Vec<TrackedWrite>,
+    /// Writes of this queue in the device's [`WriteTracker`] (only on storage with blocks
+    /// larger than a sector): while 0, finishing a request takes no lock.
+    tracked: usize,
     /// Heads of writes that wait for an overlapping write to finish, oldest first.
     waiting: VecDeque<u16>,
-    /// The I/O limits and their levels, if the backend has any.
-    throttle: Option<Throttle>,
     /// Reads (0) and writes (1) the limits hold back: head and bytes, oldest first.
     held_back: [VecDeque<(u16, u64)>; 2],
     /// Which kind goes first when both wait (they alternate).
     next_kind: usize,
-    /// Fires when the first held-back request may go (`<id>-throttle`).
+    /// Fires when the first held-back request may go (`<id>-throttle`, `<id>-throttleN`).
     throttle_timer: TimerFd,
     chain: Vec<Descriptor>,
     segments: Vec<Segment>,
     batch: Vec<AioRequest>,
 }
 
-/// The device's running state; lives behind a mutex that only its event-loop thread takes.
+/// The running state of one queue of a device; lives behind a mutex that only its event-loop
+/// thread takes.
 pub(super) struct BlockState {
     id: String,
+    /// The queue's index.
+    index: u16,
     shared: Arc<Shared>,
     event_loop: Arc<EventLoop>,
     backend: Option<BlockBackend>,
@@ -180,21 +240,37 @@ impl Active {
         self.queue.add_used(&self.mem, head, used_len)
     }
 
-    /// Forgets the write `head` (if tracked): writes waiting for it may start.
+    /// Forgets the write `head` (if tracked): writes waiting for it may start, those of other
+    /// queues once their thread has the message this posts.
     fn untrack(&mut self, head: u16) {
-        if !self.writes.is_empty() {
-            self.writes.retain(|w| w.head != head);
+        if self.tracked == 0 {
+            return;
         }
+        let waiters = {
+            let mut tracker = self.shared.writes();
+            if !tracker.untrack(self.index, head) {
+                return;
+            }
+            tracker.take_waiters(self.index)
+        };
+        self.tracked -= 1;
+        self.shared.wake_writers(waiters);
     }
 
-    /// Whether a write over `range` must wait: a read-modify-write must not overlap any
-    /// write in flight, nor any write overlap a read-modify-write in flight.
-    fn conflicts(&self, range: &Range<u64>, read_modify_write: bool) -> bool {
-        self.writes.iter().any(|w| {
-            w.blocks.start < range.end
-                && range.start < w.blocks.end
-                && (read_modify_write || w.read_modify_write)
-        })
+    /// Forgets every write of this queue (its requests were dropped: a reset) and wakes the
+    /// queues that waited for them.
+    fn untrack_all(&mut self) {
+        if self.tracked == 0 && self.waiting.is_empty() {
+            return;
+        }
+        let waiters = {
+            let mut tracker = self.shared.writes();
+            tracker.writes.retain(|w| w.queue != self.index);
+            tracker.waiting &= !(1 << self.index);
+            tracker.take_waiters(self.index)
+        };
+        self.tracked = 0;
+        self.shared.wake_writers(waiters);
     }
 
     /// Starts the writes that waited for an overlapping one, in order (those that still
@@ -208,6 +284,8 @@ impl Active {
         if self.waiting.is_empty() {
             return Ok(());
         }
+        // Those that still conflict set the bit again.
+        self.shared.writes().waiting &= !(1 << self.index);
         for head in std::mem::take(&mut self.waiting) {
             self.start(id, head, limits, backend.as_deref_mut(), false)?;
         }
@@ -367,15 +445,24 @@ impl Active {
             let range = blocks(offset, len, alignment.offset);
             let read_modify_write =
                 opcode == AioOpcode::Write && misaligned && partial(offset, len);
-            if self.conflicts(&range, read_modify_write) {
-                self.waiting.push_back(head);
-                return Ok(false);
+            {
+                // One lock for the check and the record: a queue that finishes a write
+                // this one waits for sees the bit and wakes this queue.
+                let mut tracker = self.shared.writes();
+                if tracker.conflicts(&range, read_modify_write) {
+                    tracker.waiting |= 1 << self.index;
+                    drop(tracker);
+                    self.waiting.push_back(head);
+                    return Ok(false);
+                }
+                tracker.writes.push(TrackedWrite {
+                    queue: self.index,
+                    head,
+                    blocks: range,
+                    read_modify_write,
+                });
             }
-            self.writes.push(TrackedWrite {
-                head,
-                blocks: range,
-                read_modify_write,
-            });
+            self.tracked += 1;
         }
         let mut in_flight = InFlight {
             opcode,
@@ -450,13 +537,19 @@ impl Active {
     /// queued, and the timer is set for when the first queued request may go. Requests of one
     /// kind go in order: once one waits, the next of its kind waits behind it.
     fn throttled(&mut self, head: u16, write: bool, bytes: u64) -> bool {
-        let Some(throttle) = self.throttle.as_mut() else {
+        if !self.shared.limited() {
             return false;
-        };
+        }
         let queue = &mut self.held_back[usize::from(write)];
-        if queue.is_empty() && throttle.wait(Instant::now(), write).is_zero() {
-            throttle.account(write, bytes);
-            return false;
+        {
+            let mut throttle = self.shared.throttle();
+            let Some(throttle) = throttle.as_mut() else {
+                return false;
+            };
+            if queue.is_empty() && throttle.wait(Instant::now(), write).is_zero() {
+                throttle.account(write, bytes);
+                return false;
+            }
         }
         let first_waiting = queue.is_empty();
         queue.push_back((head, bytes));
@@ -475,21 +568,32 @@ impl Active {
         limits: &DiskLimits,
         mut backend: Option<&mut BlockBackend>,
     ) -> Result<(), QueueError> {
-        while let Some(throttle) = self.throttle.as_mut() {
-            let now = Instant::now();
-            let first = self.next_kind;
-            let ready = [first, 1 - first].into_iter().find(|&kind| {
-                !self.held_back[kind].is_empty() && throttle.wait(now, kind == 1).is_zero()
-            });
-            let Some(kind) = ready else {
-                break;
+        loop {
+            let next = {
+                let mut throttle = self.shared.throttle();
+                let Some(throttle) = throttle.as_mut() else {
+                    // The limits were removed: everything held back goes.
+                    drop(throttle);
+                    self.release_all_throttled(id, limits, backend.as_deref_mut())?;
+                    break;
+                };
+                let now = Instant::now();
+                let first = self.next_kind;
+                let ready = [first, 1 - first].into_iter().find(|&kind| {
+                    !self.held_back[kind].is_empty() && throttle.wait(now, kind == 1).is_zero()
+                });
+                let Some(kind) = ready else {
+                    break;
+                };
+                let Some((head, bytes)) = self.held_back[kind].pop_front() else {
+                    break;
+                };
+                // The other queues of the device draw on the same buckets.
+                throttle.account(kind == 1, bytes);
+                self.next_kind = 1 - kind;
+                head
             };
-            let Some((head, bytes)) = self.held_back[kind].pop_front() else {
-                break;
-            };
-            throttle.account(kind == 1, bytes);
-            self.next_kind = 1 - kind;
-            self.start(id, head, limits, backend.as_deref_mut(), false)?;
+            self.start(id, next, limits, backend.as_deref_mut(), false)?;
         }
         self.arm_throttle_timer();
         Ok(())
@@ -514,12 +618,16 @@ impl Active {
     /// Sets the throttle timer for when the first held-back request may go, or disarms it.
     fn arm_throttle_timer(&mut self) {
         let now = Instant::now();
-        let wait = match self.throttle.as_mut() {
-            Some(throttle) => (0..2)
-                .filter(|&kind| !self.held_back[kind].is_empty())
-                .map(|kind| throttle.retry_in(now, kind == 1))
-                .min(),
-            None => None,
+        let wait = if self.held_back.iter().all(VecDeque::is_empty) {
+            None
+        } else {
+            match self.shared.throttle().as_mut() {
+                Some(throttle) => (0..2)
+                    .filter(|&kind| !self.held_back[kind].is_empty())
+                    .map(|kind| throttle.retry_in(now, kind == 1))
+                    .min(),
+                None => None,
+            }
         };
         // A zero duration would disarm the timer: wait at least a microsecond.
         let armed = match wait {
@@ -677,7 +785,8 @@ impl Active {
             (ErrorAction::Stop, Policy::AnswerAll) => ErrorAction::Report,
             (action, _) => action,
         };
-        self.shared.report_error(operation, action, errno);
+        self.shared
+            .report_error(self.index, operation, action, errno);
         match action {
             ErrorAction::Stop => {
                 // The retry starts the request from its chain again.
@@ -721,9 +830,11 @@ impl Active {
 }
 
 impl BlockState {
-    /// A device `id` with an optional backend, owned by the thread of `event_loop`.
+    /// Queue `index` of device `id` with an optional backend (this queue's engine), owned by
+    /// the thread of `event_loop`.
     pub(super) fn new(
         id: String,
+        index: u16,
         backend: Option<BlockBackend>,
         shared: Arc<Shared>,
         event_loop: Arc<EventLoop>,
@@ -731,6 +842,7 @@ impl BlockState {
         Arc::new_cyclic(|this| {
             Mutex::new(BlockState {
                 id,
+                index,
                 shared,
                 event_loop,
                 backend,
@@ -748,6 +860,15 @@ impl BlockState {
     /// The device's id.
     pub(super) fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The name of this queue's handler `what` in the event loop: `<id>-what` for queue 0 (as
+    /// a one-queue device has always named it), `<id>-whatN` for queue N.
+    fn handler_name(&self, what: &str) -> String {
+        match self.index {
+            0 => format!("{}-{what}", self.id),
+            n => format!("{}-{what}{n}", self.id),
+        }
     }
 
     fn limits(&self) -> DiskLimits {
@@ -784,7 +905,7 @@ impl BlockState {
         let fd = notify.clone();
         self.event_loop
             .add(
-                &format!("{}-queue0", self.id),
+                &format!("{}-queue{}", self.id, self.index),
                 notify.as_raw_fd(),
                 EventSet::IN,
                 Box::new(move |_| {
@@ -821,11 +942,8 @@ impl BlockState {
                 return Err(e);
             }
         };
-        let throttle = self
-            .backend
-            .as_ref()
-            .and_then(|b| Throttle::new(&b.config().throttle, Instant::now()));
         self.active = Some(Active {
+            index: self.index,
             queue,
             keep_alive: KeepAlive::new(mem.clone()),
             shared: self.shared.clone(),
@@ -837,9 +955,8 @@ impl BlockState {
             guest_log: self.guest_log.clone(),
             inflight: std::iter::repeat_with(|| None).take(size).collect(),
             held: Vec::new(),
-            writes: Vec::new(),
+            tracked: 0,
             waiting: VecDeque::new(),
-            throttle,
             held_back: [VecDeque::new(), VecDeque::new()],
             next_kind: 0,
             throttle_timer,
@@ -854,7 +971,7 @@ impl BlockState {
         Ok(())
     }
 
-    /// A timer for the I/O limits, registered as `<id>-throttle`.
+    /// A timer for the I/O limits, registered as `<id>-throttle` (`<id>-throttleN` for queue N).
     fn add_throttle_timer(&self) -> Result<TimerFd, VirtioError> {
         let timer = TimerFd::new().map_err(|e| VirtioError::EventFd(e.into()))?;
         // Non-blocking: the timer is read also when it has not fired (new limits).
@@ -865,7 +982,7 @@ impl BlockState {
         let weak = self.this.clone();
         self.event_loop
             .add(
-                &format!("{}-throttle", self.id),
+                &self.handler_name("throttle"),
                 timer.as_raw_fd(),
                 EventSet::IN,
                 Box::new(move |_| match weak.upgrade() {
@@ -880,8 +997,8 @@ impl BlockState {
         Ok(timer)
     }
 
-    /// The throttle timer fired: start what the limits allow now.
-    fn on_throttle_timer(&mut self) {
+    /// The throttle timer fired, or the limits changed: start what the limits allow now.
+    pub(super) fn on_throttle_timer(&mut self) {
         let limits = self.limits();
         let id = self.id.as_str();
         let Some(active) = self.active.as_mut() else {
@@ -901,32 +1018,16 @@ impl BlockState {
         active.signal(id);
     }
 
-    /// Changes the current backend's I/O limits (QMP `block_set_io_throttle`): the levels
-    /// start afresh and held-back requests are measured against the new limits.
-    pub(super) fn set_throttle(&mut self, throttle: ThrottleConfig) -> Result<(), VirtioError> {
-        let Some(backend) = self.backend.as_mut() else {
-            return Err(VirtioError::NoBackend {
-                id: self.id.clone(),
-            });
-        };
-        backend.set_throttle(throttle);
-        self.shared.publish_config(backend);
-        if let Some(active) = self.active.as_mut() {
-            active.throttle = Throttle::new(&throttle, Instant::now());
-        }
-        self.on_throttle_timer();
-        Ok(())
-    }
-
-    /// The driver reset the device (reset number `n`): stop serving the queue, forget what
-    /// is in flight (the driver no longer expects it), then tell the transport it is done.
-    pub(super) fn reset(&mut self, n: u64) {
+    /// The driver reset the device: stop serving the queue, forget what is in flight (the
+    /// driver no longer expects it), then tell the transport this queue is done (the reset is
+    /// done once every queue is).
+    pub(super) fn reset(&mut self) {
         if let Some(active) = self.active.as_ref() {
             // What the old queue flagged no longer applies to the reset device.
             active.interrupt.clear_needs_reset();
         }
         self.deactivate();
-        self.shared.reset_done(n);
+        self.shared.queue_reset_done();
     }
 
     /// Stops serving the queue; in-flight requests are waited for and dropped.
@@ -939,7 +1040,9 @@ impl BlockState {
             );
         }
         self.detach_engine();
-        if let Some(active) = self.active.take() {
+        if let Some(mut active) = self.active.take() {
+            // Its writes were dropped: other queues may wait for them no longer.
+            active.untrack_all();
             for fd in [active.notify.as_raw_fd(), active.throttle_timer.as_raw_fd()] {
                 if let Err(e) = self.event_loop.remove(fd) {
                     util::error_ratelimited!("virtio-blk {}: {e}", self.id);
@@ -996,7 +1099,7 @@ impl BlockState {
     /// Submits the requests an error policy held, again (QMP `cont`).
     pub(super) fn retry_held(&mut self) {
         // Counted first: a request held from here on is not part of this retry.
-        self.shared.retries_done.fetch_add(1, Ordering::AcqRel);
+        self.shared.retries_done[usize::from(self.index)].fetch_add(1, Ordering::AcqRel);
         let limits = self.limits();
         let id = self.id.as_str();
         let Some(active) = self.active.as_mut() else {
@@ -1044,7 +1147,7 @@ impl BlockState {
         let generation = self.backend_generation;
         self.event_loop
             .add(
-                &format!("{}-aio", self.id),
+                &self.handler_name("aio"),
                 fd,
                 EventSet::IN,
                 Box::new(move |_| {
@@ -1078,15 +1181,20 @@ impl BlockState {
         }
     }
 
-    /// Takes the backend out after answering its in-flight requests, and makes its completed
-    /// writes durable; the backend (and its engine) is closed on this thread.
+    /// Takes the backend out after answering its in-flight requests; its engine is closed on
+    /// this thread. The queue that lets go of the file last (every other queue has drained its
+    /// engine) makes its completed writes durable and closes it, here.
     fn take_backend(&mut self) -> Result<(), VirtioError> {
         self.drain_and_answer();
         self.detach_engine();
-        let Some(mut old) = self.backend.take() else {
+        let Some(old) = self.backend.take() else {
             return Ok(());
         };
-        let synced = old.sync();
+        let Some(disk) = Arc::into_inner(old.into_disk()) else {
+            // Another queue of the device still uses the file.
+            return Ok(());
+        };
+        let synced = disk.sync();
         if let Err(e) = &synced {
             // The management learns of it (QMP `BLOCK_IO_ERROR`): nobody else will.
             let errno = match e {
@@ -1094,6 +1202,7 @@ impl BlockState {
                 _ => None,
             };
             self.shared.report_error(
+                self.index,
                 IoOperation::Write,
                 ErrorAction::Report,
                 errno.unwrap_or(libc::EIO),
@@ -1102,13 +1211,15 @@ impl BlockState {
         log::info!(
             "virtio-blk {}: backend {:?} closed",
             self.id,
-            old.config().path
+            disk.config().path
         );
         synced
     }
 
-    /// Puts `backend` in place of the current one: in-flight requests are drained and
-    /// answered to the guest first, then completed writes are synced.
+    /// Puts `backend` (this queue's part of the device's new backend) in place of the current
+    /// one: in-flight requests are drained and answered to the guest first, then completed
+    /// writes are synced (by the last queue to let go of the old file). The owner publishes
+    /// the new configuration once every queue has its part ([`super::BlockHandle`]).
     pub(super) fn replace_backend(
         &mut self,
         backend: Option<BlockBackend>,
@@ -1123,21 +1234,43 @@ impl BlockState {
         }
         self.backend = backend;
         self.backend_generation += 1;
-        if let Some(active) = self.active.as_mut() {
-            active.throttle = self
-                .backend
-                .as_ref()
-                .and_then(|b| Throttle::new(&b.config().throttle, Instant::now()));
-        }
         let attached = self.attach_engine();
         if attached.is_err() {
             self.backend = None;
         }
-        self.shared.publish(self.backend.as_ref());
-        if let Some(active) = self.active.as_ref() {
-            active.interrupt.signal_config_change();
-        }
         attached
+    }
+
+    /// Raises a configuration-change interrupt if this queue is active (the configuration
+    /// space changed); returns whether it did.
+    pub(super) fn signal_config_change(&self) -> bool {
+        match self.active.as_ref() {
+            Some(active) => {
+                active.interrupt.signal_config_change();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Another queue finished writes this queue's waiting writes may have waited for: start
+    /// those that no longer conflict.
+    pub(super) fn on_writes_released(&mut self) {
+        let limits = self.limits();
+        let id = self.id.as_str();
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        if active.broken {
+            return;
+        }
+        let result = active
+            .start_waiting(id, &limits, self.backend.as_mut())
+            .and_then(|()| active.submit(id, self.backend.as_mut()));
+        if let Err(e) = result {
+            active.break_device(id, e);
+        }
+        active.signal(id);
     }
 
     /// Ends the device: answers every in-flight request, syncs and closes the backend, stops
