@@ -501,11 +501,11 @@ mod tests {
         assert!(lines[0].starts_with("| backing | pattern | QD | queues | off |"));
         assert_eq!(
             lines[2],
-            "| shm | randread | 32 | 1 | - | - | - | 130K | - | 100K | - | 1.30 |"
+            "| shm | randread | 32 | 1 | - | - | - | 130K | - | 100K | - | - | - | - | 1.30 | - |"
         );
         assert_eq!(
             lines[3],
-            "| shm | randread | 32 | 2 | - | - | - | 150K | - | 100K | - | 1.50 |"
+            "| shm | randread | 32 | 2 | - | - | - | 150K | - | 100K | - | - | - | - | 1.50 | - |"
         );
         assert!(r.detail_table().contains("| io_uring/2q | 150000 |"));
         assert!(r.conditions().contains("1, 2 queues (an iothread each)"));
