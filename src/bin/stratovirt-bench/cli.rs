@@ -37,6 +37,9 @@ block layer (qemu-img bench) on them as the peer.
   --poll-max-ns N   the device thread polls its queue and engine for up to N ns
                     before it sleeps, as an iothread with poll-max-ns=N (0 = off;
                     default 32768, an iothread's default)
+  --halt-poll-ns N  the driver (the guest) looks for completions for up to N ns before
+                    it sleeps on the interrupt, as KVM's halt polling keeps a halted
+                    vCPU running (default 0: it sleeps at once)
   --mem-prealloc    also run io_uring with guest RAM preallocated, as -mem-prealloc does
                     (registered as fixed buffers), interleaved with the other engines
   --drive-options KEY=VALUE,...
@@ -76,6 +79,8 @@ pub struct Options {
     pub event_idx: bool,
     /// How the device thread polls (`--poll-max-ns`; grow and shrink as an iothread's).
     pub poll: PollParams,
+    /// The driver's halt polling, ns (`--halt-poll-ns`).
+    pub halt_poll_ns: u64,
     /// The device's queue counts to run (each queue on its own iothread).
     pub queues: Vec<u16>,
     /// Add the `io_uring+prealloc` variant (preallocated guest RAM, fixed buffers).
@@ -115,6 +120,7 @@ impl Default for Options {
             repeat: 1,
             event_idx: true,
             poll: PollParams::IOTHREAD_DEFAULT,
+            halt_poll_ns: 0,
             queues: vec![1],
             prealloc: false,
             drive: DriveOptions::default(),
@@ -216,6 +222,13 @@ pub fn parse(args: &[String]) -> Result<Options> {
                 })?
             }
             "--no-event-idx" => opts.event_idx = false,
+            "--halt-poll-ns" => {
+                opts.halt_poll_ns = value()?
+                    .parse()
+                    .ok()
+                    .filter(|&n: &u64| n <= 1_000_000_000)
+                    .ok_or_else(|| anyhow!("--halt-poll-ns needs nanoseconds from 0 to 10^9"))?
+            }
             "--poll-max-ns" => {
                 opts.poll.max_ns = value()?
                     .parse()

@@ -82,6 +82,7 @@ fn meta(opts: &Options) -> Meta {
         repeat: opts.repeat,
         event_idx: opts.event_idx,
         poll_max_ns: opts.poll.max_ns,
+        halt_poll_ns: opts.halt_poll_ns,
         queues: opts.queues.clone(),
         drive_options: opts.drive.text.clone(),
         command: std::iter::once("stratovirt-bench".to_string())
@@ -126,6 +127,7 @@ fn vmm_cell(
             poll: opts.poll,
             prealloc: engine.prealloc,
             queues,
+            halt_poll_ns: opts.halt_poll_ns,
         },
     )?;
     let mut m = workload::run(

@@ -101,6 +101,8 @@ pub struct Meta {
     pub event_idx: bool,
     /// The device thread's `poll-max-ns` (0: it did not poll).
     pub poll_max_ns: u64,
+    /// The driver's halt polling, ns (0: it sleeps on the interrupt at once).
+    pub halt_poll_ns: u64,
     /// The device's queue counts run (`--queues`), each queue on its own iothread.
     pub queues: Vec<u16>,
     /// The `--drive-options` every device was given (empty: none).
@@ -320,7 +322,7 @@ impl Report {
         let m = &self.meta;
         format!(
             "{} UTC, commit {}, kernel {}, {} CPUs, load {} → {}, {:.1} s warm-up + {:.1} s per \
-             cell{}, {} MiB files, EVENT_IDX {}, poll-max-ns {}, {}{}{}",
+             cell{}, {} MiB files, EVENT_IDX {}, poll-max-ns {}, guest halt-poll {} ns, {}{}{}",
             m.date,
             m.commit,
             m.kernel,
@@ -337,6 +339,7 @@ impl Report {
             m.size >> 20,
             if m.event_idx { "on" } else { "off" },
             m.poll_max_ns,
+            m.halt_poll_ns,
             match m.queues.as_slice() {
                 [1] => "1 queue".to_string(),
                 [q] => format!("{q} queues (an iothread each)"),
@@ -451,6 +454,7 @@ mod tests {
                 repeat: 1,
                 event_idx: true,
                 poll_max_ns: 32768,
+                halt_poll_ns: 0,
                 queues: vec![1],
                 drive_options: "throttling.iops-total=5000".into(),
                 command: String::new(),

@@ -204,8 +204,20 @@ impl Runner<'_> {
     /// Waits for an interrupt and collects the completed chains into `done`.
     fn collect(&mut self, done: &mut Vec<Completion>) -> Result<()> {
         done.clear();
+        let halt_poll = self.rig.halt_poll;
         let driver = &mut self.rig.driver;
-        if driver.poll(done).map_err(|e| anyhow!(e))? == 0 {
+        if driver.poll(done).map_err(|e| anyhow!(e))? == 0 && !halt_poll.is_zero() {
+            // A guest's vCPU halted in the kernel keeps running while KVM halt-polls: look
+            // at the used rings (memory only) before sleeping.
+            let until = Instant::now() + halt_poll;
+            while Instant::now() < until {
+                if driver.poll(done).map_err(|e| anyhow!(e))? > 0 {
+                    return Ok(());
+                }
+                std::hint::spin_loop();
+            }
+        }
+        if done.is_empty() {
             let asked = Instant::now();
             let bits = driver
                 .wait_interrupt(STALL)
@@ -353,6 +365,7 @@ mod tests {
                 let config = RigConfig {
                     event_idx: pattern != Pattern::Mixed,
                     poll: PollParams::OFF,
+                    halt_poll_ns: 0,
                     prealloc: false,
                     queues,
                 };
@@ -385,6 +398,7 @@ mod tests {
         let config = RigConfig {
             event_idx: true,
             poll: PollParams::OFF,
+            halt_poll_ns: 0,
             prealloc: false,
             queues: 1,
         };
