@@ -70,6 +70,9 @@ pub struct VmConfig {
     pub pidfile: Option<PathBuf>,
     /// Start with the vCPUs paused (`-S`).
     pub start_paused: bool,
+    /// Run without the system-call filters (`-disable-seccomp`); by default every thread of
+    /// the VMM runs under the seccomp filter of its role.
+    pub disable_seccomp: bool,
 }
 
 impl Default for VmConfig {
@@ -93,6 +96,7 @@ impl Default for VmConfig {
             daemonize: false,
             pidfile: None,
             start_paused: false,
+            disable_seccomp: false,
         }
     }
 }
@@ -124,6 +128,7 @@ const OPTIONS: &[(&str, Arity, bool)] = &[
     ("daemonize", Arity::None, false),
     ("pidfile", Arity::Required, false),
     ("S", Arity::None, false),
+    ("disable-seccomp", Arity::None, false),
     ("drive", Arity::Required, true),
     ("device", Arity::Required, true),
     ("object", Arity::Required, true),
@@ -174,6 +179,8 @@ Usage: stratovirt [OPTIONS]
   -daemonize                  detach from the terminal
   -pidfile FILE               write the process id to FILE
   -S                          start with vCPUs paused (resume with QMP cont)
+  -disable-seccomp            run without the system-call filters (by default every
+                              thread runs under the seccomp filter of its role)
   -h, -help                   print this help
   -version                    print the version
 "
@@ -255,6 +262,7 @@ fn apply(
         "daemonize" => config.daemonize = true,
         "pidfile" => config.pidfile = Some(PathBuf::from(required(value)?)),
         "S" => config.start_paused = true,
+        "disable-seccomp" => config.disable_seccomp = true,
         "drive" => block
             .drives
             .push((position, drive::parse_drive(&required(value)?)?)),
