@@ -1,8 +1,13 @@
 //! The `log` backend: one line per record, to stderr or to the file given by `-D FILE`.
+//!
+//! [`raw_fd`] names the same destination as a bare descriptor, for code that must write a line
+//! without taking a lock or allocating (a signal handler).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -58,6 +63,16 @@ impl Log for Logger {
     }
 }
 
+/// The descriptor of the installed logger's destination (stderr until a logger with a file is
+/// installed; the file stays open for the life of the process).
+static LOG_FD: AtomicI32 = AtomicI32::new(libc::STDERR_FILENO);
+
+/// The descriptor log lines go to: the `-D` file, else stderr. Async-signal-safe (one atomic
+/// load), for handlers that must `write(2)` a last line themselves.
+pub fn raw_fd() -> RawFd {
+    LOG_FD.load(Ordering::Relaxed)
+}
+
 /// Installs the global logger. `path` = `None` logs to stderr. The level comes from the
 /// `STRATOVIRT_LOG` environment variable (`error`, `warn`, `info`, `debug`, `trace`),
 /// `default_level` otherwise. Calling it twice keeps the first logger.
@@ -72,7 +87,13 @@ pub fn init(path: Option<&Path>, default_level: LevelFilter) -> std::io::Result<
             OpenOptions::new().create(true).append(true).open(path)?,
         )),
     };
+    let fd = match &sink {
+        Sink::Stderr => libc::STDERR_FILENO,
+        Sink::File(file) => file.lock().unwrap_or_else(|e| e.into_inner()).as_raw_fd(),
+    };
     if log::set_boxed_logger(Box::new(Logger { sink, level })).is_ok() {
+        // The logger is never dropped, so neither is its file.
+        LOG_FD.store(fd, Ordering::Relaxed);
         log::set_max_level(level);
     }
     Ok(())
