@@ -15,7 +15,8 @@
 //! - Every engine the command line uses is probed before any drive is opened, so an engine the
 //!   kernel refuses is one start-up error naming it.
 //! - A device belongs to its `iothread=` event loop, else to the machine's main loop; that
-//!   thread alone runs its queue and its engine.
+//!   thread alone runs its queue and its engine. An iothread installs the iothread seccomp
+//!   filter before its loop runs (unless `-disable-seccomp`).
 //! - [`BlockDevices::shutdown`] (also run on drop) shuts every device down on its own thread
 //!   (in-flight requests answered, images flushed, backends closed there), then stops and joins
 //!   the iothreads, then closes the nodes QMP opened. Call it from the main thread once the
@@ -37,6 +38,7 @@ use util::aio::{AioEngine, AioError};
 use util::event_loop::{EventLoop, EventLoopError, EventLoopThread};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::seccomp::ThreadRole;
 use crate::{MachineError, MicroVm, MmioSlot};
 
 /// Slots created at boot whether or not a drive fills them (the hot-replace slots).
@@ -179,11 +181,16 @@ impl BlockDevices {
             shut_down: false,
         };
         for id in &config.iothreads {
-            let thread = EventLoopThread::spawn(&format!("iothread-{id}")).map_err(|source| {
-                BlockDevicesError::Iothread {
-                    id: id.clone(),
-                    source,
-                }
+            let name = format!("iothread-{id}");
+            let thread = match vm.sandbox().cloned() {
+                None => EventLoopThread::spawn(&name),
+                Some(sandbox) => EventLoopThread::spawn_with(&name, move || {
+                    Ok(sandbox.install(ThreadRole::Iothread)?)
+                }),
+            }
+            .map_err(|source| BlockDevicesError::Iothread {
+                id: id.clone(),
+                source,
             })?;
             log::info!("iothread {id} started");
             devices.iothreads.push((id.clone(), thread));

@@ -11,6 +11,7 @@
 //! - [`stdio`]: the console's host side: stdin in raw mode feeding the UART.
 //! - [`process`]: `-daemonize` and `-pidfile`.
 //! - [`signals`]: SIGTERM/SIGINT/SIGHUP end the VM in order.
+//! - [`seccomp`]: the system-call filter of each thread role, and the SIGSYS line.
 //! - [`block_devices`]: the virtio-blk slots, boot-time drives, iothreads, KVM wiring.
 //! - [`qmp_handler`]: QMP commands carried to the machine.
 //! - [`vmm`]: the [`Vmm`], owner of the VM, its block devices and QMP, and the shutdown path.
@@ -21,6 +22,7 @@ pub mod block_devices;
 pub mod machine;
 pub mod process;
 pub mod qmp_handler;
+pub mod seccomp;
 pub mod signals;
 pub mod stdio;
 pub mod vmm;
@@ -106,6 +108,9 @@ pub enum MachineError {
         /// What was asked.
         request: &'static str,
     },
+    /// The seccomp filters could not be built or installed.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     /// Setting up the termination signals failed.
     #[error("cannot watch termination signals: {step}")]
     Signals {
