@@ -179,16 +179,22 @@ impl Vcpu {
                     let _ = started.send(Err(e));
                     return;
                 }
-                let _ = started.send(Ok(()));
+                // SAFETY: gettid has no preconditions.
+                let _ = started.send(Ok(unsafe { libc::gettid() }));
                 self.run_thread(&thread_shared, &on_event)
             })
             .map_err(|e| CpuError::Spawn(index, e))?;
-        if let Ok(Err(e)) = outcome.recv() {
-            let _ = thread.join();
-            return Err(CpuError::ThreadSetup(index, e));
-        }
+        let tid = match outcome.recv() {
+            Ok(Ok(tid)) => tid,
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(CpuError::ThreadSetup(index, e));
+            }
+            Err(_) => 0,
+        };
         Ok(VcpuHandle {
             index,
+            tid,
             shared,
             thread: Some(thread),
         })
@@ -364,6 +370,7 @@ fn wait_until_runnable(shared: &Shared) -> bool {
 /// Controls a running vCPU thread from other threads.
 pub struct VcpuHandle {
     index: u8,
+    tid: i32,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
@@ -372,6 +379,11 @@ impl VcpuHandle {
     /// Index of the vCPU.
     pub fn index(&self) -> u8 {
         self.index
+    }
+
+    /// The kernel id of the vCPU's thread (QMP `query-cpus`' `thread_id`).
+    pub fn tid(&self) -> i32 {
+        self.tid
     }
 
     /// The current state.
