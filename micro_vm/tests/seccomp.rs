@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::process::Command;
 
-use micro_vm::seccomp::{allowed_syscalls, Sandbox, ThreadRole, EXIT_STATUS};
+use micro_vm::seccomp::{allowed_syscalls, refused_syscalls, Sandbox, ThreadRole, EXIT_STATUS};
 use util::event_loop::EventLoopThread;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -257,4 +257,27 @@ fn the_roles_allow_what_their_threads_do_and_no_more() {
         assert!(checked(ThreadRole::Main, call), "main {call} is checked");
     }
     assert!(checked(ThreadRole::Iothread, "io_uring_register"));
+}
+
+#[test]
+fn the_allowlists_are_documented() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/sandbox.md"))
+        .expect("docs/sandbox.md");
+    let mut missing = Vec::new();
+    for role in ThreadRole::ALL {
+        for (name, _) in allowed_syscalls(role) {
+            if !doc.contains(&format!("`{name}`")) {
+                missing.push(format!("{role}: {name}"));
+            }
+        }
+    }
+    for name in refused_syscalls() {
+        if !doc.contains(&format!("`{name}`")) {
+            missing.push(format!("refused: {name}"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "not named in docs/sandbox.md: {missing:?}"
+    );
 }

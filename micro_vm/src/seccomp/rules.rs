@@ -101,14 +101,9 @@ fn common(list: &mut Allowlist) {
     ])
     .when(libc::SYS_mmap, &[clear(2, libc::PROT_EXEC as u64)])
     .when(libc::SYS_mprotect, &[clear(2, libc::PROT_EXEC as u64)]);
-    // Locks, condition variables, sleeps.
-    list.any(&[
-        libc::SYS_futex,
-        libc::SYS_sched_yield,
-        libc::SYS_nanosleep,
-        libc::SYS_clock_nanosleep,
-        libc::SYS_clock_gettime,
-    ]);
+    // Locks and condition variables (timed waits included); the clock (normally read without
+    // a system call, through the vDSO).
+    list.any(&[libc::SYS_futex, libc::SYS_clock_gettime]);
     // Eventfds, the log and the console: read and write; every dropped descriptor: close
     // (debug builds of the standard library check a descriptor with F_GETFD first).
     list.any(&[libc::SYS_read, libc::SYS_write, libc::SYS_close])
@@ -122,11 +117,7 @@ fn common(list: &mut Allowlist) {
         libc::SYS_getpid,
         libc::SYS_gettid,
     ])
-    // SAFETY: getpid has no preconditions.
-    .when(
-        libc::SYS_tgkill,
-        &[arg(0, unsafe { libc::getpid() } as u32)],
-    );
+    .when(libc::SYS_tgkill, &[arg(0, std::process::id())]);
     // Hash maps seed themselves from the kernel's random bytes.
     list.any(&[libc::SYS_getrandom]);
     // A thread ends; a fatal error ends the process from any thread.
@@ -137,11 +128,7 @@ fn common(list: &mut Allowlist) {
 /// `iothread=`): the loop itself, the engines serving requests, backends closing there.
 fn device_loop(list: &mut Allowlist) {
     // The epoll loop; handlers come and go as devices are activated and reset.
-    list.any(&[
-        libc::SYS_epoll_wait,
-        libc::SYS_epoll_pwait,
-        libc::SYS_epoll_ctl,
-    ]);
+    list.any(&[libc::SYS_epoll_wait, libc::SYS_epoll_ctl]);
     // aio=io_uring: submissions and completions; a ring is enabled (and the guest RAM of
     // -mem-prealloc registered) on the thread that serves it.
     list.any(&[libc::SYS_io_uring_enter]).when_arg_in(
@@ -158,14 +145,11 @@ fn device_loop(list: &mut Allowlist) {
         libc::SYS_io_getevents,
         libc::SYS_io_destroy,
     ]);
-    // aio=off, the bounce buffers of misaligned requests, and the flush at shutdown.
+    // aio=off (every request inline), and the flush of a backend that closes.
     list.any(&[
-        libc::SYS_pread64,
-        libc::SYS_pwrite64,
         libc::SYS_preadv,
         libc::SYS_pwritev,
         libc::SYS_fdatasync,
-        libc::SYS_fsync,
         libc::SYS_fallocate,
     ]);
 }
@@ -174,7 +158,7 @@ fn device_loop(list: &mut Allowlist) {
 pub(super) fn rules(role: ThreadRole) -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
     let mut out = BTreeMap::new();
     // Passed on to the filter that refuses them: a trap would come with every signal blocked.
-    for &(call, _) in refused_syscalls() {
+    for call in REFUSED {
         out.insert(call, Vec::new());
     }
     for (call, rules) in allowlist(role).0 {
@@ -202,13 +186,17 @@ pub(super) fn rules(role: ThreadRole) -> Result<BTreeMap<i64, Vec<SeccompRule>>,
     Ok(out)
 }
 
-/// The calls no thread may make once filtered, answered `EPERM` by a filter of their own
-/// (see the module documentation of `seccomp`), with the reason.
-pub fn refused_syscalls() -> &'static [(libc::c_long, &'static str)] {
-    &[
-        (libc::SYS_clone, "starts a thread or a process"),
-        (libc::SYS_clone3, "starts a thread or a process"),
-    ]
+/// The calls no filtered thread may make, answered `EPERM` by a filter of their own (see the
+/// module documentation of `seccomp`).
+pub(super) const REFUSED: [libc::c_long; 2] = [libc::SYS_clone, libc::SYS_clone3];
+
+/// The names of the calls that fail with `EPERM` on every filtered thread (starting a thread
+/// or a process).
+pub fn refused_syscalls() -> Vec<&'static str> {
+    REFUSED
+        .iter()
+        .map(|&call| names::name(call as i32).unwrap_or("?"))
+        .collect()
 }
 
 /// The allowlist of `role`.
@@ -250,25 +238,12 @@ fn main(list: &mut Allowlist) {
         libc::SYS_openat,
         &[clear(2, (libc::O_CREAT | libc::O_TRUNC) as u64)],
     )
-    .any(&[
-        libc::SYS_fstat,
-        libc::SYS_newfstatat,
-        libc::SYS_statx,
-        libc::SYS_lseek,
-    ]);
+    .any(&[libc::SYS_newfstatat, libc::SYS_statx, libc::SYS_lseek]);
     // Their image locks (OFD locks), and descriptor flags.
     list.when_arg_in(
         libc::SYS_fcntl,
         1,
-        &[
-            libc::F_GETFD as u64,
-            libc::F_SETFD as u64,
-            libc::F_GETFL as u64,
-            libc::F_SETFL as u64,
-            libc::F_DUPFD_CLOEXEC as u64,
-            libc::F_OFD_GETLK as u64,
-            libc::F_OFD_SETLK as u64,
-        ],
+        &[libc::F_OFD_GETLK as u64, libc::F_OFD_SETLK as u64],
     );
     // Their host block size (block devices), the console's terminal, non-blocking sockets.
     list.when_arg_in(
