@@ -250,11 +250,11 @@ fn main(list: &mut Allowlist) {
         libc::SYS_ioctl,
         1,
         &[
-            libc::BLKSSZGET as u64,
-            libc::BLKPBSZGET as u64,
-            libc::TCGETS as u64,
-            libc::TCSETS as u64,
-            libc::FIONBIO as u64,
+            libc::BLKSSZGET,
+            libc::BLKPBSZGET,
+            libc::TCGETS,
+            libc::TCSETS,
+            libc::FIONBIO,
         ],
     );
     // Their engines: an io_uring ring is set up disabled, probed, given its eventfd and its

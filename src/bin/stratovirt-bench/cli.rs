@@ -28,6 +28,7 @@ pattern and queue depth asked for, and fio on the same files as the host's ceili
   --shm-dir DIR     where the tmpfs file goes    (default: /dev/shm)
   --repeat N        run each row N times, interleaved; keep the median (default: 1)
   --no-event-idx    do not negotiate VIRTIO_F_RING_EVENT_IDX
+  --no-seccomp      run the device thread without the VMM's iothread seccomp filter
   --mem-prealloc    also run io_uring with guest RAM preallocated, as -mem-prealloc does
                     (registered as fixed buffers), interleaved with the other engines
   --no-fio          skip the fio ceiling
@@ -61,6 +62,8 @@ pub struct Options {
     pub repeat: u32,
     /// Negotiate `EVENT_IDX`.
     pub event_idx: bool,
+    /// Confine the device thread to the iothread seccomp filter.
+    pub seccomp: bool,
     /// Add the `io_uring+prealloc` variant (preallocated guest RAM, fixed buffers).
     pub prealloc: bool,
     /// Run fio as the ceiling.
@@ -93,6 +96,7 @@ impl Default for Options {
             shm_dir: PathBuf::from("/dev/shm"),
             repeat: 1,
             event_idx: true,
+            seccomp: true,
             prealloc: false,
             fio: true,
             label: String::new(),
@@ -186,6 +190,7 @@ pub fn parse(args: &[String]) -> Result<Options> {
                     .ok_or_else(|| anyhow!("--repeat needs a count from 1 to 100"))?
             }
             "--no-event-idx" => opts.event_idx = false,
+            "--no-seccomp" => opts.seccomp = false,
             "--mem-prealloc" => opts.prealloc = true,
             "--no-fio" => opts.fio = false,
             "--label" => opts.label = value()?.to_string(),

@@ -79,6 +79,7 @@ fn meta(opts: &Options) -> Meta {
         size: opts.size,
         repeat: opts.repeat,
         event_idx: opts.event_idx,
+        seccomp: opts.seccomp,
         command: std::iter::once("stratovirt-bench".to_string())
             .chain(std::env::args().skip(1))
             .collect::<Vec<_>>()
@@ -120,6 +121,7 @@ fn vmm_cell(
             direct: backing.direct(),
             event_idx: opts.event_idx,
             prealloc: engine.prealloc,
+            seccomp: opts.seccomp,
         },
     )?;
     let mut m = workload::run(

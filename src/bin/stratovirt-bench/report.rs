@@ -82,6 +82,8 @@ pub struct Meta {
     pub repeat: u32,
     /// Whether `VIRTIO_F_RING_EVENT_IDX` was negotiated.
     pub event_idx: bool,
+    /// Whether the device thread ran under the iothread seccomp filter.
+    pub seccomp: bool,
     /// The command line.
     pub command: String,
 }
@@ -237,7 +239,7 @@ impl Report {
         let m = &self.meta;
         format!(
             "{} UTC, commit {}, kernel {}, {} CPUs, load {} → {}, {:.1} s warm-up + {:.1} s per \
-             cell{}, {} MiB files, EVENT_IDX {}{}",
+             cell{}, {} MiB files, EVENT_IDX {}, seccomp {}{}",
             m.date,
             m.commit,
             m.kernel,
@@ -253,6 +255,7 @@ impl Report {
             },
             m.size >> 20,
             if m.event_idx { "on" } else { "off" },
+            if m.seccomp { "on" } else { "off" },
             if m.label.is_empty() {
                 String::new()
             } else {
@@ -352,6 +355,7 @@ mod tests {
                 size: 1 << 30,
                 repeat: 1,
                 event_idx: true,
+                seccomp: true,
                 command: String::new(),
             },
             cells,

@@ -9,6 +9,7 @@
 //!  Driver::wait_interrupt ◄──irq eventfd──── completion handler ◄─ engine eventfd
 //! ```
 //!
+//! The device thread runs under the VMM's iothread seccomp filter unless `--no-seccomp`.
 //! The device thread's CPU time is read from `/proc/self/task/<tid>/schedstat`, so it counts
 //! exactly the work the VMM does for the device (the kernel's share of its system calls
 //! included), and nothing the driver does.
@@ -22,6 +23,7 @@ use device_model::virtio::driver::{Driver, DriverConfig};
 use device_model::virtio::{
     Block, BlockBackend, BlockBackendConfig, BlockHandle, VirtioDevice, VirtioMmio,
 };
+use micro_vm::seccomp::{Sandbox, ThreadRole};
 use util::aio::{AioEngine, ErrorAction};
 use util::event_loop::EventLoopThread;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -47,6 +49,8 @@ pub struct RigConfig {
     /// Preallocate guest RAM (`-mem-prealloc`): an io_uring drive then registers it as fixed
     /// buffers.
     pub prealloc: bool,
+    /// Confine the device thread to the VMM's iothread seccomp filter, as in the VMM.
+    pub seccomp: bool,
 }
 
 /// A running device and its driver.
@@ -71,7 +75,15 @@ impl Rig {
             ..BlockBackendConfig::new(path)
         })
         .with_context(|| format!("drive {} aio={}", path.display(), config.aio))?;
-        let iothread = EventLoopThread::spawn("bench-iothread").context("device thread")?;
+        let iothread = if config.seccomp {
+            let sandbox = Sandbox::new().context("seccomp filters")?;
+            EventLoopThread::spawn_with("bench-iothread", move || {
+                Ok(sandbox.install(ThreadRole::Iothread)?)
+            })
+        } else {
+            EventLoopThread::spawn("bench-iothread")
+        }
+        .context("device thread")?;
         let block = Block::new(
             "bench0".into(),
             Some(backend),

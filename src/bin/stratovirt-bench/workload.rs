@@ -322,6 +322,7 @@ mod tests {
                     direct,
                     event_idx: pattern != Pattern::Mixed,
                     prealloc: false,
+                    seccomp: true,
                 };
                 let mut rig = Rig::new(&path, config).unwrap();
                 let mut m = run(&mut rig, pattern, 8, (4 << 20) / BLOCK, window).unwrap();
@@ -345,6 +346,7 @@ mod tests {
             direct: false,
             event_idx: true,
             prealloc: false,
+            seccomp: true,
         };
         let mut rig = Rig::new(&path, config).unwrap();
         let window = Window {
