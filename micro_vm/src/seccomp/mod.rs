@@ -191,12 +191,6 @@ impl Sandbox {
     }
 }
 
-/// Whether the calling thread runs under a seccomp filter (`Seccomp: 2` in its status).
-pub fn current_thread_filtered() -> bool {
-    // SAFETY: PR_GET_SECCOMP takes no pointer; it returns the mode or -1.
-    unsafe { libc::prctl(libc::PR_GET_SECCOMP) == 2 }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

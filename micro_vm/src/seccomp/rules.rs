@@ -239,7 +239,7 @@ fn main(list: &mut Allowlist) {
         &[clear(2, (libc::O_CREAT | libc::O_TRUNC) as u64)],
     )
     .any(&[libc::SYS_newfstatat, libc::SYS_statx, libc::SYS_lseek]);
-    // Their image locks (OFD locks), and descriptor flags.
+    // Their image locks (OFD locks, never waiting).
     list.when_arg_in(
         libc::SYS_fcntl,
         1,

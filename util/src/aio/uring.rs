@@ -100,8 +100,9 @@ const SETUP_FLAGS: [u32; 3] = [
     IORING_SETUP_R_DISABLED,
 ];
 
-/// The SQE opcodes an engine's ring accepts: what [`UringContext::sqe_for`] builds.
-/// `FALLOCATE` is allowed only where the kernel supports it.
+/// The SQE opcodes an engine's ring accepts: what [`UringContext::sqe_for`] builds for a
+/// request (its `NOP` for a key without one, which does not happen, is refused like any other
+/// opcode). `FALLOCATE` is allowed only where the kernel supports it.
 pub const SQE_OPS: [IoringOp; 6] = [
     IoringOp::Readv,
     IoringOp::Writev,
