@@ -64,9 +64,9 @@ const CASES: &[Case] = &[
         call: "ioctl",
         make_call: || {
             // KVM_RUN is allowed to a vCPU; asking a terminal for its settings is not.
-            // SAFETY: TCGETS writes a termios, which `t` is.
+            // SAFETY: termios is plain data, valid when zeroed.
             let mut t: libc::termios = unsafe { std::mem::zeroed() };
-            // SAFETY: as above.
+            // SAFETY: TCGETS writes one termios, which `t` is.
             unsafe { libc::ioctl(0, libc::TCGETS, &mut t) };
         },
     },
