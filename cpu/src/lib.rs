@@ -15,7 +15,7 @@ pub use cpuid::{
     Topology,
 };
 pub use regs::BootRegisters;
-pub use vcpu::{EventCallback, Vcpu, VcpuEvent, VcpuHandle, VcpuState};
+pub use vcpu::{EventCallback, ThreadSetupError, Vcpu, VcpuEvent, VcpuHandle, VcpuState};
 
 /// Errors of vCPU setup and execution.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +91,9 @@ pub enum CpuError {
     /// Starting the vCPU thread failed.
     #[error("cannot start the thread of vCPU {0}")]
     Spawn(u8, #[source] std::io::Error),
+    /// The set-up step of the vCPU thread (its seccomp filter) failed; the thread ended.
+    #[error("cannot set up the thread of vCPU {0}")]
+    ThreadSetup(u8, #[source] Box<dyn std::error::Error + Send + Sync>),
     /// `KVM_RUN` itself failed.
     #[error("vCPU {0}: KVM_RUN failed")]
     Run(u8, #[source] kvm_ioctls::Error),

@@ -17,9 +17,11 @@
 //! - `pause()` returns only once the thread has acknowledged it is parked outside `KVM_RUN`.
 //! - A guest-ending exit (reset, shutdown, triple fault, emulation failure) is reported once
 //!   through the [`VcpuEvent`] callback, and the thread ends.
+//! - A set-up step given to [`Vcpu::spawn_with`] (the VMM installs the thread's seccomp filter
+//!   there) runs on the vCPU thread before anything else, so no `KVM_RUN` ever runs without it.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -57,6 +59,9 @@ pub enum VcpuEvent {
 
 /// The callback a vCPU reports guest-ending events to: `(vcpu index, event)`.
 pub type EventCallback = Arc<dyn Fn(u8, VcpuEvent) + Send + Sync>;
+
+/// Why a vCPU thread's set-up step failed (see [`Vcpu::spawn_with`]).
+pub type ThreadSetupError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long `pause()` waits for a vCPU to park before giving up.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -142,7 +147,17 @@ impl Vcpu {
     }
 
     /// Starts the vCPU thread in state [`VcpuState::Created`]; it runs after `resume()`.
-    pub fn spawn(mut self, on_event: EventCallback) -> Result<VcpuHandle> {
+    pub fn spawn(self, on_event: EventCallback) -> Result<VcpuHandle> {
+        self.spawn_with(on_event, || Ok(()))
+    }
+
+    /// Like [`Vcpu::spawn`], running `setup` first thing on the new thread; returns once it
+    /// has run. If it fails, the thread ends and the spawn fails with
+    /// [`CpuError::ThreadSetup`].
+    pub fn spawn_with<S>(mut self, on_event: EventCallback, setup: S) -> Result<VcpuHandle>
+    where
+        S: FnOnce() -> std::result::Result<(), ThreadSetupError> + Send + 'static,
+    {
         install_kick_handler()?;
         let shared = Arc::new(Shared {
             control: Mutex::new(Control {
@@ -156,12 +171,30 @@ impl Vcpu {
         });
         let thread_shared = shared.clone();
         let index = self.index;
+        let (started, outcome) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
-            .spawn(move || self.run_thread(&thread_shared, &on_event))
+            .spawn(move || {
+                if let Err(e) = setup() {
+                    let _ = started.send(Err(e));
+                    return;
+                }
+                // SAFETY: gettid has no preconditions.
+                let _ = started.send(Ok(unsafe { libc::gettid() }));
+                self.run_thread(&thread_shared, &on_event)
+            })
             .map_err(|e| CpuError::Spawn(index, e))?;
+        let tid = match outcome.recv() {
+            Ok(Ok(tid)) => tid,
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(CpuError::ThreadSetup(index, e));
+            }
+            Err(_) => 0,
+        };
         Ok(VcpuHandle {
             index,
+            tid,
             shared,
             thread: Some(thread),
         })
@@ -339,6 +372,7 @@ fn wait_until_runnable(shared: &Shared) -> bool {
 /// Controls a running vCPU thread from other threads.
 pub struct VcpuHandle {
     index: u8,
+    tid: i32,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
@@ -347,6 +381,11 @@ impl VcpuHandle {
     /// Index of the vCPU.
     pub fn index(&self) -> u8 {
         self.index
+    }
+
+    /// The kernel id of the vCPU's thread (QMP `query-cpus`' `thread_id`).
+    pub fn tid(&self) -> i32 {
+        self.tid
     }
 
     /// The current state.

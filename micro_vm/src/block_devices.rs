@@ -17,7 +17,8 @@
 //! - Each queue of a device belongs to one event loop: the iothread `iothread-vq-mapping=`
 //!   gives it (round robin), else the device's `iothread=`, else the machine's main loop; that
 //!   thread alone runs the queue and its engine. A slot's queues and their threads are fixed
-//!   when it is created: an empty slot has one queue on the main loop.
+//!   when it is created: an empty slot has one queue on the main loop. An iothread installs
+//!   the iothread seccomp filter before its loop runs (unless `-disable-seccomp`).
 //! - [`BlockDevices::shutdown`] (also run on drop) shuts every device down on its own thread
 //!   (in-flight requests answered, images flushed, backends closed there), then stops and joins
 //!   the iothreads, then closes the nodes QMP opened. Call it from the main thread once the
@@ -39,6 +40,7 @@ use util::aio::{AioEngine, AioError};
 use util::event_loop::{EventLoop, EventLoopError, EventLoopThread};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::seccomp::ThreadRole;
 use crate::{MachineError, MicroVm, MmioSlot};
 
 /// Slots created at boot whether or not a drive fills them (the hot-replace slots).
@@ -194,11 +196,16 @@ impl BlockDevices {
         };
         for iothread in &config.iothreads {
             let id = &iothread.id;
-            let thread = EventLoopThread::spawn(&format!("iothread-{id}")).map_err(|source| {
-                BlockDevicesError::Iothread {
-                    id: id.clone(),
-                    source,
-                }
+            let name = format!("iothread-{id}");
+            let thread = match vm.sandbox().cloned() {
+                None => EventLoopThread::spawn(&name),
+                Some(sandbox) => EventLoopThread::spawn_with(&name, move || {
+                    Ok(sandbox.install(ThreadRole::Iothread)?)
+                }),
+            }
+            .map_err(|source| BlockDevicesError::Iothread {
+                id: id.clone(),
+                source,
             })?;
             thread.event_loop().set_poll_params(iothread.poll);
             log::info!(

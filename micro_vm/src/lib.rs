@@ -11,6 +11,7 @@
 //! - [`stdio`]: the console's host side: stdin in raw mode feeding the UART.
 //! - [`process`]: `-daemonize` and `-pidfile`.
 //! - [`signals`]: SIGTERM/SIGINT/SIGHUP end the VM in order.
+//! - [`seccomp`]: the system-call filter of each thread role, and the SIGSYS line.
 //! - [`block_devices`]: the virtio-blk slots, boot-time drives, iothreads, KVM wiring.
 //! - [`rng_devices`]: the virtio-rng devices (after the block slots).
 //! - [`qmp_handler`]: QMP commands carried to the machine.
@@ -23,6 +24,7 @@ pub mod machine;
 pub mod process;
 pub mod qmp_handler;
 pub mod rng_devices;
+pub mod seccomp;
 pub mod signals;
 pub mod stdio;
 pub mod vmm;
@@ -116,6 +118,9 @@ pub enum MachineError {
         /// What was asked.
         request: &'static str,
     },
+    /// The seccomp filters could not be built or installed.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     /// Setting up the termination signals failed.
     #[error("cannot watch termination signals: {step}")]
     Signals {

@@ -6,6 +6,11 @@
 //!   failure); later ones are ignored. Recording it wakes the main loop through one eventfd.
 //! - vCPU threads are joined before the VM and guest RAM go away (field order of
 //!   [`MicroVm`]: the lifecycle, holding the vCPUs, drops first).
+//! - With seccomp on (the default), every thread the machine starts installs its role's filter
+//!   first thing ([`crate::seccomp`]): vCPUs before their first `KVM_RUN`, iothreads before
+//!   their loop; [`MicroVm::start`] installs the main thread's filter on its caller after the
+//!   vCPU threads exist and before they run, so the thread that calls `start` must be the one
+//!   that then calls [`MicroVm::run`] and nothing else.
 //! - virtio-mmio slot `i` lives at `VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_SIZE` with GSI
 //!   `FIRST_VIRTIO_GSI + i`, and is announced on the guest command line in slot order.
 
@@ -28,6 +33,7 @@ use util::event_loop::{EventLoop, HandlerAction};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::seccomp::{Sandbox, ThreadRole};
 use crate::signals::TerminationSignals;
 use crate::stdio::StdinConsole;
 use crate::{MachineError, Result};
@@ -157,6 +163,7 @@ pub struct MicroVm {
     kvm: Kvm,
     mem: Arc<GuestMemory>,
     started: Instant,
+    sandbox: Option<Sandbox>,
 }
 
 impl MicroVm {
@@ -175,6 +182,12 @@ impl MicroVm {
                 topology,
             });
         }
+        let sandbox = if config.disable_seccomp {
+            log::info!("seccomp disabled (-disable-seccomp)");
+            None
+        } else {
+            Some(Sandbox::new()?)
+        };
         let cpu_model = CpuModel::new(
             &config.cpu.model,
             &config.cpu.disabled,
@@ -333,7 +346,13 @@ impl MicroVm {
             kvm,
             mem,
             started,
+            sandbox,
         })
+    }
+
+    /// The seccomp filters the machine's threads install, `None` with `-disable-seccomp`.
+    pub fn sandbox(&self) -> Option<&Sandbox> {
+        self.sandbox.as_ref()
     }
 
     /// Guest RAM, for devices that access it.
@@ -402,6 +421,8 @@ impl MicroVm {
     }
 
     /// Loads the kernel, creates the vCPUs and starts them (or leaves them paused with `-S`).
+    /// With seccomp on, the calling thread runs under the main thread's filter from here on
+    /// (see the module documentation).
     pub fn start(&self) -> Result<()> {
         let mut lifecycle = self.lock_lifecycle();
         if lifecycle.state != VmState::Created {
@@ -462,7 +483,18 @@ impl MicroVm {
             })
         });
         for vcpu in vcpus {
-            lifecycle.vcpus.push(vcpu.spawn(on_event.clone())?);
+            let handle = match self.sandbox.clone() {
+                None => vcpu.spawn(on_event.clone())?,
+                Some(sandbox) => vcpu.spawn_with(on_event.clone(), move || {
+                    Ok(sandbox.install(ThreadRole::Vcpu)?)
+                })?,
+            };
+            lifecycle.vcpus.push(handle);
+        }
+        // Every thread of the machine exists now; the vCPUs wait for `resume`.
+        if let Some(sandbox) = &self.sandbox {
+            sandbox.install(ThreadRole::Main)?;
+            log::info!("seccomp: every thread runs under the filter of its role");
         }
         if self.settings.start_paused {
             lifecycle.state = VmState::Paused;
@@ -579,6 +611,15 @@ impl MicroVm {
     /// Number of vCPUs.
     pub fn vcpu_count(&self) -> u8 {
         self.settings.cpus
+    }
+
+    /// The kernel ids of the vCPU threads, by index (empty before [`MicroVm::start`]).
+    pub fn vcpu_thread_ids(&self) -> Vec<i32> {
+        self.lock_lifecycle()
+            .vcpus
+            .iter()
+            .map(VcpuHandle::tid)
+            .collect()
     }
 
     /// Stops every vCPU and joins its thread (the first step of the shutdown path); calling it

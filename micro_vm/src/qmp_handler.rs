@@ -12,7 +12,6 @@
 //!   server belongs to the machine, so a strong reference would be a cycle that keeps every
 //!   device (and its thread) alive past shutdown.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -114,17 +113,15 @@ impl QmpHandler for MachineQmp {
     }
 
     fn query_cpus(&self) -> Vec<CpuInfo> {
-        let count = self
-            .vm
-            .upgrade()
-            .map_or(0, |vm| usize::from(vm.vcpu_count()));
-        let threads = vcpu_thread_ids();
+        let (count, threads) = self.vm.upgrade().map_or((0, Vec::new()), |vm| {
+            (usize::from(vm.vcpu_count()), vm.vcpu_thread_ids())
+        });
         (0..count)
             .map(|index| CpuInfo {
                 index,
                 current: index == 0,
                 halted: false,
-                thread_id: threads.get(&index).copied().unwrap_or(0),
+                thread_id: threads.get(index).copied().map_or(0, i64::from),
             })
             .collect()
     }
@@ -483,32 +480,4 @@ fn generic(error: impl std::error::Error) -> QmpError {
         source = cause.source();
     }
     QmpError::Generic(message)
-}
-
-/// Host thread ids of the vCPU threads (named `vcpuN`), by index, from `/proc/self/task`.
-fn vcpu_thread_ids() -> HashMap<usize, i64> {
-    let mut ids = HashMap::new();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return ids;
-    };
-    for task in tasks.flatten() {
-        let Some(tid) = task
-            .file_name()
-            .to_str()
-            .and_then(|t| t.parse::<i64>().ok())
-        else {
-            continue;
-        };
-        let Ok(comm) = std::fs::read_to_string(task.path().join("comm")) else {
-            continue;
-        };
-        if let Some(index) = comm
-            .trim()
-            .strip_prefix("vcpu")
-            .and_then(|i| i.parse::<usize>().ok())
-        {
-            ids.insert(index, tid);
-        }
-    }
-    ids
 }

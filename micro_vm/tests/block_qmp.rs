@@ -267,7 +267,15 @@ fn qmp_stop_cont_and_cpus_on_a_running_vm() {
     let mut vm = MicroVm::new(&config).unwrap();
     let blocks = Arc::new(Mutex::new(BlockDevices::attach(&mut vm, &config).unwrap()));
     let vm = Arc::new(vm);
-    let mut qmp = MachineQmp::new(&vm, &blocks);
+    // The VMM's main thread, where QMP commands run: `start` confines it to the main
+    // thread's seccomp filter, so it is not the test's thread (which removes `dir`).
+    std::thread::spawn(move || drive_a_running_vm(&vm, &blocks))
+        .join()
+        .unwrap();
+}
+
+fn drive_a_running_vm(vm: &Arc<MicroVm>, blocks: &Arc<Mutex<BlockDevices>>) {
+    let mut qmp = MachineQmp::new(vm, blocks);
     assert_eq!(qmp.query_status(), VmRunState::Paused, "not started yet");
     vm.start().unwrap();
     assert_eq!(qmp.query_status(), VmRunState::Running);

@@ -51,7 +51,6 @@ fn enospc_stops_the_vm_and_cont_retries_every_write() {
         ..VmConfig::default()
     };
     let vmm = Vmm::new(&config).unwrap();
-    vmm.start().unwrap();
     let mem = vmm.vm().unwrap().memory().clone();
     let transport = vmm.blocks().unwrap().lock().unwrap().slots()[0]
         .transport
@@ -64,7 +63,15 @@ fn enospc_stops_the_vm_and_cont_retries_every_write() {
         DriverConfig::new(DRIVER_BASE, 256),
     )
     .unwrap();
-    let runner = std::thread::spawn(move || vmm.run());
+    // The VMM's main thread: `start` confines it to the main thread's seccomp filter (and the
+    // vCPU and the iothread to theirs), so it is not this test's thread.
+    let runner = std::thread::Builder::new()
+        .name("vmm-main".into())
+        .spawn(move || {
+            vmm.start()?;
+            vmm.run()
+        })
+        .unwrap();
     let mut qmp = QmpClient::connect(&socket, TIMEOUT);
 
     tmpfs.fill("filler").unwrap();

@@ -64,7 +64,6 @@ fn shut_down_with_requests_in_flight(aio: AioEngine, direct: bool, log: &LogCapt
         ..VmConfig::default()
     };
     let vmm = Vmm::new(&config).unwrap();
-    vmm.start().unwrap();
     let vm = vmm.vm().unwrap().clone();
     let (transport, handle, iothread_loop) = {
         let blocks = vmm.blocks().unwrap().lock().unwrap();
@@ -106,6 +105,15 @@ fn shut_down_with_requests_in_flight(aio: AioEngine, direct: bool, log: &LogCapt
     }
     let mut expected = vec![0u8; IMAGE as usize];
     let mem = vmm.vm().unwrap().memory().clone();
+    // The VMM's main thread: `start` confines it to the main thread's seccomp filter (and the
+    // vCPUs and the iothread to theirs), so it is not this test's thread.
+    let vmm_main = std::thread::Builder::new()
+        .name("vmm-main".into())
+        .spawn(move || {
+            vmm.start()?;
+            vmm.run()
+        })
+        .unwrap();
     for i in 0..WRITES {
         let data = vec![i as u8 + 1; 4096];
         mem.write(&data, DATA + i * 4096).unwrap();
@@ -150,7 +158,7 @@ fn shut_down_with_requests_in_flight(aio: AioEngine, direct: bool, log: &LogCapt
         let socket = socket.clone();
         std::thread::spawn(move || quit_over_qmp(&socket))
     };
-    assert_eq!(vmm.run().unwrap(), VmExit::HostQuit);
+    assert_eq!(vmm_main.join().unwrap().unwrap(), VmExit::HostQuit);
     let messages = client.join().unwrap();
     drop(throttle);
 

@@ -165,6 +165,11 @@ impl LiveVm {
         }
     }
 
+    /// The VMM's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The console so far.
     pub fn console(&self) -> String {
         self.console.lock().unwrap().clone()

@@ -24,7 +24,10 @@
 //!   after the messages queued before it. Messages queued when `run` returns are run by that
 //!   thread on its way out, so a caller never waits for a loop that has stopped.
 //! - [`EventLoopThread`] is a loop on a thread of its own (an iothread): stopping it joins the
-//!   thread, and only then does the loop's last message run.
+//!   thread, and only then does the loop's last message run. A set-up step given to
+//!   [`EventLoopThread::spawn_with`] (the VMM installs the thread's seccomp filter there) runs
+//!   on the new thread before its loop, and `spawn_with` returns only after it did: its error
+//!   is the spawn's error, and no handler or message ever runs without it.
 //! - Polling ([`EventLoop::set_poll_params`], off by default): before it sleeps, a loop with
 //!   [`PollSource`]s ([`EventLoop::add_poll`]) spins up to its adaptive window calling their
 //!   `poll` (no system calls); a source that finds work has its `run` called, and the loop only
@@ -106,7 +109,19 @@ pub enum EventLoopError {
         #[source]
         source: std::io::Error,
     },
+    /// The set-up step of an [`EventLoopThread`] failed on its thread; the thread ended.
+    #[error("cannot set up event-loop thread {name}")]
+    Setup {
+        /// The thread's name.
+        name: String,
+        /// The cause.
+        #[source]
+        source: ThreadSetupError,
+    },
 }
+
+/// Why a thread's set-up step failed (see [`EventLoopThread::spawn_with`]).
+pub type ThreadSetupError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A closure waiting to run on the loop's thread.
 type Call = Box<dyn FnOnce() + Send>;
@@ -682,15 +697,29 @@ pub struct EventLoopThread {
 impl EventLoopThread {
     /// Starts a thread named `name` that runs a new loop until [`EventLoopThread::stop`].
     pub fn spawn(name: &str) -> Result<EventLoopThread, EventLoopError> {
+        Self::spawn_with(name, || Ok(()))
+    }
+
+    /// Like [`EventLoopThread::spawn`], running `setup` on the new thread before its loop;
+    /// returns once `setup` has run. If it fails, the thread ends and so does the spawn, with
+    /// [`EventLoopError::Setup`].
+    pub fn spawn_with<S>(name: &str, setup: S) -> Result<EventLoopThread, EventLoopError>
+    where
+        S: FnOnce() -> Result<(), ThreadSetupError> + Send + 'static,
+    {
         let event_loop = EventLoop::new()?;
         let runner = event_loop.clone();
-        let (started, tid) = mpsc::sync_channel(1);
+        let (started, outcome) = mpsc::sync_channel(1);
         let thread_name = name.to_string();
         let thread = thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
+                if let Err(e) = setup() {
+                    let _ = started.send(Err(e));
+                    return;
+                }
                 // SAFETY: gettid has no preconditions.
-                let _ = started.send(unsafe { libc::gettid() });
+                let _ = started.send(Ok(unsafe { libc::gettid() }));
                 if let Err(e) = runner.run() {
                     log::error!("event-loop thread {thread_name}: {e}");
                 }
@@ -699,7 +728,17 @@ impl EventLoopThread {
                 name: name.to_string(),
                 source,
             })?;
-        let tid = tid.recv().unwrap_or(0);
+        let tid = match outcome.recv() {
+            Ok(Ok(tid)) => tid,
+            Ok(Err(source)) => {
+                let _ = thread.join();
+                return Err(EventLoopError::Setup {
+                    name: name.to_string(),
+                    source,
+                });
+            }
+            Err(_) => 0,
+        };
         Ok(EventLoopThread {
             name: name.to_string(),
             event_loop,
@@ -933,6 +972,34 @@ mod tests {
             weak.upgrade().is_none(),
             "the loop is freed with its thread"
         );
+    }
+
+    #[test]
+    fn a_set_up_step_runs_on_the_new_thread_first_and_its_failure_is_the_spawn_error() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut thread = EventLoopThread::spawn_with("test-setup", move || {
+            tx.send(std::thread::current().name().map(str::to_string))?;
+            Ok(())
+        })
+        .unwrap();
+        // spawn_with returned after the step had run, on the new thread.
+        assert_eq!(rx.try_recv().unwrap().as_deref(), Some("test-setup"));
+        thread.stop();
+
+        let loops = Arc::new(Mutex::new(None));
+        let seen = loops.clone();
+        let err = EventLoopThread::spawn_with("test-setup-fails", move || {
+            *seen.lock().unwrap() = Some(std::thread::current().id());
+            Err("refused".into())
+        })
+        .err()
+        .expect("a failed set-up step fails the spawn");
+        assert!(
+            matches!(&err, EventLoopError::Setup { name, source }
+                if name == "test-setup-fails" && source.to_string() == "refused"),
+            "{err:?}"
+        );
+        assert!(loops.lock().unwrap().is_some());
     }
 
     #[test]

@@ -22,11 +22,16 @@
 //!   [`GUEST_LOG_BURST`] lines of a call site are written in full, then at most one per
 //!   [`GUEST_LOG_INTERVAL`], saying how many similar lines were suppressed since the previous
 //!   one. A flood thus costs a few kilobytes of log, whatever its length.
+//!
+//! [`raw_fd`] names the same destination as a bare descriptor, for code that must write a line
+//! without taking a lock or allocating (a signal handler).
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -175,6 +180,16 @@ fn level_from_env(
     (default_level, None)
 }
 
+/// The descriptor of the installed logger's destination (stderr until a logger with a file is
+/// installed; the file stays open for the life of the process).
+static LOG_FD: AtomicI32 = AtomicI32::new(libc::STDERR_FILENO);
+
+/// The descriptor log lines go to: the `-D` file, else stderr. Async-signal-safe (one atomic
+/// load), for handlers that must `write(2)` a last line themselves.
+pub fn raw_fd() -> RawFd {
+    LOG_FD.load(Ordering::Relaxed)
+}
+
 /// Installs the global logger. `path` = `None` logs to stderr. The level comes from the
 /// environment (see the module documentation), `default_level` otherwise. Calling it twice
 /// keeps the first logger.
@@ -186,7 +201,13 @@ pub fn init(path: Option<&Path>, default_level: LevelFilter) -> std::io::Result<
             OpenOptions::new().create(true).append(true).open(path)?,
         )),
     };
+    let fd = match &sink {
+        Sink::Stderr => libc::STDERR_FILENO,
+        Sink::File(file) => file.lock().unwrap_or_else(|e| e.into_inner()).as_raw_fd(),
+    };
     if log::set_boxed_logger(Box::new(Logger { sink, level })).is_ok() {
+        // The logger is never dropped, so neither is its file.
+        LOG_FD.store(fd, Ordering::Relaxed);
         log::set_max_level(level);
         if let Some((var, value)) = unknown {
             log::warn!(

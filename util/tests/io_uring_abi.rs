@@ -13,7 +13,7 @@ use std::process::Command;
 
 use util::io_uring::sys::{
     io_cqring_offsets, io_sqring_offsets, io_uring_cqe, io_uring_params, io_uring_probe,
-    io_uring_probe_op, io_uring_sqe, IoringOp, ABI_CONSTANTS, IORING_OP_LAST,
+    io_uring_probe_op, io_uring_restriction, io_uring_sqe, IoringOp, ABI_CONSTANTS, IORING_OP_LAST,
 };
 
 const HEADER: &str = "/usr/include/linux/io_uring.h";
@@ -200,6 +200,17 @@ fn layouts() -> Vec<Layout> {
                 field!(io_uring_probe, resv => resv),
                 field!(io_uring_probe, resv2 => resv2),
                 field!(io_uring_probe, ops => ops, flex),
+            ],
+        ),
+        layout::<io_uring_restriction>(
+            "io_uring_restriction",
+            vec![
+                field!(io_uring_restriction, opcode => opcode),
+                field!(io_uring_restriction, register_op => op_u.register_op),
+                field!(io_uring_restriction, sqe_op => op_u.sqe_op),
+                field!(io_uring_restriction, sqe_flags => op_u.sqe_flags),
+                field!(io_uring_restriction, resv => resv),
+                field!(io_uring_restriction, resv2 => resv2),
             ],
         ),
     ]
@@ -392,9 +403,10 @@ fn rust_defines_every_constant_family_the_issue_names() {
         "IORING_REGISTER_",
         "IORING_UNREGISTER_",
         "IORING_FSYNC_",
+        "IORING_RESTRICTION_",
     ];
-    // IORING_REGISTER_LAST is the header's count, not the running kernel's: not defined.
-    let exempt = ["IORING_REGISTER_LAST"];
+    // The `_LAST` entries are the header's counts, not the running kernel's: not defined.
+    let exempt = ["IORING_REGISTER_LAST", "IORING_RESTRICTION_LAST"];
     let defined: BTreeSet<&str> = ABI_CONSTANTS.iter().map(|(n, _)| *n).collect();
     let missing: Vec<String> = header_words()
         .into_iter()

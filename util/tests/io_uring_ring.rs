@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use util::io_uring::sys::{
-    IORING_ENTER_GETEVENTS, IORING_FEAT_NODROP, IORING_FSYNC_DATASYNC, IORING_OP_LAST,
-    IORING_REGISTER_FILES, IOSQE_FIXED_FILE,
+    io_uring_restriction, IORING_ENTER_GETEVENTS, IORING_FEAT_NODROP, IORING_FSYNC_DATASYNC,
+    IORING_OP_LAST, IORING_REGISTER_EVENTFD, IORING_REGISTER_FILES, IORING_REGISTER_PROBE,
+    IORING_REGISTER_RESTRICTIONS, IORING_SETUP_R_DISABLED, IOSQE_FIXED_FILE, IOSQE_IO_LINK,
 };
 use util::io_uring::{
     io_uring_cqe, io_uring_enter, io_uring_sqe, IoUring, IoringOp, SqFull, UringError,
@@ -395,6 +396,95 @@ fn failing_operations_surface_their_errno() {
     // And setup: zero entries is invalid.
     let err = IoUring::new(0, 0).err().expect("zero entries fail");
     assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+}
+
+#[test]
+fn a_restricted_ring_refuses_what_it_was_not_allowed() {
+    let file = TempFile::on_disk("restricted");
+    file.file.write_all_at(&pattern(4096, 3), 0).unwrap();
+    let mut ring = IoUring::new(8, IORING_SETUP_R_DISABLED).expect("setup");
+    let allowed = [
+        io_uring_restriction::sqe_op(IoringOp::Readv),
+        io_uring_restriction::sqe_op(IoringOp::Nop),
+        io_uring_restriction::sqe_flags_allowed(IOSQE_IO_LINK),
+        io_uring_restriction::register_op(IORING_REGISTER_PROBE),
+    ];
+    ring.register_restrictions(&allowed).expect("restrictions");
+    // Restrictions are set once, before the ring is enabled.
+    let again = ring.register_restrictions(&allowed).unwrap_err();
+    assert_eq!(again.raw_os_error(), Some(libc::EBUSY), "{again}");
+    // Registrations before enabling are not restricted.
+    let event = EventFd::new(EFD_NONBLOCK).unwrap();
+    ring.register_eventfd(event.as_raw_fd())
+        .expect("register before enabling");
+    ring.enable().expect("enable");
+
+    // An allowed opcode (with an allowed flag) runs; the others complete with -EACCES and
+    // touch nothing.
+    let mut buf = vec![0u8; 4096];
+    let iov = [libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    }];
+    let cqe = run_one(
+        &mut ring,
+        &io_uring_sqe::readv(file.fd(), iov.as_ptr(), 1, 0, 1).with_flags(IOSQE_IO_LINK),
+    );
+    assert_eq!(cqe.res, 4096);
+    assert_eq!(buf, pattern(4096, 3));
+    let new = pattern(4096, 9);
+    let write_iov = [libc::iovec {
+        iov_base: new.as_ptr() as *mut libc::c_void,
+        iov_len: new.len(),
+    }];
+    let refused = [
+        io_uring_sqe::writev(file.fd(), write_iov.as_ptr(), 1, 0, 2),
+        io_uring_sqe::fsync(file.fd(), IORING_FSYNC_DATASYNC, 3),
+        io_uring_sqe::fallocate(file.fd(), 0, 0, 8192, 4),
+        // An allowed opcode with a flag that was not allowed.
+        io_uring_sqe::nop(5).with_flags(IOSQE_FIXED_FILE),
+    ];
+    for sqe in &refused {
+        let cqe = run_one(&mut ring, sqe);
+        assert_eq!(cqe.res, -libc::EACCES, "{sqe:?}");
+    }
+    assert_eq!(
+        file.contents(),
+        pattern(4096, 3),
+        "the refused write wrote nothing"
+    );
+    assert_eq!(file.file.metadata().unwrap().len(), 4096, "nor fallocate");
+    assert_eq!(run_one(&mut ring, &io_uring_sqe::nop(6)).res, 0);
+
+    // Register opcodes: only the allowed one, once enabled.
+    ring.probe().expect("an allowed register opcode");
+    for (opcode, result) in [
+        (
+            IORING_REGISTER_EVENTFD,
+            ring.register_eventfd(event.as_raw_fd()),
+        ),
+        (IORING_REGISTER_FILES, ring.register_files(&[file.fd()])),
+        (
+            IORING_REGISTER_RESTRICTIONS,
+            ring.register_restrictions(&allowed),
+        ),
+    ] {
+        match result {
+            Err(UringError::Register { source, .. }) => {
+                assert_eq!(source.raw_os_error(), Some(libc::EACCES), "opcode {opcode}")
+            }
+            other => panic!("opcode {opcode}: expected EACCES, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn restrictions_need_a_disabled_ring() {
+    let ring = IoUring::new(8, 0).expect("setup");
+    let err = ring
+        .register_restrictions(&[io_uring_restriction::sqe_op(IoringOp::Nop)])
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EBADFD), "{err}");
 }
 
 #[test]

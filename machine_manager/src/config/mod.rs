@@ -15,7 +15,7 @@
 //!   `vhost-vsock`, `vhost-user-fs`, `virtio-serial`, `-netdev`, `-chardev`, ...) are refused
 //!   with one line naming them; nothing is accepted and then ignored, except the options
 //!   libvirt passes that StratoVirt ignores as well ([`LIBVIRT_NO_OPS`]) and
-//!   `-disable-seccomp`, recorded in [`VmConfig::disable_seccomp`] for the seccomp sandbox.
+//!   `-disable-seccomp` ([`VmConfig::disable_seccomp`]: no seccomp filters).
 //! - `-daemonize` with `-serial stdio` is refused, as StratoVirt refuses it.
 //! - Structured values are `key=value` lists split on commas (`,,` is a literal comma);
 //!   unknown keys, duplicate keys and bad values are errors; numbers never overflow.
@@ -103,9 +103,6 @@ pub struct VmConfig {
     pub rngs: Vec<RngConfig>,
     /// The VM's UUID (`-uuid`), lower case.
     pub uuid: Option<String>,
-    /// `-disable-seccomp`: do not install the seccomp sandbox. Recorded for the sandbox, which
-    /// is not built yet (until then no filter is installed either way).
-    pub disable_seccomp: bool,
     /// The QMP socket path (`-qmp unix:PATH,server,nowait`).
     pub qmp: Option<PathBuf>,
     /// Detach from the terminal (`-daemonize`).
@@ -114,6 +111,9 @@ pub struct VmConfig {
     pub pidfile: Option<PathBuf>,
     /// Start with the vCPUs paused (`-S`).
     pub start_paused: bool,
+    /// Run without the system-call filters (`-disable-seccomp`); by default every thread of
+    /// the VMM runs under the seccomp filter of its role.
+    pub disable_seccomp: bool,
 }
 
 impl Default for VmConfig {
@@ -138,11 +138,11 @@ impl Default for VmConfig {
             iothreads: Vec::new(),
             rngs: Vec::new(),
             uuid: None,
-            disable_seccomp: false,
             qmp: None,
             daemonize: false,
             pidfile: None,
             start_paused: false,
+            disable_seccomp: false,
         }
     }
 }
@@ -178,6 +178,7 @@ const OPTIONS: &[(&str, Arity, bool)] = &[
     ("daemonize", Arity::None, false),
     ("pidfile", Arity::Required, false),
     ("S", Arity::None, false),
+    ("disable-seccomp", Arity::None, false),
     ("drive", Arity::Required, true),
     ("device", Arity::Required, true),
     ("object", Arity::Required, true),
@@ -185,7 +186,6 @@ const OPTIONS: &[(&str, Arity, bool)] = &[
     ("chardev", Arity::Required, true),
     ("qmp", Arity::Required, false),
     ("uuid", Arity::Optional, false),
-    ("disable-seccomp", Arity::None, false),
     ("h", Arity::None, false),
     ("help", Arity::None, false),
     ("version", Arity::None, false),
@@ -260,8 +260,8 @@ Usage: stratovirt [OPTIONS]
   -daemonize                  detach from the terminal (the working directory stays)
   -pidfile FILE               write the process id to FILE
   -S                          start with vCPUs paused (resume with QMP cont)
-  -disable-seccomp            run without the seccomp sandbox (not built yet: there is
-                              no sandbox either way)
+  -disable-seccomp            run without the system-call filters (by default every
+                              thread runs under the seccomp filter of its role)
   -h, -help                   print this help
   -version                    print the version
 

@@ -27,6 +27,7 @@ fn defaults() {
     assert_eq!(config.mem_size, 256 << 20);
     assert_eq!(config.cpus, 1);
     assert_eq!(config.cpu.model, "host");
+    assert!(!config.disable_seccomp, "seccomp is on by default");
     assert!(
         config.kernel.is_none(),
         "-kernel is checked when the machine is built"
@@ -39,7 +40,7 @@ fn a_full_command_line() {
         "-machine", "microvm", "-kernel", "/k/vmlinux", "-append", "console=ttyS0 root=/dev/vda rw",
         "-initrd", "/k/initrd.img", "-m", "1G", "-mem-prealloc", "-smp", "cpus=2", "-cpu", "host,-cx16,+x2apic",
         "-D", "/tmp/vm.log", "-name", "vm1", "-daemonize", "-pidfile",
-        "/tmp/vm.pid", "-S", "-object", "iothread,id=io0", "-drive",
+        "/tmp/vm.pid", "-S", "-disable-seccomp", "-object", "iothread,id=io0", "-drive",
         "id=rootfs,file=/img/root.ext4,readonly=off,direct=on,aio=io_uring,serial=ROOT1,throttling.iops-total=5000,file.locking=on,if=none,format=raw,werror=stop,rerror=ignore",
         "-device", "virtio-blk-device,drive=rootfs,id=blk0,serial=DEV1,iothread=io0",
         "-qmp", "unix:/tmp/qmp.sock,server,nowait",
@@ -57,6 +58,7 @@ fn a_full_command_line() {
     assert_eq!(config.log, Some(Some(PathBuf::from("/tmp/vm.log"))));
     assert_eq!(config.name.as_deref(), Some("vm1"));
     assert!(config.daemonize && config.start_paused);
+    assert!(config.disable_seccomp);
     assert_eq!(config.pidfile, Some(PathBuf::from("/tmp/vm.pid")));
     assert_eq!(config.iothreads, vec![IothreadConfig::from("io0")]);
     assert_eq!(config.iothreads[0].poll, PollParams::IOTHREAD_DEFAULT);

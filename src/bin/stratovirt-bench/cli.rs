@@ -40,6 +40,7 @@ block layer (qemu-img bench) on them as the peer.
   --halt-poll-ns N  the driver (the guest) looks for completions for up to N ns before
                     it sleeps on the interrupt, as KVM's halt polling keeps a halted
                     vCPU running (default 0: it sleeps at once)
+  --no-seccomp      run the device thread without the VMM's iothread seccomp filter
   --mem-prealloc    also run io_uring with guest RAM preallocated, as -mem-prealloc does
                     (registered as fixed buffers), interleaved with the other engines
   --drive-options KEY=VALUE,...
@@ -83,6 +84,8 @@ pub struct Options {
     pub halt_poll_ns: u64,
     /// The device's queue counts to run (each queue on its own iothread).
     pub queues: Vec<u16>,
+    /// Confine the device thread to the iothread seccomp filter.
+    pub seccomp: bool,
     /// Add the `io_uring+prealloc` variant (preallocated guest RAM, fixed buffers).
     pub prealloc: bool,
     /// `-drive` keys every device is given.
@@ -122,6 +125,7 @@ impl Default for Options {
             poll: PollParams::IOTHREAD_DEFAULT,
             halt_poll_ns: 0,
             queues: vec![1],
+            seccomp: true,
             prealloc: false,
             drive: DriveOptions::default(),
             fio: true,
@@ -236,6 +240,7 @@ pub fn parse(args: &[String]) -> Result<Options> {
                     .filter(|&n: &u64| n <= i64::MAX as u64)
                     .ok_or_else(|| anyhow!("--poll-max-ns needs nanoseconds from 0 to 2^63-1"))?
             }
+            "--no-seccomp" => opts.seccomp = false,
             "--mem-prealloc" => opts.prealloc = true,
             "--drive-options" => opts.drive = DriveOptions::parse(value()?)?,
             "--no-fio" => opts.fio = false,

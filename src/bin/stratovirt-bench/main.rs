@@ -85,6 +85,7 @@ fn meta(opts: &Options) -> Meta {
         halt_poll_ns: opts.halt_poll_ns,
         queues: opts.queues.clone(),
         drive_options: opts.drive.text.clone(),
+        seccomp: opts.seccomp,
         command: std::iter::once("stratovirt-bench".to_string())
             .chain(std::env::args().skip(1))
             .collect::<Vec<_>>()
@@ -128,6 +129,7 @@ fn vmm_cell(
             prealloc: engine.prealloc,
             queues,
             halt_poll_ns: opts.halt_poll_ns,
+            seccomp: opts.seccomp,
         },
     )?;
     let mut m = workload::run(

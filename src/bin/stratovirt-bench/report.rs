@@ -107,6 +107,8 @@ pub struct Meta {
     pub queues: Vec<u16>,
     /// The `--drive-options` every device was given (empty: none).
     pub drive_options: String,
+    /// Whether the device thread ran under the iothread seccomp filter.
+    pub seccomp: bool,
     /// The command line.
     pub command: String,
 }
@@ -322,7 +324,7 @@ impl Report {
         let m = &self.meta;
         format!(
             "{} UTC, commit {}, kernel {}, {} CPUs, load {} → {}, {:.1} s warm-up + {:.1} s per \
-             cell{}, {} MiB files, EVENT_IDX {}, poll-max-ns {}, guest halt-poll {} ns, {}{}{}",
+             cell{}, {} MiB files, EVENT_IDX {}, poll-max-ns {}, guest halt-poll {} ns, {}, seccomp {}{}{}",
             m.date,
             m.commit,
             m.kernel,
@@ -348,6 +350,7 @@ impl Report {
                     qs.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
                 ),
             },
+            if m.seccomp { "on" } else { "off" },
             if m.drive_options.is_empty() {
                 String::new()
             } else {
@@ -457,6 +460,7 @@ mod tests {
                 halt_poll_ns: 0,
                 queues: vec![1],
                 drive_options: "throttling.iops-total=5000".into(),
+                seccomp: true,
                 command: String::new(),
             },
             cells,

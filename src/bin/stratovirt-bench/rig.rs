@@ -9,6 +9,7 @@
 //!  Driver::wait_interrupt ◄──irq eventfd─── completion handler ◄─ queue q's engine eventfd
 //! ```
 //!
+//! The device threads run under the VMM's iothread seccomp filter unless `--no-seccomp`.
 //! The device threads' CPU time is read from `/proc/self/task/<tid>/schedstat`, so it counts
 //! exactly the work the VMM does for the device (the kernel's share of its system calls
 //! included), and nothing the driver does.
@@ -22,6 +23,7 @@ use device_model::virtio::driver::{Driver, DriverConfig};
 use device_model::virtio::{
     Block, BlockBackend, BlockBackendConfig, BlockHandle, VirtioDevice, VirtioMmio,
 };
+use micro_vm::seccomp::{Sandbox, ThreadRole};
 use util::event_loop::{EventLoopThread, PollParams};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -50,6 +52,8 @@ pub struct RigConfig {
     /// vCPU waiting in HLT is kept running by KVM's halt polling (`halt_poll_ns`); 0: it
     /// sleeps at once.
     pub halt_poll_ns: u64,
+    /// Confine the device thread to the VMM's iothread seccomp filter, as in the VMM.
+    pub seccomp: bool,
 }
 
 /// A running device and its driver.
@@ -72,8 +76,21 @@ impl Rig {
         let mem = Arc::new(GuestMemory::with_options(&[(0, RAM)], &options).context("guest RAM")?);
         let backend = BlockBackend::open(drive)
             .with_context(|| format!("drive {} aio={}", drive.path.display(), drive.aio))?;
+        let sandbox = if config.seccomp {
+            Some(Sandbox::new().context("seccomp filters")?)
+        } else {
+            None
+        };
         let iothreads = (0..config.queues.max(1))
-            .map(|q| EventLoopThread::spawn(&format!("bench-iothread{q}")))
+            .map(|q| {
+                let name = format!("bench-iothread{q}");
+                match sandbox.clone() {
+                    Some(sandbox) => EventLoopThread::spawn_with(&name, move || {
+                        Ok(sandbox.install(ThreadRole::Iothread)?)
+                    }),
+                    None => EventLoopThread::spawn(&name),
+                }
+            })
             .collect::<Result<Vec<_>, _>>()
             .context("device threads")?;
         for iothread in &iothreads {

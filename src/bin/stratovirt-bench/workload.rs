@@ -368,6 +368,7 @@ mod tests {
                     halt_poll_ns: 0,
                     prealloc: false,
                     queues,
+                    seccomp: true,
                 };
                 let drive = BlockBackendConfig {
                     aio,
@@ -401,6 +402,7 @@ mod tests {
             halt_poll_ns: 0,
             prealloc: false,
             queues: 1,
+            seccomp: true,
         };
         let drive = BlockBackendConfig {
             aio: AioEngine::Off,

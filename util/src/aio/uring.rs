@@ -16,11 +16,18 @@
 //!   worker (every request on tmpfs, which cannot refuse to block) is queued as task work and
 //!   posted when the ring's thread next enters the kernel: one eventfd wake-up per burst of
 //!   completions instead of a cross-thread wake-up per completion.
-//! - Such a ring takes system calls from one thread only. It starts disabled (so it can be
-//!   created on one thread and handed to another) and is bound to the first thread that
-//!   submits; every later call from another thread fails with [`AioError::WrongThread`] and
-//!   changes nothing. The VMM creates an engine where the drive is opened and uses it only on
-//!   its device's event-loop thread.
+//! - Every ring starts disabled (`IORING_SETUP_R_DISABLED`, Linux 5.10) and, before it is
+//!   enabled, registers its eventfd and its restrictions (`IORING_REGISTER_RESTRICTIONS`):
+//!   the SQE opcodes of [`SQE_OPS`] (`FALLOCATE` only where the kernel has it), no SQE flag,
+//!   and no `io_uring_register` opcode at all once enabled. A request the engine did not
+//!   plan for completes with `-EACCES`, whatever the process's seccomp filter allows. The
+//!   ring is enabled by the first call that submits (or registers memory after a submission,
+//!   which then fails: register memory first, as [`AioContext::register_memory`] says).
+//! - A single-issuer ring takes system calls from one thread only. Since it starts disabled,
+//!   it can be created on one thread and handed to another; it is bound to the first thread
+//!   that submits, and every later call from another thread fails with
+//!   [`AioError::WrongThread`] and changes nothing. The VMM creates an engine where the drive
+//!   is opened and uses it only on its device's event-loop thread.
 //! - With `IORING_SETUP_SUBMIT_ALL` (when the kernel knows it) one failing SQE does not stop
 //!   the batch: its error comes back as its CQE. SQEs the kernel
 //!   did not consume (`EAGAIN`/`EBUSY` from `io_uring_enter`) stay in the SQ ring and are
@@ -46,8 +53,9 @@ use std::thread::{self, ThreadId};
 use super::inflight::Queue;
 use super::{AioCompletion, AioContext, AioEngine, AioError, AioOpcode, AioRequest, Iovec};
 use crate::io_uring::sys::{
-    IORING_FSYNC_DATASYNC, IORING_SETUP_DEFER_TASKRUN, IORING_SETUP_R_DISABLED,
-    IORING_SETUP_SINGLE_ISSUER, IORING_SETUP_SUBMIT_ALL, IORING_SETUP_TASKRUN_FLAG,
+    io_uring_restriction, IORING_FSYNC_DATASYNC, IORING_SETUP_DEFER_TASKRUN,
+    IORING_SETUP_R_DISABLED, IORING_SETUP_SINGLE_ISSUER, IORING_SETUP_SUBMIT_ALL,
+    IORING_SETUP_TASKRUN_FLAG,
 };
 use crate::io_uring::{io_uring_sqe, IoUring, IoringOp, UringError};
 
@@ -83,16 +91,39 @@ fn carries(opcode: AioOpcode, fallocate: bool) -> bool {
 }
 
 /// Setup flags, best first; a kernel that does not know one answers `EINVAL` and the next is
-/// tried (deferred task work needs Linux 6.1, `SUBMIT_ALL` 5.18).
+/// tried (deferred task work needs Linux 6.1, `SUBMIT_ALL` 5.18). Every set starts the ring
+/// disabled, so that it takes its restrictions (Linux 5.10).
 const SETUP_FLAGS: [u32; 3] = [
     IORING_SETUP_SUBMIT_ALL
         | IORING_SETUP_R_DISABLED
         | IORING_SETUP_SINGLE_ISSUER
         | IORING_SETUP_DEFER_TASKRUN
         | IORING_SETUP_TASKRUN_FLAG,
-    IORING_SETUP_SUBMIT_ALL,
-    0,
+    IORING_SETUP_SUBMIT_ALL | IORING_SETUP_R_DISABLED,
+    IORING_SETUP_R_DISABLED,
 ];
+
+/// The SQE opcodes an engine's ring accepts: what [`UringContext::sqe_for`] builds for a
+/// request (its `NOP` for a key without one, which does not happen, is refused like any other
+/// opcode). `FALLOCATE` is allowed only where the kernel supports it.
+pub const SQE_OPS: [IoringOp; 6] = [
+    IoringOp::Readv,
+    IoringOp::Writev,
+    IoringOp::ReadFixed,
+    IoringOp::WriteFixed,
+    IoringOp::Fsync,
+    IoringOp::Fallocate,
+];
+
+/// The restrictions of an engine's ring: the opcodes of [`SQE_OPS`] the kernel supports
+/// (`fallocate`), no SQE flag, no register opcode once enabled.
+fn restrictions(fallocate: bool) -> Vec<io_uring_restriction> {
+    SQE_OPS
+        .iter()
+        .filter(|&&op| op != IoringOp::Fallocate || fallocate)
+        .map(|&op| io_uring_restriction::sqe_op(op))
+        .collect()
+}
 
 /// Creates a ring of `entries` with the first of [`SETUP_FLAGS`] the kernel accepts.
 fn new_ring(entries: u32) -> Result<IoUring, UringError> {
@@ -127,7 +158,8 @@ pub struct UringContext {
     queue: Queue,
     in_ring: usize,
     fixed: Vec<Iovec>,
-    /// The thread a single-issuer ring is bound to (`None`: not bound yet, or not single-issuer).
+    /// The thread that enabled the ring (`None`: still disabled); a single-issuer ring is
+    /// bound to it.
     owner: Option<ThreadId>,
 }
 
@@ -154,6 +186,8 @@ impl UringContext {
         ring.register_eventfd(queue.eventfd())
             .map_err(|e| uring_error("io_uring_register(eventfd)", &e))?;
         let fallocate = ring.probe_opcode(IoringOp::Fallocate);
+        ring.register_restrictions(&restrictions(fallocate))
+            .map_err(|e| uring_error("io_uring_register(restrictions)", &e))?;
         Ok(UringContext {
             fd,
             ring,
@@ -170,15 +204,12 @@ impl UringContext {
         self.ring.params().flags & IORING_SETUP_SINGLE_ISSUER != 0
     }
 
-    /// Binds a single-issuer ring to the calling thread before a system call on it: enables a
-    /// ring not bound yet; refuses a ring bound to another thread.
+    /// Enables the ring before a system call on it, binding a single-issuer ring to the
+    /// calling thread; refuses a single-issuer ring bound to another thread.
     fn bind_to_current_thread(&mut self) -> Result<(), AioError> {
-        if !self.single_issuer() {
-            return Ok(());
-        }
         let me = thread::current().id();
         match self.owner {
-            Some(owner) if owner == me => Ok(()),
+            Some(owner) if owner == me || !self.single_issuer() => Ok(()),
             Some(_) => Err(AioError::WrongThread { engine: ENGINE }),
             None => {
                 self.ring
@@ -449,5 +480,90 @@ impl Drop for UringContext {
             log::error!("aio=io_uring: draining before teardown failed: {e}");
             self.queue.abandon();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt;
+
+    use super::*;
+    use crate::io_uring::sys::{IORING_REGISTER_PROBE, IOSQE_IO_DRAIN};
+
+    /// A file in the system's temporary directory, removed on drop.
+    struct Scratch(std::path::PathBuf, std::fs::File);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let path =
+                std::env::temp_dir().join(format!("util-uring-{name}-{}", std::process::id()));
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .unwrap();
+            file.write_all_at(&[7u8; 4096], 0).unwrap();
+            Scratch(path, file)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// Runs `sqe` on the engine's own (enabled) ring and returns its result.
+    fn run_raw(ctx: &mut UringContext, sqe: io_uring_sqe) -> i32 {
+        // SAFETY: the SQE points to no memory.
+        unsafe { ctx.ring.push(&sqe) }.unwrap();
+        ctx.ring.submit_and_wait(1).unwrap();
+        if ctx.ring.defers_completions() {
+            ctx.ring.flush_completions().unwrap();
+        }
+        ctx.ring.pop_ready().expect("a completion").res
+    }
+
+    #[test]
+    fn an_engines_ring_takes_only_its_own_opcodes_and_no_registration_once_enabled() {
+        let scratch = Scratch::new("restricted");
+        let mut ctx = UringContext::new(scratch.1.as_raw_fd(), 8).unwrap();
+        // A flush enables the ring, as the first request of any kind does.
+        let mut batch = vec![AioRequest {
+            opcode: AioOpcode::Flush,
+            offset: 0,
+            iovecs: Vec::new(),
+            len: 0,
+            tag: 1,
+            keep_alive: None,
+        }];
+        // SAFETY: a flush points to no memory.
+        unsafe { ctx.submit(&mut batch) }.unwrap();
+        let mut done = Vec::new();
+        ctx.drain(&mut done).unwrap();
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].result, 0, "the engine's own opcode runs");
+
+        // Opcodes the engine never builds are refused by the kernel, whatever the caller.
+        for sqe in [
+            io_uring_sqe::nop(10),
+            io_uring_sqe::fsync(ctx.fd, IORING_FSYNC_DATASYNC, 11).with_flags(IOSQE_IO_DRAIN),
+        ] {
+            assert_eq!(run_raw(&mut ctx, sqe), -libc::EACCES, "{sqe:?}");
+        }
+        // So is every registration, even a harmless probe.
+        match ctx.ring.probe() {
+            Err(UringError::Register { opcode, source }) => {
+                assert_eq!(opcode, IORING_REGISTER_PROBE);
+                assert_eq!(source.raw_os_error(), Some(libc::EACCES));
+            }
+            other => panic!("probe on an enabled engine ring: {:?}", other.map(|_| ())),
+        }
+        assert!(restrictions(true).len() == SQE_OPS.len());
+        assert!(!restrictions(false)
+            .iter()
+            .any(|r| r.value() == IoringOp::Fallocate as u8));
     }
 }

@@ -26,10 +26,11 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::sys::{
-    io_uring_cqe, io_uring_params, io_uring_probe, io_uring_probe_op, io_uring_sqe, IoringOp,
-    IORING_ENTER_GETEVENTS, IORING_ENTER_SQ_WAKEUP, IORING_FEAT_SINGLE_MMAP, IORING_OFF_CQ_RING,
-    IORING_OFF_SQES, IORING_OFF_SQ_RING, IORING_REGISTER_BUFFERS, IORING_REGISTER_ENABLE_RINGS,
-    IORING_REGISTER_EVENTFD, IORING_REGISTER_FILES, IORING_REGISTER_PROBE, IORING_SETUP_CQE32,
+    io_uring_cqe, io_uring_params, io_uring_probe, io_uring_probe_op, io_uring_restriction,
+    io_uring_sqe, IoringOp, IORING_ENTER_GETEVENTS, IORING_ENTER_SQ_WAKEUP,
+    IORING_FEAT_SINGLE_MMAP, IORING_OFF_CQ_RING, IORING_OFF_SQES, IORING_OFF_SQ_RING,
+    IORING_REGISTER_BUFFERS, IORING_REGISTER_ENABLE_RINGS, IORING_REGISTER_EVENTFD,
+    IORING_REGISTER_FILES, IORING_REGISTER_PROBE, IORING_REGISTER_RESTRICTIONS, IORING_SETUP_CQE32,
     IORING_SETUP_DEFER_TASKRUN, IORING_SETUP_SQE128, IORING_SETUP_SQPOLL, IORING_SQ_CQ_OVERFLOW,
     IORING_SQ_NEED_WAKEUP, IORING_SQ_TASKRUN, IO_URING_OP_SUPPORTED,
 };
@@ -478,6 +479,25 @@ impl IoUring {
     pub fn register_files(&self, fds: &[RawFd]) -> Result<(), UringError> {
         // SAFETY: `fds` is read during the call; the kernel takes its own file references.
         unsafe { self.register(IORING_REGISTER_FILES, fds.as_ptr().cast(), fds.len()) }.map(drop)
+    }
+
+    /// Limits what the ring accepts once enabled (`IORING_REGISTER_RESTRICTIONS`): only the
+    /// SQE opcodes, SQE flags and `io_uring_register` opcodes listed; a refused SQE completes
+    /// with `-EACCES`, a refused registration fails with `EACCES`. Only a ring set up with
+    /// `IORING_SETUP_R_DISABLED` and not enabled yet takes restrictions, and only once.
+    pub fn register_restrictions(
+        &self,
+        restrictions: &[io_uring_restriction],
+    ) -> Result<(), UringError> {
+        // SAFETY: the array is read during the call.
+        unsafe {
+            self.register(
+                IORING_REGISTER_RESTRICTIONS,
+                restrictions.as_ptr().cast(),
+                restrictions.len(),
+            )
+        }
+        .map(drop)
     }
 
     /// Enables a ring set up with `IORING_SETUP_R_DISABLED`; with

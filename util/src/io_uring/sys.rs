@@ -340,6 +340,75 @@ pub struct io_uring_probe {
     pub ops: [io_uring_probe_op; 0],
 }
 
+/// What one restriction allows (`io_uring_restriction`'s anonymous union): an
+/// `io_uring_register` opcode, an SQE opcode, or SQE flags, as its `opcode` says.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub union io_uring_restriction_op_u {
+    /// With [`IORING_RESTRICTION_REGISTER_OP`]: an `IORING_REGISTER_*` opcode.
+    pub register_op: u8,
+    /// With [`IORING_RESTRICTION_SQE_OP`]: an `IORING_OP_*` opcode.
+    pub sqe_op: u8,
+    /// With `IORING_RESTRICTION_SQE_FLAGS_*`: `IOSQE_*` flags.
+    pub sqe_flags: u8,
+}
+
+/// One entry of an `IORING_REGISTER_RESTRICTIONS` array (registered while the ring is still
+/// disabled; enforced from `IORING_REGISTER_ENABLE_RINGS` on).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct io_uring_restriction {
+    /// `IORING_RESTRICTION_*`: what `op_u` holds.
+    pub opcode: u16,
+    /// The allowed opcode or flags.
+    pub op_u: io_uring_restriction_op_u,
+    /// Reserved (zero).
+    pub resv: u8,
+    /// Reserved (zero).
+    pub resv2: [u32; 3],
+}
+
+impl io_uring_restriction {
+    /// Allows the `io_uring_register` opcode `op` once the ring is enabled.
+    pub fn register_op(op: u32) -> Self {
+        Self::new(IORING_RESTRICTION_REGISTER_OP, op as u8)
+    }
+
+    /// Allows SQEs of opcode `op`.
+    pub fn sqe_op(op: IoringOp) -> Self {
+        Self::new(IORING_RESTRICTION_SQE_OP, op as u8)
+    }
+
+    /// Allows the `IOSQE_*` flags `flags` on SQEs (without it, no flag is allowed).
+    pub fn sqe_flags_allowed(flags: u8) -> Self {
+        Self::new(IORING_RESTRICTION_SQE_FLAGS_ALLOWED, flags)
+    }
+
+    fn new(opcode: u16, value: u8) -> Self {
+        io_uring_restriction {
+            opcode,
+            op_u: io_uring_restriction_op_u { sqe_op: value },
+            resv: 0,
+            resv2: [0; 3],
+        }
+    }
+
+    /// The allowed opcode or flags (every member of the union is one byte).
+    pub fn value(&self) -> u8 {
+        // SAFETY: every member is a `u8` at offset 0, and constructors initialise it.
+        unsafe { self.op_u.sqe_op }
+    }
+}
+
+impl std::fmt::Debug for io_uring_restriction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("io_uring_restriction")
+            .field("opcode", &self.opcode)
+            .field("value", &self.value())
+            .finish()
+    }
+}
+
 macro_rules! opcodes {
     ($( $(#[$doc:meta])* $variant:ident = $cname:literal = $val:literal, )*) => {
         /// io_uring operations (`enum io_uring_op`), as stored in `io_uring_sqe::opcode`.
@@ -701,6 +770,15 @@ abi_constants! {
 
     /// Fixed-file update value meaning "leave this slot alone".
     IORING_REGISTER_FILES_SKIP: i32 = -2;
+
+    /// Restriction kind: allow an `io_uring_register` opcode.
+    IORING_RESTRICTION_REGISTER_OP: u16 = 0;
+    /// Restriction kind: allow an SQE opcode.
+    IORING_RESTRICTION_SQE_OP: u16 = 1;
+    /// Restriction kind: allow SQE flags.
+    IORING_RESTRICTION_SQE_FLAGS_ALLOWED: u16 = 2;
+    /// Restriction kind: require SQE flags on every SQE.
+    IORING_RESTRICTION_SQE_FLAGS_REQUIRED: u16 = 3;
     /// Probe flag: the opcode is supported.
     IO_URING_OP_SUPPORTED: u16 = 1 << 0;
 }

@@ -1,0 +1,283 @@
+//! The seccomp filters at work: in a child process (this test binary run again), a thread
+//! installs the VMM's real filter of one role through [`Sandbox::install`], the function the
+//! VMM uses, makes allowed calls, then a forbidden one; the process must end with status 159
+//! and one log line naming the call and the thread.
+
+use std::io::Write;
+use std::process::Command;
+
+use micro_vm::seccomp::{allowed_syscalls, refused_syscalls, Sandbox, ThreadRole, EXIT_STATUS};
+use util::event_loop::EventLoopThread;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Set in the child: which case of [`CASES`] to run.
+const CHILD_CASE: &str = "MICRO_VM_SECCOMP_CASE";
+/// What the child writes before its forbidden call (through allowed calls only).
+const ALIVE: &str = "child: allowed calls done";
+/// What the child writes when starting a thread was refused.
+const CLONE_REFUSED: &str = "child: clone refused with EPERM";
+
+/// One forbidden call: the role whose filter is installed, the thread that installs it (named
+/// as the VMM names it), and the call the log line must name.
+struct Case {
+    name: &'static str,
+    role: ThreadRole,
+    thread: &'static str,
+    call: &'static str,
+    make_call: fn(),
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "main-socket",
+        role: ThreadRole::Main,
+        thread: "main",
+        call: "socket",
+        make_call: || {
+            // SAFETY: plain system call; the filter traps it before it runs.
+            unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        },
+    },
+    Case {
+        name: "main-openat-create",
+        role: ThreadRole::Main,
+        thread: "main",
+        call: "openat",
+        make_call: || {
+            // Opening is allowed on the main thread, creating a file is not.
+            let _ = std::fs::File::create("/tmp/micro-vm-seccomp-must-not-exist");
+        },
+    },
+    Case {
+        name: "vcpu-openat",
+        role: ThreadRole::Vcpu,
+        thread: "vcpu0",
+        call: "openat",
+        make_call: || {
+            let _ = std::fs::File::open("/proc/self/status");
+        },
+    },
+    Case {
+        name: "vcpu-ioctl",
+        role: ThreadRole::Vcpu,
+        thread: "vcpu1",
+        call: "ioctl",
+        make_call: || {
+            // KVM_RUN is allowed to a vCPU; asking a terminal for its settings is not.
+            // SAFETY: termios is plain data, valid when zeroed.
+            let mut t: libc::termios = unsafe { std::mem::zeroed() };
+            // SAFETY: TCGETS writes one termios, which `t` is.
+            unsafe { libc::ioctl(0, libc::TCGETS, &mut t) };
+        },
+    },
+    Case {
+        name: "vcpu-mmap-exec",
+        role: ThreadRole::Vcpu,
+        thread: "vcpu0",
+        call: "mmap",
+        make_call: || {
+            // Anonymous memory is allowed to every thread; executable memory to none.
+            // SAFETY: a fresh anonymous mapping overlaps nothing.
+            unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_EXEC,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+        },
+    },
+    Case {
+        name: "iothread-socket",
+        role: ThreadRole::Iothread,
+        thread: "iothread-io0",
+        call: "socket",
+        make_call: || {
+            // SAFETY: plain system call; the filter traps it before it runs.
+            unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+        },
+    },
+    Case {
+        name: "iothread-clone",
+        role: ThreadRole::Iothread,
+        thread: "iothread-io1",
+        call: "socket",
+        make_call: || {
+            // No thread starts under a filter: clone3 (and clone) fail with EPERM.
+            let err = std::thread::Builder::new()
+                .spawn(|| {})
+                .expect_err("a thread started under the filter");
+            assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
+            let _ = writeln!(std::io::stderr(), "{CLONE_REFUSED}");
+            // SAFETY: plain system call; the filter traps it before it runs.
+            unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+        },
+    },
+];
+
+/// Allowed everywhere: an eventfd's write and read, time, a lock, a large allocation (a
+/// mapping of its own), a line on stderr.
+fn allowed_calls(event: &EventFd) {
+    event.write(1).expect("write the eventfd");
+    assert_eq!(event.read().expect("read the eventfd"), 1);
+    let started = std::time::Instant::now();
+    let lock = std::sync::Mutex::new(vec![0u8; 4 << 20]);
+    lock.lock().unwrap()[0] = 1;
+    assert!(started.elapsed().as_secs() < 60);
+    let _ = writeln!(std::io::stderr(), "{ALIVE}");
+}
+
+/// The child's side: install the case's filter on a thread named as the VMM names it, then
+/// make allowed calls and the forbidden one. Never returns if the filter works.
+fn run_child(case: &Case) {
+    let sandbox = Sandbox::new().expect("build the filters");
+    let event = EventFd::new(EFD_NONBLOCK).unwrap();
+    let make_call = case.make_call;
+    match case.role {
+        ThreadRole::Iothread => {
+            // The real iothread: the filter is installed as the VMM installs it.
+            let thread = EventLoopThread::spawn_with(case.thread, move || {
+                Ok(sandbox.install(ThreadRole::Iothread)?)
+            })
+            .expect("start the iothread");
+            // Posted, so it runs on the iothread (a `call` may run on its caller).
+            let (done, returned) = std::sync::mpsc::channel();
+            thread.event_loop().post(move || {
+                allowed_calls(&event);
+                make_call();
+                let _ = done.send(());
+            });
+            let _ = returned.recv_timeout(std::time::Duration::from_secs(60));
+        }
+        role => {
+            std::thread::Builder::new()
+                .name(case.thread.to_string())
+                .spawn(move || {
+                    sandbox.install(role).expect("install the filter");
+                    allowed_calls(&event);
+                    make_call();
+                })
+                .expect("start the thread")
+                .join()
+                .expect("the thread");
+        }
+    }
+    panic!("the forbidden call of {} returned", case.name);
+}
+
+#[test]
+fn a_forbidden_call_ends_the_process_with_one_line_naming_the_call_and_the_thread() {
+    if let Ok(name) = std::env::var(CHILD_CASE) {
+        let case = CASES.iter().find(|c| c.name == name).expect("known case");
+        run_child(case);
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    for case in CASES {
+        let out = Command::new(&exe)
+            .args([
+                "a_forbidden_call_ends_the_process_with_one_line_naming_the_call_and_the_thread",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_CASE, case.name)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let report = format!("case {}: {:?}\n{stderr}", case.name, out.status);
+        assert_eq!(out.status.code(), Some(EXIT_STATUS), "{report}");
+        assert!(stderr.contains(ALIVE), "allowed calls ran first: {report}");
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("micro_vm::seccomp"))
+            .collect();
+        assert_eq!(lines.len(), 1, "one line: {report}");
+        let expected = format!(
+            "ERROR micro_vm::seccomp: thread '{}' ({} filter) made the forbidden system call {} (",
+            case.thread, case.role, case.call
+        );
+        assert!(
+            lines[0].contains(&expected),
+            "expected {expected:?}: {report}"
+        );
+        assert!(lines[0].ends_with("); the VMM ends"), "{report}");
+        if case.name == "iothread-clone" {
+            assert!(stderr.contains(CLONE_REFUSED), "{report}");
+        }
+    }
+    assert!(!std::path::Path::new("/tmp/micro-vm-seccomp-must-not-exist").exists());
+}
+
+#[test]
+fn the_roles_allow_what_their_threads_do_and_no_more() {
+    let names = |role| -> Vec<&str> {
+        allowed_syscalls(role)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect()
+    };
+    let (main, vcpu, iothread) = (
+        names(ThreadRole::Main),
+        names(ThreadRole::Vcpu),
+        names(ThreadRole::Iothread),
+    );
+    // A vCPU runs guest code and posts messages; it neither opens nor serves I/O.
+    assert!(vcpu.contains(&"ioctl"));
+    for call in [
+        "openat",
+        "io_uring_enter",
+        "io_submit",
+        "epoll_wait",
+        "accept4",
+    ] {
+        assert!(!vcpu.contains(&call), "vcpu allows {call}");
+    }
+    // An iothread serves I/O; it opens nothing and accepts no client.
+    assert!(iothread.contains(&"io_uring_enter") && iothread.contains(&"io_submit"));
+    for call in ["openat", "accept4", "io_uring_setup", "ioctl", "unlink"] {
+        assert!(!iothread.contains(&call), "iothread allows {call}");
+    }
+    // The main thread does what an iothread does, and opens drives for QMP.
+    assert!(iothread.iter().all(|call| main.contains(call)));
+    assert!(main.contains(&"openat") && main.contains(&"accept4"));
+    // The argument-checked calls.
+    let checked = |role, call| {
+        allowed_syscalls(role)
+            .into_iter()
+            .any(|(name, checked)| name == call && checked)
+    };
+    for call in ["ioctl", "mmap", "mprotect", "tgkill"] {
+        assert!(checked(ThreadRole::Vcpu, call), "vcpu {call} is checked");
+    }
+    for call in ["ioctl", "fcntl", "openat", "io_uring_register", "mmap"] {
+        assert!(checked(ThreadRole::Main, call), "main {call} is checked");
+    }
+    assert!(checked(ThreadRole::Iothread, "io_uring_register"));
+}
+
+#[test]
+fn the_allowlists_are_documented() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/sandbox.md"))
+        .expect("docs/sandbox.md");
+    let mut missing = Vec::new();
+    for role in ThreadRole::ALL {
+        for (name, _) in allowed_syscalls(role) {
+            if !doc.contains(&format!("`{name}`")) {
+                missing.push(format!("{role}: {name}"));
+            }
+        }
+    }
+    for name in refused_syscalls() {
+        if !doc.contains(&format!("`{name}`")) {
+            missing.push(format!("refused: {name}"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "not named in docs/sandbox.md: {missing:?}"
+    );
+}
