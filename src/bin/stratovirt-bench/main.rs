@@ -168,6 +168,7 @@ fn vmm_cell(
         )),
         kicks_per_io: Some(m.kicks as f64 / all),
         irqs_per_io: Some(m.interrupts as f64 / all),
+        in_device_us: (m.device_ops > 0).then(|| m.device_ns as f64 / 1000.0 / m.device_ops as f64),
         errors: m.errors,
     })
 }
@@ -215,6 +216,7 @@ fn qemu_cell(
         other_cpu_us_per_io: None,
         kicks_per_io: None,
         irqs_per_io: None,
+        in_device_us: None,
         errors: 0,
         queues: None,
     }))
@@ -253,6 +255,7 @@ fn fio_cell(
         other_cpu_us_per_io: None,
         kicks_per_io: None,
         irqs_per_io: None,
+        in_device_us: None,
         errors: r.errors,
     })
 }
@@ -409,6 +412,7 @@ mod tests {
             other_cpu_us_per_io: None,
             kicks_per_io: None,
             irqs_per_io: None,
+            in_device_us: None,
             errors: 0,
         }
     }

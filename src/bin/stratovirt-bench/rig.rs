@@ -137,6 +137,16 @@ impl Rig {
     }
 
     /// Nanoseconds the device threads (every queue's) have run on a CPU so far.
+    /// Requests the device answered and the time they spent in it (from their start on the
+    /// host to their answer), nanoseconds: its `query-blockstats` counters.
+    pub fn device_residency(&self) -> (u64, u64) {
+        let s = self.device.stats();
+        (
+            s.rd_operations + s.wr_operations + s.flush_operations + s.unmap_operations,
+            s.rd_total_time_ns + s.wr_total_time_ns + s.flush_total_time_ns + s.unmap_total_time_ns,
+        )
+    }
+
     pub fn device_cpu_ns(&self) -> u64 {
         self.iothreads
             .iter()

@@ -120,6 +120,11 @@ pub struct Measured {
     pub interrupts: u64,
     /// Requests answered inside the window, per queue.
     pub per_queue: Vec<u64>,
+    /// Requests the device answered inside the window, by its own counters.
+    pub device_ops: u64,
+    /// Nanoseconds those requests spent in the device: from their start on the host (their
+    /// submission to the engine) to their answer.
+    pub device_ns: u64,
 }
 
 struct Snapshot {
@@ -129,6 +134,8 @@ struct Snapshot {
     process_cpu: u64,
     kicks: u64,
     interrupts: u64,
+    /// The device's answered requests and their time in it.
+    residency: (u64, u64),
 }
 
 /// The driver's loop for one cell.
@@ -237,6 +244,7 @@ impl Runner<'_> {
 
     fn snapshot(&self) -> Snapshot {
         Snapshot {
+            residency: self.rig.device_residency(),
             at: Instant::now(),
             device_cpu: self.rig.device_cpu_ns(),
             driver_cpu: self.driver_tid.and_then(thread_cpu_ns).unwrap_or(0),
@@ -323,6 +331,8 @@ pub fn run(
     measured.process_cpu_ns = end.process_cpu.saturating_sub(start.process_cpu);
     measured.kicks = end.kicks - start.kicks;
     measured.interrupts = end.interrupts - start.interrupts;
+    measured.device_ops = end.residency.0.saturating_sub(start.residency.0);
+    measured.device_ns = end.residency.1.saturating_sub(start.residency.1);
     // Let the requests still in flight finish, so the next cell starts on an idle device.
     while runner.rig.driver.in_flight() > 0 {
         runner.collect(&mut done)?;
