@@ -318,13 +318,23 @@ fn system_reset_and_powerdown_end_the_micro_vm() {
             mem_size: 128 << 20,
             ..VmConfig::default()
         };
-        let mut vm = MicroVm::new(&config).unwrap();
-        let blocks = Arc::new(Mutex::new(BlockDevices::attach(&mut vm, &config).unwrap()));
-        let vm = Arc::new(vm);
-        let mut qmp = MachineQmp::new(&vm, &blocks);
-        vm.start().unwrap();
-        request(&mut qmp);
-        assert_eq!(vm.run().unwrap(), exit);
+        // The VMM's main thread: `start` confines it to the main thread's seccomp filter, so
+        // it is not this test's thread (which removes the scratch directory afterwards).
+        let ended = std::thread::Builder::new()
+            .name("vmm-main".into())
+            .spawn(move || {
+                let mut vm = MicroVm::new(&config).unwrap();
+                let blocks = Arc::new(Mutex::new(BlockDevices::attach(&mut vm, &config).unwrap()));
+                let vm = Arc::new(vm);
+                let mut qmp = MachineQmp::new(&vm, &blocks);
+                vm.start().unwrap();
+                request(&mut qmp);
+                vm.run().unwrap()
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(ended, exit);
     }
 }
 

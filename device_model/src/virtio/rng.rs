@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use address_space::GuestMemory;
 use util::event_loop::{EventLoop, HandlerAction};
+use util::timer::nonblocking_timer;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
@@ -539,8 +540,8 @@ impl RngState {
 
     /// Serves the waiting chain once the rate limit allows it.
     fn arm_timer(&mut self, delay: Duration) {
-        let armed = TimerFd::new().and_then(|mut timer| {
-            timer.reset(delay, None)?;
+        let armed = nonblocking_timer().and_then(|mut timer| {
+            timer.reset(delay, None).map_err(std::io::Error::from)?;
             Ok(timer)
         });
         let timer = match armed {

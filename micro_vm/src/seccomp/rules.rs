@@ -14,6 +14,7 @@ use util::io_uring::sys::{
     IORING_REGISTER_BUFFERS, IORING_REGISTER_ENABLE_RINGS, IORING_REGISTER_EVENTFD,
     IORING_REGISTER_PROBE, IORING_REGISTER_RESTRICTIONS,
 };
+use util::timer::{TIMER_CLOCK, TIMER_FLAGS};
 use vmm_sys_util::ioctl::{ioctl_expr, _IOC_NONE, _IOC_READ};
 
 use super::{names, ThreadRole};
@@ -129,6 +130,14 @@ fn common(list: &mut Allowlist) {
 fn device_loop(list: &mut Allowlist) {
     // The epoll loop; handlers come and go as devices are activated and reset.
     list.any(&[libc::SYS_epoll_wait, libc::SYS_epoll_ctl]);
+    // Timers the loop waits for (a queue's I/O limits, made when it is activated; the
+    // virtio-rng rate limit): created non-blocking on the monotonic clock in one call, armed
+    // with a relative time, read with `read`.
+    list.when(
+        libc::SYS_timerfd_create,
+        &[arg(0, TIMER_CLOCK as u32), arg(1, TIMER_FLAGS as u32)],
+    )
+    .when(libc::SYS_timerfd_settime, &[arg(1, 0u32)]);
     // aio=io_uring: submissions and completions; a ring is enabled (and the guest RAM of
     // -mem-prealloc registered) on the thread that serves it.
     list.any(&[libc::SYS_io_uring_enter]).when_arg_in(
