@@ -1,7 +1,7 @@
 //! The seccomp filters at work: in a child process (this test binary run again), a thread
 //! installs the VMM's real filter of one role through [`Sandbox::install`], the function the
 //! VMM uses, makes allowed calls, then a forbidden one; the process must end with status 159
-//! and one log line naming the call and the thread.
+//! and one log line, in the logger's format, naming the call and the thread.
 
 use std::io::Write;
 use std::process::Command;
@@ -168,6 +168,51 @@ fn run_child(case: &Case) {
     panic!("the forbidden call of {} returned", case.name);
 }
 
+/// The child's time zone (POSIX form: no zone file needed), and its offset from UTC.
+const CHILD_TZ: &str = "XST-5:30";
+const CHILD_UTC_OFFSET: i64 = 5 * 3600 + 30 * 60;
+
+/// Checks that `time` (`2026-11-30T12:00:00.123456789`) is the local time of a zone
+/// `offset` seconds east of UTC, within two minutes of now.
+fn check_local_time(time: &str, offset: i64, report: &str) {
+    assert_eq!(time.len(), 29, "{report}");
+    assert_eq!(
+        (&time[4..5], &time[7..8], &time[10..11], &time[19..20]),
+        ("-", "-", "T", "."),
+        "{report}"
+    );
+    let number = |range: std::ops::Range<usize>| -> i64 {
+        time[range]
+            .parse()
+            .unwrap_or_else(|_| panic!("time {time}: {report}"))
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        + offset;
+    // SAFETY: `tm` is plain old data, valid when zeroed.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid; gmtime_r writes only into `tm`.
+    assert!(!unsafe { libc::gmtime_r(&now, &mut tm) }.is_null());
+    let day = (
+        i64::from(tm.tm_year + 1900),
+        i64::from(tm.tm_mon + 1),
+        i64::from(tm.tm_mday),
+    );
+    let seconds = number(11..13) * 3600 + number(14..16) * 60 + number(17..19);
+    let expected = now.rem_euclid(86_400);
+    let apart = (seconds - expected).rem_euclid(86_400);
+    assert!(
+        apart.min(86_400 - apart) <= 120,
+        "{time} is not the local time (UTC{offset:+} s): {report}"
+    );
+    if apart <= 120 && expected >= 120 {
+        assert_eq!((number(0..4), number(5..7), number(8..10)), day, "{report}");
+    }
+    assert!(number(20..29) < 1_000_000_000, "{report}");
+}
+
 #[test]
 fn a_forbidden_call_ends_the_process_with_one_line_naming_the_call_and_the_thread() {
     if let Ok(name) = std::env::var(CHILD_CASE) {
@@ -177,7 +222,7 @@ fn a_forbidden_call_ends_the_process_with_one_line_naming_the_call_and_the_threa
     }
     let exe = std::env::current_exe().unwrap();
     for case in CASES {
-        let out = Command::new(&exe)
+        let child = Command::new(&exe)
             .args([
                 "a_forbidden_call_ends_the_process_with_one_line_naming_the_call_and_the_thread",
                 "--exact",
@@ -185,26 +230,47 @@ fn a_forbidden_call_ends_the_process_with_one_line_naming_the_call_and_the_threa
                 "--test-threads=1",
             ])
             .env(CHILD_CASE, case.name)
-            .output()
+            // Local time is UTC + 5:30 in the child: its line must show it.
+            .env("TZ", CHILD_TZ)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
+        let pid = child.id();
+        let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         let report = format!("case {}: {:?}\n{stderr}", case.name, out.status);
         assert_eq!(out.status.code(), Some(EXIT_STATUS), "{report}");
         assert!(stderr.contains(ALIVE), "allowed calls ran first: {report}");
-        let lines: Vec<&str> = stderr
-            .lines()
-            .filter(|l| l.contains("micro_vm::seccomp"))
-            .collect();
+        let lines: Vec<&str> = stderr.lines().filter(|l| l.contains(":ERROR: ")).collect();
         assert_eq!(lines.len(), 1, "one line: {report}");
+        let line = lines[0];
+        // TIME: [pid][tid][micro_vm/src/seccomp/trap.rs:N]:ERROR: message, as the logger.
+        let (time, rest) = line.split_once(": [").unwrap_or_else(|| panic!("{report}"));
+        check_local_time(time, CHILD_UTC_OFFSET, &report);
+        let fields: Vec<&str> = rest.splitn(3, "][").collect();
+        assert_eq!(fields.len(), 3, "{report}");
+        assert_eq!(fields[0], pid.to_string(), "{report}");
+        let tid: u32 = fields[1]
+            .parse()
+            .unwrap_or_else(|_| panic!("tid: {report}"));
+        assert_ne!(
+            tid, pid,
+            "the trapping thread is not the process's first: {report}"
+        );
+        let (location, message) = fields[2].split_once("]:ERROR: ").unwrap();
+        let (file, number) = location.rsplit_once(':').unwrap();
+        assert_eq!(file, "micro_vm/src/seccomp/trap.rs", "{report}");
+        assert!(number.parse::<u32>().is_ok(), "{report}");
         let expected = format!(
-            "ERROR micro_vm::seccomp: thread '{}' ({} filter) made the forbidden system call {} (",
+            "thread '{}' ({} filter) made the forbidden system call {} (",
             case.thread, case.role, case.call
         );
         assert!(
-            lines[0].contains(&expected),
+            message.starts_with(&expected),
             "expected {expected:?}: {report}"
         );
-        assert!(lines[0].ends_with("); the VMM ends"), "{report}");
+        assert!(message.ends_with("); the VMM ends"), "{report}");
         if case.name == "iothread-clone" {
             assert!(stderr.contains(CLONE_REFUSED), "{report}");
         }

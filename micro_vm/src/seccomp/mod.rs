@@ -177,6 +177,7 @@ impl Sandbox {
     /// any thread it starts later). The VMM calls this first thing on each of its threads.
     pub fn install(&self, role: ThreadRole) -> Result<()> {
         trap::install_handler().map_err(SeccompError::SignalHandler)?;
+        trap::record_utc_offset();
         let name = std::thread::current();
         trap::name_this_thread(name.name().unwrap_or("unnamed"), role);
         let failed = |source| SeccompError::Install { role, source };
