@@ -262,10 +262,10 @@ mod tests {
             assert_eq!(&prefix[..len], b"thread 'vcpu3' (vcpu filter)");
             // A name too long for the buffer is cut (at a character), the role stays.
             let long = format!("{}é", "x".repeat(PREFIX_LEN - 32));
-            name_this_thread(&long, ThreadRole::Iothread);
+            name_this_thread(&long, ThreadRole::AioWorker);
             let (prefix, len) = PREFIX.with(Cell::get);
             let text = std::str::from_utf8(&prefix[..len]).expect("whole characters");
-            assert!(text.ends_with("' (iothread filter)"), "{text}");
+            assert!(text.ends_with("' (aio-worker filter)"), "{text}");
             assert!(text.starts_with("thread 'xxxx"), "{text}");
         })
         .join()
