@@ -18,7 +18,9 @@
 //!   gives it (round robin), else the device's `iothread=`, else the machine's main loop; that
 //!   thread alone runs the queue and its engine. A slot's queues and their threads are fixed
 //!   when it is created: an empty slot has one queue on the main loop. An iothread installs
-//!   the iothread seccomp filter before its loop runs (unless `-disable-seccomp`).
+//!   the iothread seccomp filter before its loop runs, and every drive is opened through
+//!   [`BlockDevices::open`], whose `aio=threads` workers install theirs before their first
+//!   request (unless `-disable-seccomp`).
 //! - [`BlockDevices::shutdown`] (also run on drop) shuts every device down on its own thread
 //!   (in-flight requests answered, images flushed, backends closed there), then stops and joins
 //!   the iothreads, then closes the nodes QMP opened. Call it from the main thread once the
@@ -36,7 +38,7 @@ use device_model::virtio::{
 };
 use kvm_ioctls::{IoEventAddress, VmFd};
 use machine_manager::config::{DriveConfig, VmConfig};
-use util::aio::{AioEngine, AioError};
+use util::aio::{AioEngine, AioError, WorkerSetup};
 use util::event_loop::{EventLoop, EventLoopError, EventLoopThread};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -179,6 +181,9 @@ pub struct BlockDevices {
     iothreads: Vec<(String, EventLoopThread)>,
     /// The nodes QMP opened (`blockdev-add`), by node name.
     pub nodes: HashMap<String, Node>,
+    /// What every `aio=threads` worker of the machine's drives runs first (its seccomp
+    /// filter, unless `-disable-seccomp`).
+    workers: WorkerSetup,
     shut_down: bool,
 }
 
@@ -192,6 +197,7 @@ impl BlockDevices {
             slots: Vec::new(),
             iothreads: Vec::new(),
             nodes: HashMap::new(),
+            workers: vm.worker_setup(),
             shut_down: false,
         };
         for iothread in &config.iothreads {
@@ -260,7 +266,7 @@ impl BlockDevices {
                     };
                     (
                         device.id.clone(),
-                        Some(open_backend(&drive)?),
+                        Some(devices.open(&drive)?),
                         Some(occupant),
                         event_loops,
                     )
@@ -276,6 +282,12 @@ impl BlockDevices {
             });
         }
         Ok(devices)
+    }
+
+    /// Opens `drive` for this machine (a boot-time drive, QMP `blockdev-add`, or a node
+    /// `device_add` reopens): its `aio=threads` workers run under their seccomp filter.
+    pub fn open(&self, drive: &DriveConfig) -> Result<BlockBackend> {
+        open_backend(drive, &self.workers)
     }
 
     /// The slots, in index order.
@@ -389,8 +401,9 @@ fn probe_engines(drives: &[DriveConfig]) -> Result<()> {
     Ok(())
 }
 
-/// How the device opens `drive` (its `-drive` or `blockdev-add` options).
-pub fn backend_config(drive: &DriveConfig) -> BlockBackendConfig {
+/// How the device opens `drive` (its `-drive` or `blockdev-add` options); the workers of an
+/// `aio=threads` engine run `workers` first.
+pub fn backend_config(drive: &DriveConfig, workers: &WorkerSetup) -> BlockBackendConfig {
     BlockBackendConfig {
         path: drive.path.clone(),
         readonly: drive.readonly,
@@ -403,12 +416,14 @@ pub fn backend_config(drive: &DriveConfig) -> BlockBackendConfig {
         discard: drive.discard,
         detect_zeroes: drive.detect_zeroes,
         throttle: drive.throttle,
+        worker_setup: workers.clone(),
     }
 }
 
-/// Opens the file of `drive` with its engine (also used by QMP `blockdev-add`).
-pub fn open_backend(drive: &DriveConfig) -> Result<BlockBackend> {
-    BlockBackend::open(&backend_config(drive)).map_err(|source| BlockDevicesError::Open {
+/// Opens the file of `drive` with its engine, whose `aio=threads` workers run `workers` first
+/// (the machine's drives are opened by [`BlockDevices::open`]).
+pub fn open_backend(drive: &DriveConfig, workers: &WorkerSetup) -> Result<BlockBackend> {
+    BlockBackend::open(&backend_config(drive, workers)).map_err(|source| BlockDevicesError::Open {
         drive: drive.id.clone(),
         path: drive.path.clone(),
         source,

@@ -8,9 +8,10 @@
 //!   [`MicroVm`]: the lifecycle, holding the vCPUs, drops first).
 //! - With seccomp on (the default), every thread the machine starts installs its role's filter
 //!   first thing ([`crate::seccomp`]): vCPUs before their first `KVM_RUN`, iothreads before
-//!   their loop; [`MicroVm::start`] installs the main thread's filter on its caller after the
-//!   vCPU threads exist and before they run, so the thread that calls `start` must be the one
-//!   that then calls [`MicroVm::run`] and nothing else.
+//!   their loop, the workers of `aio=threads` drives before their first request (through
+//!   [`MicroVm::worker_setup`]); [`MicroVm::start`] installs the main thread's filter on its
+//!   caller after the vCPU threads exist and before they run, so the thread that calls
+//!   `start` must be the one that then calls [`MicroVm::run`] and nothing else.
 //! - virtio-mmio slot `i` lives at `VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_SIZE` with GSI
 //!   `FIRST_VIRTIO_GSI + i`, and is announced on the guest command line in slot order.
 
@@ -29,6 +30,7 @@ use device_model::legacy::{
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 use machine_manager::config::{CpuTopology, VmConfig, MACHINE_TYPE};
+use util::aio::WorkerSetup;
 use util::event_loop::{EventLoop, HandlerAction};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -353,6 +355,15 @@ impl MicroVm {
     /// The seccomp filters the machine's threads install, `None` with `-disable-seccomp`.
     pub fn sandbox(&self) -> Option<&Sandbox> {
         self.sandbox.as_ref()
+    }
+
+    /// What the workers of the machine's `aio=threads` engines run first: their seccomp
+    /// filter, or nothing with `-disable-seccomp`.
+    pub fn worker_setup(&self) -> WorkerSetup {
+        self.sandbox
+            .as_ref()
+            .map(Sandbox::worker_setup)
+            .unwrap_or_default()
     }
 
     /// Guest RAM, for devices that access it.

@@ -23,7 +23,7 @@ use machine_manager::qmp::{
 };
 use util::aio::ThrottleConfig;
 
-use crate::block_devices::{open_backend, BlockDevices, Node, Occupant};
+use crate::block_devices::{BlockDevices, Node, Occupant};
 use crate::{MicroVm, VmExit, VmState};
 
 /// How long the machine's last events may take to reach the client.
@@ -136,7 +136,7 @@ impl QmpHandler for MachineQmp {
             }
             let drive = args.drive_config();
             drive.validate().map_err(generic)?;
-            let backend = open_backend(&drive).map_err(generic)?;
+            let backend = blocks.open(&drive).map_err(generic)?;
             log::info!(
                 "qmp: node {} opened: {} aio={} direct={}",
                 drive.id,
@@ -226,7 +226,10 @@ impl QmpHandler for MachineQmp {
             }
             let mut backend = match node.backend.take() {
                 Some(backend) => backend,
-                None => open_backend(&node.drive).map_err(generic)?,
+                None => {
+                    let drive = node.drive.clone();
+                    blocks.open(&drive).map_err(generic)?
+                }
             };
             if args.serial.is_some() {
                 backend.set_serial(args.serial.clone());

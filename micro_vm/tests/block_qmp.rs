@@ -12,7 +12,7 @@ use machine_manager::qmp::{BlockdevAdd, DeviceAdd, QmpError, QmpHandler, VmRunSt
 use micro_vm::block_devices::{open_backend, BlockDevices, REPLACEABLE_SLOTS};
 use micro_vm::qmp_handler::MachineQmp;
 use micro_vm::MicroVm;
-use util::aio::AioEngine;
+use util::aio::{AioEngine, WorkerSetup};
 
 use common::Scratch;
 
@@ -239,11 +239,12 @@ fn image_locks_follow_the_backend_through_hot_replace() {
     qmp.blockdev_add(node("a", &a, AioEngine::IoUring, true))
         .unwrap();
     qmp.device_add(plug("a", 1)).unwrap();
-    assert!(open_backend(&drive("outside", &a, AioEngine::Off)).is_err());
+    let unfiltered = WorkerSetup::default();
+    assert!(open_backend(&drive("outside", &a, AioEngine::Off), &unfiltered).is_err());
     qmp.device_del("a").unwrap();
     let mut outside = drive("outside", &a, AioEngine::IoUring);
     outside.readonly = true;
-    let outsider = open_backend(&outside).unwrap();
+    let outsider = open_backend(&outside, &unfiltered).unwrap();
     locked(generic(qmp.device_add(plug("a", 1))), &a);
     assert!(blocks.lock().unwrap().slots()[1].occupant.is_none());
     drop(outsider);
@@ -318,13 +319,23 @@ fn system_reset_and_powerdown_end_the_micro_vm() {
             mem_size: 128 << 20,
             ..VmConfig::default()
         };
-        let mut vm = MicroVm::new(&config).unwrap();
-        let blocks = Arc::new(Mutex::new(BlockDevices::attach(&mut vm, &config).unwrap()));
-        let vm = Arc::new(vm);
-        let mut qmp = MachineQmp::new(&vm, &blocks);
-        vm.start().unwrap();
-        request(&mut qmp);
-        assert_eq!(vm.run().unwrap(), exit);
+        // The VMM's main thread: `start` confines it to the main thread's seccomp filter, so
+        // it is not this test's thread (which removes the scratch directory afterwards).
+        let ended = std::thread::Builder::new()
+            .name("vmm-main".into())
+            .spawn(move || {
+                let mut vm = MicroVm::new(&config).unwrap();
+                let blocks = Arc::new(Mutex::new(BlockDevices::attach(&mut vm, &config).unwrap()));
+                let vm = Arc::new(vm);
+                let mut qmp = MachineQmp::new(&vm, &blocks);
+                vm.start().unwrap();
+                request(&mut qmp);
+                vm.run().unwrap()
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(ended, exit);
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`io_uring`]: our own io_uring, from the kernel ABI up.
 //! - [`aio`]: the block engines (`aio=off|threads|native|io_uring`) behind one
 //!   [`aio::AioContext`] trait.
+//! - [`timer`]: non-blocking timers for event loops.
 //! - `testing` (feature `test-utils`): host fixtures for tests (loop devices, I/O throttles,
 //!   log capture).
 
@@ -19,3 +20,4 @@ pub mod io_uring;
 pub mod logger;
 #[cfg(feature = "test-utils")]
 pub mod testing;
+pub mod timer;

@@ -220,3 +220,67 @@ fn drop_finishes_queued_requests_then_releases_their_keep_alives() {
     assert!(file_content(&path) == owner.as_slice());
     let _ = std::fs::remove_file(&path);
 }
+
+#[test]
+fn every_worker_runs_the_setup_step_before_any_request_and_a_failure_fails_the_engine() {
+    use std::sync::Mutex;
+    use util::aio::{open_engine_with, AioError, WorkerSetup};
+
+    let path = test_path("pool-setup");
+    let file = create_file(&path, &vec![7u8; ALIGN], Mode::Buffered);
+    let fd = std::os::unix::io::AsRawFd::as_raw_fd(&file);
+    // Each worker records its thread; a request's read then sees the whole record.
+    let ran: Arc<Mutex<Vec<String>>> = Arc::default();
+    let record = ran.clone();
+    let setup = WorkerSetup::new(move || {
+        let name = std::thread::current().name().unwrap_or("").to_string();
+        record.lock().unwrap().push(name);
+        Ok(())
+    });
+    let mut ctx = open_engine_with(AioEngine::Threads, fd, 4, &setup).expect("pool");
+    let mut names = ran.lock().unwrap().clone();
+    names.sort();
+    let expected: Vec<String> = (0..4).map(|i| format!("{WORKER_NAME}{i}")).collect();
+    assert_eq!(
+        names, expected,
+        "every worker, once, before the engine is returned"
+    );
+    let buf = AlignedBuf::new(ALIGN);
+    let mut batch = vec![rw(AioOpcode::Read, 0, vec![buf.iovec(0, ALIGN)], 1)];
+    // SAFETY: `buf` outlives the wait below, which reaps the request.
+    unsafe { ctx.submit(&mut batch) }.expect("submit");
+    let done = wait_for(ctx.as_mut(), 1);
+    assert_eq!(done[0].result, ALIGN as i64);
+    assert!(buf.as_slice().iter().all(|&b| b == 7));
+    drop(ctx);
+
+    // One worker's step fails: the engine is not made, and every worker has ended (each held
+    // a clone of the step, and with it of `witness`).
+    let witness = Arc::new(());
+    let held = witness.clone();
+    let failing = WorkerSetup::new(move || {
+        let _ = &held;
+        match std::thread::current().name() {
+            Some(name) if name == format!("{WORKER_NAME}2") => Err("no filter for you".into()),
+            _ => Ok(()),
+        }
+    });
+    let err = open_engine_with(AioEngine::Threads, fd, 8, &failing)
+        .err()
+        .expect("a worker failed its set-up");
+    assert!(
+        matches!(err, AioError::WorkerSetup { .. }),
+        "{err}: {err:?}"
+    );
+    let source = std::error::Error::source(&err).map(ToString::to_string);
+    assert_eq!(source.as_deref(), Some("no filter for you"));
+    drop(failing);
+    assert_eq!(Arc::strong_count(&witness), 1, "every worker ended");
+    // The other engines start no thread: the step is never run (aio=native needs O_DIRECT,
+    // which this buffered file lacks; it starts no thread either).
+    let never = WorkerSetup::new(|| Err("must not run".into()));
+    for engine in [AioEngine::Off, AioEngine::IoUring] {
+        drop(open_engine_with(engine, fd, 4, &never).expect("engine"));
+    }
+    let _ = std::fs::remove_file(&path);
+}

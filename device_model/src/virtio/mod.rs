@@ -208,6 +208,9 @@ pub enum VirtioError {
     /// Creating an eventfd failed.
     #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
+    /// Creating a timer (I/O limits) failed.
+    #[error("cannot create a timer")]
+    Timer(#[source] std::io::Error),
     /// Registering a handler in the event loop failed.
     #[error("cannot register a handler in the event loop")]
     EventLoop(#[source] util::event_loop::EventLoopError),

@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use address_space::GuestMemory;
 use util::event_loop::{EventLoop, HandlerAction};
+use util::timer::nonblocking_timer;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
@@ -158,8 +159,18 @@ impl RateLimit {
 
     /// Bytes that may be served now.
     fn available(&mut self) -> u64 {
-        let now = Instant::now();
-        let earned = now.duration_since(self.refilled).as_nanos() * u128::from(self.bytes_per_sec)
+        self.available_at(Instant::now())
+    }
+
+    /// Bytes that may be served at `now`. Time spent with the reserve full earns nothing: it
+    /// is not counted again once bytes are taken.
+    fn available_at(&mut self, now: Instant) -> u64 {
+        if self.allowance >= self.bytes_per_sec {
+            self.refilled = now;
+            return self.allowance;
+        }
+        let earned = now.saturating_duration_since(self.refilled).as_nanos()
+            * u128::from(self.bytes_per_sec)
             / 1_000_000_000;
         if earned > 0 {
             self.allowance =
@@ -539,8 +550,8 @@ impl RngState {
 
     /// Serves the waiting chain once the rate limit allows it.
     fn arm_timer(&mut self, delay: Duration) {
-        let armed = TimerFd::new().and_then(|mut timer| {
-            timer.reset(delay, None)?;
+        let armed = nonblocking_timer().and_then(|mut timer| {
+            timer.reset(delay, None).map_err(std::io::Error::from)?;
             Ok(timer)
         });
         let timer = match armed {
@@ -791,6 +802,20 @@ mod tests {
             "{wait:?}"
         );
         assert!(limit.wait_for(5000) <= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn time_with_a_full_reserve_earns_nothing() {
+        // The reserve is full from the start; the first bytes are taken 0.9 ms later, the
+        // next asked for 0.6 ms after that: 0.6 ms at 1000 bytes/s earns nothing yet (the
+        // 0.9 ms before the first request do not count again).
+        let start = Instant::now();
+        let mut limit = RateLimit::new(1000);
+        limit.refilled = start;
+        assert_eq!(limit.available_at(start + Duration::from_micros(900)), 1000);
+        limit.consume(1000);
+        assert_eq!(limit.available_at(start + Duration::from_micros(1500)), 0);
+        assert_eq!(limit.available_at(start + Duration::from_micros(2000)), 1);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use util::io_uring::sys::{
     IORING_REGISTER_BUFFERS, IORING_REGISTER_ENABLE_RINGS, IORING_REGISTER_EVENTFD,
     IORING_REGISTER_PROBE, IORING_REGISTER_RESTRICTIONS,
 };
+use util::timer::{TIMER_CLOCK, TIMER_FLAGS};
 use vmm_sys_util::ioctl::{ioctl_expr, _IOC_NONE, _IOC_READ};
 
 use super::{names, ThreadRole};
@@ -129,6 +130,14 @@ fn common(list: &mut Allowlist) {
 fn device_loop(list: &mut Allowlist) {
     // The epoll loop; handlers come and go as devices are activated and reset.
     list.any(&[libc::SYS_epoll_wait, libc::SYS_epoll_ctl]);
+    // Timers the loop waits for (a queue's I/O limits, made when it is activated; the
+    // virtio-rng rate limit): created non-blocking on the monotonic clock in one call, armed
+    // with a relative time, read with `read`.
+    list.when(
+        libc::SYS_timerfd_create,
+        &[arg(0, TIMER_CLOCK as u32), arg(1, TIMER_FLAGS as u32)],
+    )
+    .when(libc::SYS_timerfd_settime, &[arg(1, 0u32)]);
     // aio=io_uring: submissions and completions; a ring is enabled (and the guest RAM of
     // -mem-prealloc registered) on the thread that serves it.
     list.any(&[libc::SYS_io_uring_enter]).when_arg_in(
@@ -146,12 +155,26 @@ fn device_loop(list: &mut Allowlist) {
         libc::SYS_io_destroy,
     ]);
     // aio=off (every request inline), and the flush of a backend that closes.
+    file_io(list);
+}
+
+/// The system calls of one request run to its end (`aio=off` inline, `aio=threads` on a
+/// worker): reads, writes, flushes, discards and write-zeroes; a short read asks where the
+/// file ends (`SEEK_END`: the engines use positional I/O only, so the offset is never used).
+fn file_io(list: &mut Allowlist) {
     list.any(&[
         libc::SYS_preadv,
         libc::SYS_pwritev,
         libc::SYS_fdatasync,
         libc::SYS_fallocate,
-    ]);
+    ])
+    .when(libc::SYS_lseek, &[arg(2, libc::SEEK_END as u32)]);
+}
+
+/// What an `aio=threads` worker calls beyond [`common`]: its requests' system calls; it tells
+/// the device's thread with an eventfd `write` and waits for work in `futex`.
+fn aio_worker(list: &mut Allowlist) {
+    file_io(list);
 }
 
 /// The rules of `role`, in `seccompiler`'s form.
@@ -186,12 +209,71 @@ pub(super) fn rules(role: ThreadRole) -> Result<BTreeMap<i64, Vec<SeccompRule>>,
     Ok(out)
 }
 
-/// The calls no filtered thread may make, answered `EPERM` by a filter of their own (see the
-/// module documentation of `seccomp`).
+/// The calls that start threads and processes: every role's allowlist passes them on to the
+/// thread-start filters, which answer them with an error or let them through (see the module
+/// documentation of `seccomp`).
 pub(super) const REFUSED: [libc::c_long; 2] = [libc::SYS_clone, libc::SYS_clone3];
 
-/// The names of the calls that fail with `EPERM` on every filtered thread (starting a thread
-/// or a process).
+/// The flags of `clone` when glibc's `pthread_create` starts a thread: the one `clone` the main
+/// thread may make (a process, `vfork` or `fork`, always has other flags).
+pub const THREAD_CLONE_FLAGS: u64 = (libc::CLONE_VM
+    | libc::CLONE_FS
+    | libc::CLONE_FILES
+    | libc::CLONE_SIGHAND
+    | libc::CLONE_THREAD
+    | libc::CLONE_SYSVSEM
+    | libc::CLONE_SETTLS
+    | libc::CLONE_PARENT_SETTID
+    | libc::CLONE_CHILD_CLEARTID) as u64;
+
+/// A thread-start filter: the calls it matches and the error they get; every other call passes.
+pub(super) struct ThreadStartFilter {
+    pub(super) rules: BTreeMap<i64, Vec<SeccompRule>>,
+    pub(super) errno: i32,
+}
+
+/// The thread-start filters of `role`, installed before its allowlist.
+///
+/// - vcpu, iothread, aio-worker: `clone` and `clone3` fail with `EPERM`.
+/// - main: `clone3` fails with `ENOSYS`, so glibc's `pthread_create` falls back to `clone`;
+///   `clone` fails with `EPERM` unless its flags are exactly [`THREAD_CLONE_FLAGS`]. So the
+///   main thread can start an `aio=threads` engine's workers for a drive QMP opens, and no
+///   thread can start a process.
+pub(super) fn thread_start_filters(
+    role: ThreadRole,
+) -> Result<Vec<ThreadStartFilter>, BackendError> {
+    let all = |calls: &[libc::c_long]| calls.iter().map(|&c| (c, Vec::new())).collect();
+    Ok(match role {
+        ThreadRole::Main => vec![
+            ThreadStartFilter {
+                rules: all(&[libc::SYS_clone3]),
+                errno: libc::ENOSYS,
+            },
+            ThreadStartFilter {
+                rules: [(
+                    libc::SYS_clone,
+                    vec![SeccompRule::new(vec![SeccompCondition::new(
+                        0,
+                        SeccompCmpArgLen::Qword,
+                        SeccompCmpOp::Ne,
+                        THREAD_CLONE_FLAGS,
+                    )?])?],
+                )]
+                .into_iter()
+                .collect(),
+                errno: libc::EPERM,
+            },
+        ],
+        ThreadRole::Vcpu | ThreadRole::Iothread | ThreadRole::AioWorker => {
+            vec![ThreadStartFilter {
+                rules: all(&REFUSED),
+                errno: libc::EPERM,
+            }]
+        }
+    })
+}
+
+/// The names of the calls the thread-start filters decide (starting a thread or a process).
 pub fn refused_syscalls() -> Vec<&'static str> {
     REFUSED
         .iter()
@@ -206,6 +288,7 @@ fn allowlist(role: ThreadRole) -> Allowlist {
     match role {
         ThreadRole::Vcpu => vcpu(&mut list),
         ThreadRole::Iothread => device_loop(&mut list),
+        ThreadRole::AioWorker => aio_worker(&mut list),
         ThreadRole::Main => {
             device_loop(&mut list);
             main(&mut list);
@@ -275,6 +358,24 @@ fn main(list: &mut Allowlist) {
     );
     // The shutdown path removes the QMP socket file and the pid file.
     list.any(&[libc::SYS_unlink]);
+    // The workers of an aio=threads engine for a drive QMP opens: `clone` itself is decided by
+    // the thread-start filters. A new thread runs under this filter until it installs its own:
+    // glibc registers its restartable sequences and robust futex list, the standard library
+    // names the thread and reads its stack's bounds (`pthread_getattr_np`, which asks for the
+    // thread's CPU affinity), the allocator makes the thread an arena (once per process it
+    // reads how many CPUs are online: `openat`, `read`, `close`, allowed above); then the
+    // worker installs its filter.
+    list.any(&[libc::SYS_set_robust_list, libc::SYS_sched_getaffinity])
+        .when(libc::SYS_rseq, &[arg(2, 0u32)])
+        .when_arg_in(
+            libc::SYS_prctl,
+            0,
+            &[libc::PR_SET_NAME as u64, libc::PR_SET_NO_NEW_PRIVS as u64],
+        )
+        .when(
+            libc::SYS_seccomp,
+            &[arg(0, libc::SECCOMP_SET_MODE_FILTER), arg(1, 0u32)],
+        );
 }
 
 /// The calls `role` may make, by name, each with whether its arguments are checked (for the
@@ -299,6 +400,16 @@ mod tests {
         // <linux/kvm.h> on x86_64.
         assert_eq!(KVM_RUN, 0xae80);
         assert_eq!(KVM_GET_REGS, 0x8090_ae81);
+    }
+
+    #[test]
+    fn the_thread_clone_flags_are_glibcs() {
+        // glibc's pthread_create (sysdeps/unix/sysv/linux/createthread.c), on x86_64.
+        assert_eq!(THREAD_CLONE_FLAGS, 0x003d_0f00);
+        // Nothing that makes a process: no exit signal, no vfork, no new namespace.
+        assert_eq!(THREAD_CLONE_FLAGS & 0xff, 0);
+        assert_eq!(THREAD_CLONE_FLAGS & libc::CLONE_VFORK as u64, 0);
+        assert_ne!(THREAD_CLONE_FLAGS & libc::CLONE_THREAD as u64, 0);
     }
 
     #[test]

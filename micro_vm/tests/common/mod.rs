@@ -113,6 +113,29 @@ impl QmpClient {
             .unwrap();
     }
 
+    /// Runs `command` with `arguments`; returns its reply (`return` or `error`) and the events
+    /// that came before it.
+    pub fn execute(&mut self, command: &str, arguments: Value) -> (Value, Vec<Value>) {
+        let request = serde_json::json!({ "execute": command, "arguments": arguments });
+        self.writer
+            .write_all(format!("{request}\n").as_bytes())
+            .unwrap();
+        let mut seen = self.until(|m| m.get("return").is_some() || m.get("error").is_some());
+        let reply = seen.pop().unwrap();
+        (reply, seen)
+    }
+
+    /// Runs `command` with `arguments` and checks that it succeeded; returns the events that
+    /// came before its reply.
+    pub fn ok(&mut self, command: &str, arguments: Value) -> Vec<Value> {
+        let (reply, events) = self.execute(command, arguments.clone());
+        assert!(
+            reply.get("return").is_some(),
+            "{command} {arguments}: {reply}"
+        );
+        events
+    }
+
     /// The next message, `None` once the VMM closed the socket.
     pub fn next(&mut self) -> Option<Value> {
         let line = self.lines.next()?.ok()?;

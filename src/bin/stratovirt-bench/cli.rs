@@ -40,7 +40,8 @@ block layer (qemu-img bench) on them as the peer.
   --halt-poll-ns N  the driver (the guest) looks for completions for up to N ns before
                     it sleeps on the interrupt, as KVM's halt polling keeps a halted
                     vCPU running (default 0: it sleeps at once)
-  --no-seccomp      run the device thread without the VMM's iothread seccomp filter
+  --no-seccomp      run the device threads (and aio=threads workers) without the VMM's
+                    seccomp filters
   --mem-prealloc    also run io_uring with guest RAM preallocated, as -mem-prealloc does
                     (registered as fixed buffers), interleaved with the other engines
   --drive-options KEY=VALUE,...
@@ -84,7 +85,8 @@ pub struct Options {
     pub halt_poll_ns: u64,
     /// The device's queue counts to run (each queue on its own iothread).
     pub queues: Vec<u16>,
-    /// Confine the device thread to the iothread seccomp filter.
+    /// Confine the device threads to the iothread seccomp filter (and `aio=threads` workers to
+    /// theirs).
     pub seccomp: bool,
     /// Add the `io_uring+prealloc` variant (preallocated guest RAM, fixed buffers).
     pub prealloc: bool,

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{bail, Result};
 use device_model::virtio::BlockBackendConfig;
 use machine_manager::config::DriveConfig;
-use util::aio::{AioEngine, ErrorAction};
+use util::aio::{AioEngine, ErrorAction, WorkerSetup};
 
 use crate::backing::Backing;
 
@@ -69,7 +69,8 @@ impl DriveOptions {
             drive.werror = ErrorAction::Report;
             drive.rerror = ErrorAction::Report;
         }
-        micro_vm::block_devices::backend_config(&drive)
+        // The rig gives the workers of aio=threads their seccomp filter (`Rig::new`).
+        micro_vm::block_devices::backend_config(&drive, &WorkerSetup::default())
     }
 }
 

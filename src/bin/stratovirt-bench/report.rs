@@ -111,7 +111,8 @@ pub struct Meta {
     pub queues: Vec<u16>,
     /// The `--drive-options` every device was given (empty: none).
     pub drive_options: String,
-    /// Whether the device thread ran under the iothread seccomp filter.
+    /// Whether the device threads ran under the iothread seccomp filter (and `aio=threads`
+    /// workers under theirs).
     pub seccomp: bool,
     /// The command line.
     pub command: String,

@@ -74,13 +74,21 @@ impl Rig {
             ..MemoryOptions::default()
         };
         let mem = Arc::new(GuestMemory::with_options(&[(0, RAM)], &options).context("guest RAM")?);
-        let backend = BlockBackend::open(drive)
-            .with_context(|| format!("drive {} aio={}", drive.path.display(), drive.aio))?;
         let sandbox = if config.seccomp {
             Some(Sandbox::new().context("seccomp filters")?)
         } else {
             None
         };
+        // The workers of aio=threads run under their filter, as in the VMM.
+        let drive = BlockBackendConfig {
+            worker_setup: sandbox
+                .as_ref()
+                .map(Sandbox::worker_setup)
+                .unwrap_or_default(),
+            ..drive.clone()
+        };
+        let backend = BlockBackend::open(&drive)
+            .with_context(|| format!("drive {} aio={}", drive.path.display(), drive.aio))?;
         let iothreads = (0..config.queues.max(1))
             .map(|q| {
                 let name = format!("bench-iothread{q}");

@@ -59,6 +59,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 pub use options::{DetectZeroes, Discard, ErrorAction, Limit, ThrottleConfig};
+pub use threads::WorkerSetup;
 
 /// One contiguous piece of a request's buffer in host virtual memory.
 /// Same layout as the kernel's `struct iovec`.
@@ -234,6 +235,16 @@ pub enum AioError {
         #[source]
         source: std::io::Error,
     },
+    /// A worker's set-up step ([`WorkerSetup`]: the VMM's seccomp filter) failed; the pool's
+    /// workers were stopped.
+    #[error("aio={engine}: a worker thread could not be set up")]
+    WorkerSetup {
+        /// The engine.
+        engine: AioEngine,
+        /// The cause.
+        #[source]
+        source: crate::event_loop::ThreadSetupError,
+    },
     /// The engine is bound to another thread (an `io_uring` ring takes system calls from the
     /// thread that first used it).
     #[error("aio={engine}: the engine belongs to another thread")]
@@ -330,9 +341,20 @@ pub fn open_engine(
     fd: RawFd,
     depth: u32,
 ) -> Result<Box<dyn AioContext>, AioError> {
+    open_engine_with(engine, fd, depth, &WorkerSetup::default())
+}
+
+/// Like [`open_engine`]; the workers of `aio=threads` run `workers` first thing (the other
+/// engines start no thread and ignore it).
+pub fn open_engine_with(
+    engine: AioEngine,
+    fd: RawFd,
+    depth: u32,
+    workers: &WorkerSetup,
+) -> Result<Box<dyn AioContext>, AioError> {
     Ok(match engine {
         AioEngine::Off => Box::new(sync::SyncContext::new(fd)?),
-        AioEngine::Threads => Box::new(threads::ThreadsContext::new(fd, depth)?),
+        AioEngine::Threads => Box::new(threads::ThreadsContext::with_setup(fd, depth, workers)?),
         AioEngine::Native => Box::new(libaio::NativeContext::new(fd, depth)?),
         AioEngine::IoUring => Box::new(uring::UringContext::new(fd, depth)?),
     })

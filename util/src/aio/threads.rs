@@ -14,6 +14,10 @@
 //!   that cannot give the threads makes opening the drive fail instead of a request stalling.
 //!   Workers are named `aio-worker-N` (N from 0 within one engine) and have small stacks;
 //!   `new` returns once every worker runs.
+//! - Each worker runs the engine's [`WorkerSetup`] first thing (the VMM installs the worker's
+//!   seccomp filter there), before it counts as started and before it takes any request. If
+//!   it fails on any worker, the pool is stopped and joined and `new` fails with
+//!   [`AioError::WorkerSetup`]: no request ever runs on a worker that was not set up.
 //! - `submit`, `reap`, `in_flight` and `drain` run on the engine's one user thread; the workers
 //!   only take requests, run them and post completions. Requests are taken in submission order
 //!   (FIFO); with more requests than workers the rest wait in the queue. Requests running on
@@ -49,6 +53,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::inflight::{clear_eventfd, immediate, Slot, Spares};
 use super::sync::run_to_end;
 use super::{AioCompletion, AioContext, AioEngine, AioError, AioOpcode, AioRequest, Iovec};
+use crate::event_loop::ThreadSetupError;
 
 const ENGINE: AioEngine = AioEngine::Threads;
 
@@ -65,6 +70,61 @@ const WORKER_STACK: usize = 256 << 10;
 
 /// A request a worker finished, and its completion.
 type Finished = (Slot, AioCompletion);
+
+/// The step a worker's set-up runs.
+type SetupFn = dyn Fn() -> Result<(), ThreadSetupError> + Send + Sync;
+
+/// A step every worker of an engine runs first thing on its thread, before it takes a request
+/// (the VMM installs the worker's seccomp filter there); [`WorkerSetup::default`] does nothing.
+/// Its failure on any worker is the engine's ([`AioError::WorkerSetup`]). Cloning it shares
+/// the step; two values are equal when they share it (or both do nothing).
+#[derive(Clone, Default)]
+pub struct WorkerSetup(Option<Arc<SetupFn>>);
+
+impl WorkerSetup {
+    /// Runs `step` on each worker as it starts.
+    pub fn new<F>(step: F) -> WorkerSetup
+    where
+        F: Fn() -> Result<(), ThreadSetupError> + Send + Sync + 'static,
+    {
+        WorkerSetup(Some(Arc::new(step)))
+    }
+
+    /// Whether a step is set.
+    pub fn is_set(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Runs the step on the calling thread (the pool does so on each worker).
+    pub fn run(&self) -> Result<(), ThreadSetupError> {
+        match &self.0 {
+            Some(step) => step(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Debug for WorkerSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.is_set() {
+            "WorkerSetup(set)"
+        } else {
+            "WorkerSetup(none)"
+        })
+    }
+}
+
+impl PartialEq for WorkerSetup {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for WorkerSetup {}
 
 /// What the user thread and the workers share.
 #[derive(Debug)]
@@ -91,8 +151,11 @@ struct State {
     done: Vec<Finished>,
     /// Workers waiting for a request.
     idle: usize,
-    /// Workers that have started (and named their thread).
+    /// Workers that have started (named their thread and ran the set-up step).
     started: usize,
+    /// Workers whose set-up step failed (they ended), and the first failure.
+    failed: usize,
+    setup_error: Option<ThreadSetupError>,
     /// `drain` waits on `Shared::finished`.
     draining: bool,
     /// The engine is going away: workers leave once the queue is empty.
@@ -132,8 +195,17 @@ impl Shared {
     }
 }
 
-/// A worker: takes requests in order, runs each to its end, posts it finished.
-fn worker(shared: &Shared) {
+/// A worker: runs the set-up step, then takes requests in order, runs each to its end, posts
+/// it finished.
+fn worker(shared: &Shared, setup: &WorkerSetup) {
+    if let Err(e) = setup.run() {
+        let mut st = shared.lock();
+        st.failed += 1;
+        st.setup_error.get_or_insert(e);
+        drop(st);
+        shared.finished.notify_one();
+        return;
+    }
     shared.lock().started += 1;
     shared.finished.notify_one();
     let mut slot = shared.next();
@@ -186,6 +258,12 @@ impl ThreadsContext {
     /// Creates the engine for `fd` (which must stay open for the engine's lifetime) and starts
     /// `min(depth, MAX_WORKERS)` workers (at least one).
     pub fn new(fd: RawFd, depth: u32) -> Result<Self, AioError> {
+        Self::with_setup(fd, depth, &WorkerSetup::default())
+    }
+
+    /// Like [`ThreadsContext::new`], each worker running `setup` first thing; fails if it
+    /// fails on any worker (the others are stopped and joined first).
+    pub fn with_setup(fd: RawFd, depth: u32, setup: &WorkerSetup) -> Result<Self, AioError> {
         let depth = depth.max(1) as usize;
         let efd = EventFd::new(EFD_NONBLOCK).map_err(|source| AioError::Syscall {
             engine: ENGINE,
@@ -201,6 +279,8 @@ impl ThreadsContext {
                 done: Vec::with_capacity(depth),
                 idle: 0,
                 started: 0,
+                failed: 0,
+                setup_error: None,
                 draining: false,
                 stop: false,
             }),
@@ -219,10 +299,11 @@ impl ThreadsContext {
         };
         for i in 0..count {
             let shared = Arc::clone(&ctx.shared);
+            let setup = setup.clone();
             let handle = thread::Builder::new()
                 .name(format!("{WORKER_NAME}{i}"))
                 .stack_size(WORKER_STACK)
-                .spawn(move || worker(&shared))
+                .spawn(move || worker(&shared, &setup))
                 .map_err(|source| AioError::Syscall {
                     engine: ENGINE,
                     call: "worker thread creation",
@@ -230,17 +311,25 @@ impl ThreadsContext {
                 })?;
             ctx.workers.push(handle);
         }
-        // Return with every worker running and its thread named.
+        // Return with every worker running, its thread named and set up.
         let mut st = ctx.shared.lock();
-        while st.started < count {
+        while st.started + st.failed < count {
             st = ctx
                 .shared
                 .finished
                 .wait(st)
                 .unwrap_or_else(PoisonError::into_inner);
         }
+        let failed = st.setup_error.take();
         drop(st);
-        Ok(ctx)
+        match failed {
+            // Dropping `ctx` stops and joins the workers that did start.
+            Some(source) => Err(AioError::WorkerSetup {
+                engine: ENGINE,
+                source,
+            }),
+            None => Ok(ctx),
+        }
     }
 
     /// How many workers the pool runs.

@@ -31,6 +31,7 @@ use std::sync::Arc;
 
 use util::aio::{
     self, AioContext, AioEngine, AioOpcode, DetectZeroes, Discard, ErrorAction, ThrottleConfig,
+    WorkerSetup,
 };
 use util::file::{self as host_file, FileError, FileKind, Locking};
 
@@ -63,6 +64,9 @@ pub struct BlockBackendConfig {
     pub detect_zeroes: DetectZeroes,
     /// The I/O limits (`throttling.*`).
     pub throttle: ThrottleConfig,
+    /// What each worker of an `aio=threads` engine runs first (the VMM installs the worker's
+    /// seccomp filter there); every engine of the drive (one per queue) uses it.
+    pub worker_setup: WorkerSetup,
 }
 
 impl BlockBackendConfig {
@@ -82,6 +86,7 @@ impl BlockBackendConfig {
             discard: Discard::Ignore,
             detect_zeroes: DetectZeroes::Off,
             throttle: ThrottleConfig::default(),
+            worker_setup: WorkerSetup::default(),
         }
     }
 }
@@ -438,11 +443,15 @@ fn open_engine(
     file: &File,
     config: &BlockBackendConfig,
 ) -> Result<Box<dyn AioContext>, VirtioError> {
-    aio::open_engine(config.aio, file.as_raw_fd(), ENGINE_DEPTH).map_err(|source| {
-        VirtioError::Engine {
-            path: config.path.clone(),
-            engine: config.aio,
-            source,
-        }
+    aio::open_engine_with(
+        config.aio,
+        file.as_raw_fd(),
+        ENGINE_DEPTH,
+        &config.worker_setup,
+    )
+    .map_err(|source| VirtioError::Engine {
+        path: config.path.clone(),
+        engine: config.aio,
+        source,
     })
 }

@@ -50,6 +50,7 @@ use util::aio::{
 };
 use util::event_loop::{EventLoop, HandlerAction};
 use util::logger::{RateLimit, GUEST_LOG_INTERVAL};
+use util::timer::nonblocking_timer;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
@@ -973,12 +974,8 @@ impl BlockState {
 
     /// A timer for the I/O limits, registered as `<id>-throttle` (`<id>-throttleN` for queue N).
     fn add_throttle_timer(&self) -> Result<TimerFd, VirtioError> {
-        let timer = TimerFd::new().map_err(|e| VirtioError::EventFd(e.into()))?;
         // Non-blocking: the timer is read also when it has not fired (new limits).
-        // SAFETY: F_SETFL on a descriptor this function owns; no memory is involved.
-        if unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } < 0 {
-            return Err(VirtioError::EventFd(std::io::Error::last_os_error()));
-        }
+        let timer = nonblocking_timer().map_err(VirtioError::Timer)?;
         let weak = self.this.clone();
         self.event_loop
             .add(
