@@ -16,7 +16,7 @@ use device_model::virtio::block::request::{
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use device_model::virtio::driver::{Buffer, Driver, DriverConfig};
-use machine_manager::config::{BlkDeviceConfig, DriveConfig, VmConfig};
+use machine_manager::config::DriveConfig;
 use micro_vm::{VmExit, Vmm};
 use serde_json::Value;
 use util::aio::{AioEngine, DetectZeroes, Discard, Limit};
@@ -68,18 +68,7 @@ fn query_blockstats_counts_exactly_what_the_driver_sent() {
         avg: IOPS_LIMIT,
         ..Limit::default()
     };
-    let config = VmConfig {
-        kernel: Some(dir.spin_kernel()),
-        mem_size: 128 << 20,
-        drives: vec![drive],
-        blk_devices: vec![BlkDeviceConfig {
-            iothread: Some("io0".into()),
-            ..BlkDeviceConfig::new("b0", "d0")
-        }],
-        iothreads: vec!["io0".into()],
-        qmp: Some(socket.clone()),
-        ..VmConfig::default()
-    };
+    let config = dir.one_disk_vm(drive, socket.clone());
     let vmm = Vmm::new(&config).unwrap();
     let mem = vmm.vm().unwrap().memory().clone();
     let transport = vmm.blocks().unwrap().lock().unwrap().slots()[0]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::{QmpClient, Scratch};
 use device_model::virtio::block::request::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_OUT};
 use device_model::virtio::driver::{Buffer, Driver, DriverConfig};
-use machine_manager::config::{BlkDeviceConfig, DriveConfig, VmConfig};
+use machine_manager::config::DriveConfig;
 use micro_vm::{VmExit, Vmm};
 use util::aio::{AioEngine, ErrorAction};
 use util::testing::Tmpfs;
@@ -38,18 +38,7 @@ fn enospc_stops_the_vm_and_cont_retries_every_write() {
     let mut drive = DriveConfig::new("d0", image.clone());
     drive.aio = AioEngine::IoUring;
     drive.werror = ErrorAction::Stop;
-    let config = VmConfig {
-        kernel: Some(dir.spin_kernel()),
-        mem_size: 128 << 20,
-        drives: vec![drive],
-        blk_devices: vec![BlkDeviceConfig {
-            iothread: Some("io0".into()),
-            ..BlkDeviceConfig::new("b0", "d0")
-        }],
-        iothreads: vec!["io0".into()],
-        qmp: Some(socket.clone()),
-        ..VmConfig::default()
-    };
+    let config = dir.one_disk_vm(drive, socket.clone());
     let vmm = Vmm::new(&config).unwrap();
     let mem = vmm.vm().unwrap().memory().clone();
     let transport = vmm.blocks().unwrap().lock().unwrap().slots()[0]

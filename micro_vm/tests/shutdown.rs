@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use common::{thread_named, QmpClient, Scratch};
 use device_model::virtio::block::request::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_OUT};
 use device_model::virtio::driver::{Buffer, Driver, DriverConfig};
-use machine_manager::config::{BlkDeviceConfig, DriveConfig, VmConfig};
+use machine_manager::config::DriveConfig;
 use micro_vm::{VmExit, Vmm};
 use serde_json::Value;
 use util::aio::AioEngine;
@@ -51,18 +51,7 @@ fn shut_down_with_requests_in_flight(aio: AioEngine, direct: bool, log: &LogCapt
     let mut drive = DriveConfig::new("d0", device.path().to_path_buf());
     drive.aio = aio;
     drive.direct = direct;
-    let config = VmConfig {
-        kernel: Some(dir.spin_kernel()),
-        mem_size: 128 << 20,
-        drives: vec![drive],
-        blk_devices: vec![BlkDeviceConfig {
-            iothread: Some("io0".into()),
-            ..BlkDeviceConfig::new("b0", "d0")
-        }],
-        iothreads: vec!["io0".into()],
-        qmp: Some(socket.clone()),
-        ..VmConfig::default()
-    };
+    let config = dir.one_disk_vm(drive, socket.clone());
     let vmm = Vmm::new(&config).unwrap();
     let vm = vmm.vm().unwrap().clone();
     let (transport, handle, iothread_loop) = {

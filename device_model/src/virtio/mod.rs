@@ -52,9 +52,10 @@ pub mod rng;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use address_space::GuestMemory;
+use util::event_loop::{Handler, HandlerAction};
 use vmm_sys_util::eventfd::EventFd;
 
 pub use block::{
@@ -95,6 +96,28 @@ pub const INTERRUPT_CONFIG: u32 = 2;
 /// The bit of feature number `bit`.
 pub const fn feature(bit: u32) -> u64 {
     1 << bit
+}
+
+/// An event-loop handler that runs `on_event` on a device's state while the device lives and
+/// removes itself once it is gone. `clear` (a notify eventfd) is read first: an empty one
+/// reads `EAGAIN`, which leaves nothing to clear.
+fn device_handler<T: Send + 'static>(
+    state: Weak<Mutex<T>>,
+    clear: Option<Arc<EventFd>>,
+    on_event: fn(&mut T),
+) -> Handler {
+    Box::new(move |_| {
+        if let Some(fd) = &clear {
+            let _ = fd.read();
+        }
+        match state.upgrade() {
+            Some(state) => {
+                on_event(&mut state.lock().unwrap_or_else(|e| e.into_inner()));
+                HandlerAction::Keep
+            }
+            None => HandlerAction::Remove,
+        }
+    })
 }
 
 /// Errors of the virtio devices and transport.

@@ -45,8 +45,8 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use super::queue::{Descriptor, QueueError, SplitQueue};
 use super::{
-    feature, Activation, Interrupt, VirtioDevice, VirtioError, VIRTIO_F_RING_EVENT_IDX,
-    VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
+    device_handler, feature, Activation, Interrupt, VirtioDevice, VirtioError,
+    VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
 };
 
 /// Device type of an entropy device.
@@ -262,24 +262,12 @@ impl RngState {
         if self.active.is_some() {
             self.deactivate();
         }
-        let weak = self.this.clone();
-        let fd = notify.clone();
         self.event_loop
             .add(
                 &format!("{}-queue0", self.shared.id),
                 notify.as_raw_fd(),
                 EventSet::IN,
-                Box::new(move |_| {
-                    // An empty eventfd reads EAGAIN: nothing to clear.
-                    let _ = fd.read();
-                    match weak.upgrade() {
-                        Some(state) => {
-                            lock(&state).process();
-                            HandlerAction::Keep
-                        }
-                        None => HandlerAction::Remove,
-                    }
-                }),
+                device_handler(self.this.clone(), Some(notify.clone()), RngState::process),
             )
             .map_err(VirtioError::EventLoop)?;
         let size = usize::from(queue.size());

@@ -7,6 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use machine_manager::config::{BlkDeviceConfig, DriveConfig, VmConfig};
 use serde_json::Value;
 
 /// Where tiny kernels are loaded and entered.
@@ -63,6 +64,24 @@ impl Scratch {
     /// A kernel that spins (`jmp $`).
     pub fn spin_kernel(&self) -> PathBuf {
         self.tiny_kernel("spin", &[0xeb, 0xfe])
+    }
+
+    /// A machine of 128 MiB that spins, with `drive` as device `b0` on iothread `io0` and a
+    /// QMP socket at `qmp`.
+    pub fn one_disk_vm(&self, drive: DriveConfig, qmp: PathBuf) -> VmConfig {
+        let blk = BlkDeviceConfig::new("b0", &drive.id);
+        VmConfig {
+            kernel: Some(self.spin_kernel()),
+            mem_size: 128 << 20,
+            drives: vec![drive],
+            blk_devices: vec![BlkDeviceConfig {
+                iothread: Some("io0".into()),
+                ..blk
+            }],
+            iothreads: vec!["io0".into()],
+            qmp: Some(qmp),
+            ..VmConfig::default()
+        }
     }
 }
 

@@ -65,7 +65,7 @@ use super::request::{
 use super::stats::Kind;
 use super::{IoOperation, Shared, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES};
 use crate::virtio::queue::{Descriptor, QueueError, SplitQueue};
-use crate::virtio::{feature, Interrupt, VirtioError};
+use crate::virtio::{device_handler, feature, Interrupt, VirtioError};
 
 /// The most sectors one discard or write-zeroes may cover.
 pub const MAX_RANGE_SECTORS: u32 = 1 << 21;
@@ -902,24 +902,16 @@ impl BlockState {
             self.deactivate();
         }
         let size = usize::from(queue.size());
-        let weak = self.this.clone();
-        let fd = notify.clone();
         self.event_loop
             .add(
                 &format!("{}-queue{}", self.id, self.index),
                 notify.as_raw_fd(),
                 EventSet::IN,
-                Box::new(move |_| {
-                    // An empty eventfd reads EAGAIN: nothing to clear.
-                    let _ = fd.read();
-                    match weak.upgrade() {
-                        Some(state) => {
-                            lock(&state).on_notify();
-                            HandlerAction::Keep
-                        }
-                        None => HandlerAction::Remove,
-                    }
-                }),
+                device_handler(
+                    self.this.clone(),
+                    Some(notify.clone()),
+                    BlockState::on_notify,
+                ),
             )
             .map_err(VirtioError::EventLoop)?;
         let queue_poll = QueuePoll {
@@ -976,19 +968,12 @@ impl BlockState {
     fn add_throttle_timer(&self) -> Result<TimerFd, VirtioError> {
         // Non-blocking: the timer is read also when it has not fired (new limits).
         let timer = nonblocking_timer().map_err(VirtioError::Timer)?;
-        let weak = self.this.clone();
         self.event_loop
             .add(
                 &self.handler_name("throttle"),
                 timer.as_raw_fd(),
                 EventSet::IN,
-                Box::new(move |_| match weak.upgrade() {
-                    Some(state) => {
-                        lock(&state).on_throttle_timer();
-                        HandlerAction::Keep
-                    }
-                    None => HandlerAction::Remove,
-                }),
+                device_handler(self.this.clone(), None, BlockState::on_throttle_timer),
             )
             .map_err(VirtioError::EventLoop)?;
         Ok(timer)
@@ -996,18 +981,33 @@ impl BlockState {
 
     /// The throttle timer fired, or the limits changed: start what the limits allow now.
     pub(super) fn on_throttle_timer(&mut self) {
+        if let Some(active) = self.active.as_mut() {
+            // Reading clears the expiry count; a timer re-armed meanwhile reads 0.
+            let _ = active.throttle_timer.wait();
+        }
+        self.resume(Active::release_throttled);
+    }
+
+    /// Starts the requests `release` lets go, then any new ones of the queue; a failure
+    /// breaks the device. The driver is signalled if anything completed.
+    fn resume(
+        &mut self,
+        release: fn(
+            &mut Active,
+            &str,
+            &DiskLimits,
+            Option<&mut BlockBackend>,
+        ) -> Result<(), QueueError>,
+    ) {
         let limits = self.limits();
         let id = self.id.as_str();
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        // Reading clears the expiry count; a timer re-armed meanwhile reads 0.
-        let _ = active.throttle_timer.wait();
         if active.broken {
             return;
         }
-        let result = active
-            .release_throttled(id, &limits, self.backend.as_mut())
+        let result = release(active, id, &limits, self.backend.as_mut())
             .and_then(|()| active.submit(id, self.backend.as_mut()));
         if let Err(e) = result {
             active.break_device(id, e);
@@ -1253,21 +1253,7 @@ impl BlockState {
     /// Another queue finished writes this queue's waiting writes may have waited for: start
     /// those that no longer conflict.
     pub(super) fn on_writes_released(&mut self) {
-        let limits = self.limits();
-        let id = self.id.as_str();
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
-        if active.broken {
-            return;
-        }
-        let result = active
-            .start_waiting(id, &limits, self.backend.as_mut())
-            .and_then(|()| active.submit(id, self.backend.as_mut()));
-        if let Err(e) = result {
-            active.break_device(id, e);
-        }
-        active.signal(id);
+        self.resume(Active::start_waiting);
     }
 
     /// Ends the device: answers every in-flight request, syncs and closes the backend, stops
