@@ -321,9 +321,14 @@ fn run_row(
             runs[engines.len() + i].push(cell);
         }
         for (i, engine) in qemu_engines.iter().enumerate() {
-            if let Some(cell) = qemu_cell(opts, path, engine, backing, pattern, qd)? {
-                progress(&cell);
-                runs[engines.len() + fio_engines.len() + i].push(cell);
+            // A peer that fails leaves its cell out of this run (shown as `-`); ours end it.
+            match qemu_cell(opts, path, engine, backing, pattern, qd) {
+                Ok(Some(cell)) => {
+                    progress(&cell);
+                    runs[engines.len() + fio_engines.len() + i].push(cell);
+                }
+                Ok(None) => {}
+                Err(e) => eprintln!("stratovirt-bench: {e:#}; the QEMU cell is left out"),
             }
         }
     }

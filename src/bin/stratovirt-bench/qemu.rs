@@ -11,6 +11,7 @@
 //! prints; CPU per I/O is the child's user + system time over its requests (process start
 //! included). `qemu-img` reports no latencies.
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -24,6 +25,9 @@ pub const ENGINES: [&str; 3] = ["native", "io_uring", "threads"];
 
 /// Requests of the calibration run.
 const CALIBRATION: u64 = 20_000;
+
+/// How many times one `qemu-img bench` run is tried when qemu-img dies of a signal.
+const CRASH_ATTEMPTS: u32 = 3;
 
 /// What one `qemu-img bench` run measured.
 #[derive(Debug, Clone, Copy)]
@@ -80,12 +84,28 @@ fn bench_once(
         cmd.arg("-w");
     }
     cmd.arg(path);
-    let before = children_cpu();
-    let output = cmd.output().context("cannot run qemu-img")?;
-    let cpu = children_cpu() - before;
+    let mut attempt = 1;
+    let (output, cpu) = loop {
+        let before = children_cpu();
+        let output = cmd.output().context("cannot run qemu-img")?;
+        let cpu = children_cpu() - before;
+        // qemu-img itself sometimes crashes (SIGSEGV seen with `-i io_uring -t writeback` at
+        // depth 1); a crash says nothing about the block layer's speed, so it runs again.
+        match output.status.signal() {
+            Some(signal) if attempt < CRASH_ATTEMPTS => {
+                eprintln!(
+                    "stratovirt-bench: qemu-img bench -i {engine} died of signal {signal}; \
+                     running it again"
+                );
+                attempt += 1;
+            }
+            _ => break (output, cpu),
+        }
+    };
     if !output.status.success() {
         bail!(
-            "qemu-img bench -i {engine} failed: {}",
+            "qemu-img bench -i {engine} failed ({}): {}",
+            output.status,
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
