@@ -76,15 +76,8 @@ fn query_blockstats_counts_exactly_what_the_driver_sent() {
         .clone();
     let irq = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
     let mut driver = Driver::new(transport, mem, irq, DriverConfig::new(DRIVER_BASE, 256)).unwrap();
-    // The VMM's main thread: `start` confines it to the main thread's seccomp filter (and the
-    // vCPU and the iothread to theirs), so it is not this test's thread, which starts Python.
-    let runner = std::thread::Builder::new()
-        .name("vmm-main".into())
-        .spawn(move || {
-            vmm.start()?;
-            vmm.run()
-        })
-        .unwrap();
+    // Not on this test's thread: `start` confines its caller to the main thread's filter.
+    let runner = common::spawn_vmm_main(vmm);
 
     let list = requests();
     let mut at = DATA;

@@ -52,15 +52,8 @@ fn enospc_stops_the_vm_and_cont_retries_every_write() {
         DriverConfig::new(DRIVER_BASE, 256),
     )
     .unwrap();
-    // The VMM's main thread: `start` confines it to the main thread's seccomp filter (and the
-    // vCPU and the iothread to theirs), so it is not this test's thread.
-    let runner = std::thread::Builder::new()
-        .name("vmm-main".into())
-        .spawn(move || {
-            vmm.start()?;
-            vmm.run()
-        })
-        .unwrap();
+    // Not on this test's thread: `start` confines its caller to the main thread's filter.
+    let runner = common::spawn_vmm_main(vmm);
     let mut qmp = QmpClient::connect(&socket, TIMEOUT);
 
     tmpfs.fill("filler").unwrap();

@@ -172,15 +172,8 @@ fn aio_threads_drives_at_start_and_hot_plugged_serve_io_under_their_filters() {
         assert_eq!(filters, "2", "worker {tid} of the boot drive");
     }
     let boot_workers: HashSet<i32> = at_start.iter().map(|(tid, _)| *tid).collect();
-    // The VMM's main thread: `start` confines it to the main thread's seccomp filter, so it
-    // is not this test's thread.
-    let runner = std::thread::Builder::new()
-        .name("vmm-main".into())
-        .spawn(move || {
-            vmm.start()?;
-            vmm.run()
-        })
-        .unwrap();
+    // Not on this test's thread: `start` confines its caller to the main thread's filter.
+    let runner = common::spawn_vmm_main(vmm);
     let mut qmp = QmpClient::connect(&socket, TIMEOUT);
     let [t0, t1, t2] = transports;
     let irq = || Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());

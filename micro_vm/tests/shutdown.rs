@@ -94,15 +94,8 @@ fn shut_down_with_requests_in_flight(aio: AioEngine, direct: bool, log: &LogCapt
     }
     let mut expected = vec![0u8; IMAGE as usize];
     let mem = vmm.vm().unwrap().memory().clone();
-    // The VMM's main thread: `start` confines it to the main thread's seccomp filter (and the
-    // vCPUs and the iothread to theirs), so it is not this test's thread.
-    let vmm_main = std::thread::Builder::new()
-        .name("vmm-main".into())
-        .spawn(move || {
-            vmm.start()?;
-            vmm.run()
-        })
-        .unwrap();
+    // Not on this test's thread: `start` confines its caller to the main thread's filter.
+    let vmm_main = common::spawn_vmm_main(vmm);
     for i in 0..WRITES {
         let data = vec![i as u8 + 1; 4096];
         mem.write(&data, DATA + i * 4096).unwrap();

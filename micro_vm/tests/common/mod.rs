@@ -5,9 +5,11 @@
 use std::io::{BufRead, BufReader, Lines, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use machine_manager::config::{BlkDeviceConfig, DriveConfig, VmConfig};
+use micro_vm::{VmExit, Vmm, VmmError};
 use serde_json::Value;
 
 /// Where tiny kernels are loaded and entered.
@@ -89,6 +91,19 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Starts and runs `vmm` on a thread of its own, `vmm-main`: `start` confines its caller to the
+/// main thread's seccomp filter (and the vCPUs and iothreads to theirs), so it must not be the
+/// test's thread, which goes on to remove files, start Python and so on.
+pub fn spawn_vmm_main(vmm: Vmm) -> JoinHandle<Result<VmExit, VmmError>> {
+    std::thread::Builder::new()
+        .name("vmm-main".into())
+        .spawn(move || {
+            vmm.start()?;
+            vmm.run()
+        })
+        .unwrap()
 }
 
 /// The kernel id of this process's thread named `name`.
