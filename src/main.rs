@@ -56,6 +56,9 @@ fn run(daemon: &mut Option<DaemonReady>) -> anyhow::Result<()> {
     if config.daemonize {
         *daemon = Some(daemonize()?);
     }
+    // Before the pid file names this process: a SIGTERM from then on waits for the main
+    // loop, which shuts the VMM down in order.
+    micro_vm::signals::block()?;
     let _pidfile = config.pidfile.as_deref().map(PidFile::create).transpose()?;
     init_logging(&config)?;
     // The VMM shuts down in order however `run` ends (see micro_vm::vmm); the pid file goes
