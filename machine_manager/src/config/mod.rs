@@ -436,11 +436,17 @@ fn parse_object(block: &mut drive::BlockArgs, devices: &mut DeviceArgs, text: &s
 
 /// `-netdev TYPE,...` and `-chardev TYPE,...`: refused by name (no virtio-net, no character
 /// devices yet).
+/// The backend is named as given when it is a plain name (`tap`), else quoted like every other
+/// argument an error repeats, so that a newline in it cannot break the line.
 fn not_supported_yet(option: &str, text: &str) -> ConfigError {
     let kind = kind_of(option, "type", text).unwrap_or_else(|_| text.to_string());
+    let plain = !kind.is_empty()
+        && kind
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     ConfigError::NotSupportedYet {
         option: option.into(),
-        what: kind,
+        what: if plain { kind } else { format!("{kind:?}") },
     }
 }
 

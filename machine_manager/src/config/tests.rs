@@ -612,6 +612,21 @@ fn devices_not_built_yet_are_refused_by_name() {
 }
 
 #[test]
+fn a_backend_not_supported_yet_is_quoted_unless_it_is_a_plain_name() {
+    // Found by the cmdline fuzz target: `-netdev` with a value holding a newline.
+    for (value, what) in [
+        ("=\n", r#""=\n""#),
+        ("tap\nx,id=n", r#""tap\nx""#),
+        ("tap,id=n", "tap"),
+    ] {
+        let err = parse_args(args(&["-kernel", "vmlinux", "-netdev", value])).unwrap_err();
+        let text = err.to_string();
+        assert_eq!(text, format!("-netdev {what} is not supported yet"));
+        assert!(!text.contains('\n'), "{text:?}");
+    }
+}
+
+#[test]
 fn append_joins_unquoted_words_up_to_the_next_option() {
     let config = parse("-append console=ttyS0 root=/dev/vda rw -kernel /k").unwrap();
     assert_eq!(config.cmdline, "console=ttyS0 root=/dev/vda rw");
