@@ -207,6 +207,10 @@ impl UringContext {
     /// Enables the ring before a system call on it, binding a single-issuer ring to the
     /// calling thread; refuses a single-issuer ring bound to another thread.
     fn bind_to_current_thread(&mut self) -> Result<(), AioError> {
+        // An enabled ring any thread may use: no need to ask which thread this is.
+        if self.owner.is_some() && !self.single_issuer() {
+            return Ok(());
+        }
         let me = thread::current().id();
         match self.owner {
             Some(owner) if owner == me || !self.single_issuer() => Ok(()),
