@@ -138,15 +138,18 @@ impl Bounce {
         self.buffer.len() as u64
     }
 
-    /// The engine request of the current step, tagged `tag`.
-    pub(super) fn request(&self, tag: u64) -> AioRequest {
+    /// The engine request of the current step, tagged `tag`; `iovecs` is a spare buffer for
+    /// its one iovec (its contents are replaced).
+    pub(super) fn request(&self, tag: u64, mut iovecs: Vec<Iovec>) -> AioRequest {
+        iovecs.clear();
+        iovecs.push(self.buffer.iovec());
         AioRequest {
             opcode: match self.step {
                 Step::Read | Step::ReadToModify => AioOpcode::Read,
                 Step::Write => AioOpcode::Write,
             },
             offset: self.start,
-            iovecs: vec![self.buffer.iovec()],
+            iovecs,
             len: 0,
             tag,
             keep_alive: Some(KeepAlive::new(self.buffer.clone())),
@@ -225,7 +228,7 @@ mod tests {
         assert_eq!(bounce(AioOpcode::Write, 4096, 4096).step, Step::Write);
         let b = bounce(AioOpcode::Write, 4608, 512);
         assert_eq!((b.start, b.skip, b.expected()), (4096, 512, 4096));
-        let request = b.request(7);
+        let request = b.request(7, Vec::new());
         assert_eq!(
             (request.opcode, request.offset, request.tag),
             (AioOpcode::Read, 4096, 7)
@@ -238,7 +241,7 @@ mod tests {
     fn the_buffer_is_the_devices_only_when_no_request_holds_it() {
         let seg = [Segment { gpa: 0, len: 512 }];
         let mut b = Bounce::new(AioOpcode::Read, 0, 512, &seg, 4096).unwrap();
-        let request = b.request(1);
+        let request = b.request(1, Vec::new());
         assert_eq!(bytes(&mut b.buffer).unwrap_err(), BounceError::Busy);
         drop(request);
         assert_eq!(bytes(&mut b.buffer).unwrap().len(), 4096);

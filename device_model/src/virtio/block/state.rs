@@ -169,6 +169,9 @@ pub(super) struct Active {
     /// Writes of this queue in the device's [`WriteTracker`] (only on storage with blocks
     /// larger than a sector): while 0, finishing a request takes no lock.
     tracked: usize,
+    /// By head: whether the request is one of those tracked writes (only those take the
+    /// tracker's lock when they finish).
+    tracked_heads: Vec<bool>,
     /// Heads of writes that wait for an overlapping write to finish, oldest first.
     waiting: VecDeque<u16>,
     /// Reads (0) and writes (1) the limits hold back: head and bytes, oldest first.
@@ -244,7 +247,10 @@ impl Active {
     /// Forgets the write `head` (if tracked): writes waiting for it may start, those of other
     /// queues once their thread has the message this posts.
     fn untrack(&mut self, head: u16) {
-        if self.tracked == 0 {
+        let Some(tracked) = self.tracked_heads.get_mut(usize::from(head)) else {
+            return;
+        };
+        if !std::mem::take(tracked) {
             return;
         }
         let waiters = {
@@ -271,6 +277,7 @@ impl Active {
             tracker.take_waiters(self.index)
         };
         self.tracked = 0;
+        self.tracked_heads.fill(false);
         self.shared.wake_writers(waiters);
     }
 
@@ -464,6 +471,7 @@ impl Active {
                 });
             }
             self.tracked += 1;
+            self.tracked_heads[usize::from(head)] = true;
         }
         let mut in_flight = InFlight {
             opcode,
@@ -486,7 +494,7 @@ impl Active {
                 self.finish(head, status, VIRTIO_BLK_S_IOERR, 1)?;
                 return Ok(true);
             }
-            self.batch.push(bounce.request(u64::from(head)));
+            self.batch.push(bounce.request(u64::from(head), iovecs));
             in_flight.expected = bounce.expected();
             in_flight.bounce = Some(Box::new(bounce));
             self.inflight[usize::from(head)] = Some(in_flight);
@@ -495,7 +503,8 @@ impl Active {
         let aio = AioRequest {
             opcode,
             offset,
-            iovecs: if transfer { iovecs } else { Vec::new() },
+            // Empty unless the request moves data; handed back with the completion either way.
+            iovecs,
             len,
             tag: u64::from(head),
             keep_alive: Some(self.keep_alive.clone()),
@@ -733,7 +742,7 @@ impl Active {
                     let copied = bounce.copy_from_guest(&self.mem);
                     if copied.is_ok() {
                         bounce.step = Step::Write;
-                        self.batch.push(bounce.request(done.tag));
+                        self.batch.push(bounce.request(done.tag, Vec::new()));
                         req.bounce = Some(bounce);
                         self.inflight[usize::from(head)] = Some(req);
                         return Ok(());
@@ -949,6 +958,7 @@ impl BlockState {
             inflight: std::iter::repeat_with(|| None).take(size).collect(),
             held: Vec::new(),
             tracked: 0,
+            tracked_heads: vec![false; size],
             waiting: VecDeque::new(),
             held_back: [VecDeque::new(), VecDeque::new()],
             next_kind: 0,

@@ -131,10 +131,12 @@ impl Throttle {
     /// How long a read (or write) must wait from `now` before it may start; zero if at once.
     pub(super) fn wait(&mut self, now: Instant, write: bool) -> Duration {
         self.leak(now);
-        let seconds = self
-            .applying(write)
-            .flat_map(|(_, gauge)| gauge.buckets().map(|b| b.wait()).collect::<Vec<_>>())
-            .fold(0.0, f64::max);
+        let mut seconds = 0.0f64;
+        for (_, gauge) in self.applying(write) {
+            for bucket in gauge.buckets() {
+                seconds = seconds.max(bucket.wait());
+            }
+        }
         Duration::from_secs_f64(seconds)
     }
 
