@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use address_space::GuestMemory;
 use util::event_loop::{EventLoop, HandlerAction};
+use util::logger::{RateLimit as LogLimit, Suppressed};
 use util::timer::nonblocking_timer;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -58,10 +59,6 @@ pub const MAX_REQUEST_BYTES: usize = 64 << 10;
 
 /// How long to wait before reading a source again that hung up (a FIFO with no writer).
 const SOURCE_RETRY: Duration = Duration::from_secs(1);
-
-/// Guest errors logged in full before logging thins out to one in `GUEST_ERROR_EVERY`.
-const GUEST_ERRORS_LOGGED: u64 = 16;
-const GUEST_ERROR_EVERY: u64 = 1024;
 
 /// The host file entropy is read from.
 pub struct EntropySource {
@@ -227,7 +224,8 @@ struct RngState {
     source_hung_up: bool,
     timer: Option<TimerFd>,
     buf: Vec<u8>,
-    guest_errors: u64,
+    /// Limits the lines a guest's errors log (one per device, across activations).
+    guest_log: LogLimit,
     this: Weak<Mutex<RngState>>,
 }
 
@@ -245,10 +243,12 @@ enum Outcome {
 
 impl RngState {
     fn guest_error(&mut self, message: std::fmt::Arguments<'_>) {
-        self.guest_errors += 1;
-        let n = self.guest_errors;
-        if n <= GUEST_ERRORS_LOGGED || n.is_multiple_of(GUEST_ERROR_EVERY) {
-            log::warn!("virtio-rng {}: {message} (guest error {n})", self.shared.id);
+        if let Some(suppressed) = self.guest_log.admit() {
+            log::warn!(
+                "virtio-rng {}: {message}{}",
+                self.shared.id,
+                Suppressed(suppressed)
+            );
         }
     }
 
@@ -675,7 +675,7 @@ impl Rng {
                 source_hung_up: false,
                 timer: None,
                 buf: vec![0; MAX_REQUEST_BYTES],
-                guest_errors: 0,
+                guest_log: LogLimit::guest(),
                 this: this.clone(),
             })
         });
