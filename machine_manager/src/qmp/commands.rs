@@ -877,16 +877,7 @@ mod tests {
             .unwrap();
             assert_eq!(
                 parsed,
-                Command::DeviceAdd(DeviceAdd {
-                    id: "drive-1".into(),
-                    drive: "drive-1".into(),
-                    slot,
-                    serial: None,
-                    iothread: None,
-                    num_queues: None,
-                    bus: None,
-                    share_rw: None,
-                })
+                Command::DeviceAdd(DeviceAdd::new("drive-1", "drive-1", slot))
             );
         }
         let parsed = parse(
@@ -894,19 +885,7 @@ mod tests {
             json!({"id": "dev", "driver": "virtio-blk-mmio", "addr": "0", "drive": "node"}),
         )
         .unwrap();
-        assert_eq!(
-            parsed,
-            Command::DeviceAdd(DeviceAdd {
-                id: "dev".into(),
-                drive: "node".into(),
-                slot: 0,
-                serial: None,
-                iothread: None,
-                num_queues: None,
-                bus: None,
-                share_rw: None,
-            })
-        );
+        assert_eq!(parsed, Command::DeviceAdd(DeviceAdd::new("dev", "node", 0)));
     }
 
     #[test]
@@ -981,16 +960,7 @@ mod tests {
         };
         assert_eq!(
             Command::parse("device_add", Some(arguments)).unwrap(),
-            Command::DeviceAdd(DeviceAdd {
-                id: "drive-5f0a".into(),
-                drive: "drive-5f0a".into(),
-                slot: 1,
-                serial: None,
-                iothread: None,
-                num_queues: None,
-                bus: None,
-                share_rw: None,
-            })
+            Command::DeviceAdd(DeviceAdd::new("drive-5f0a", "drive-5f0a", 1))
         );
     }
 
