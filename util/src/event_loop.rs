@@ -431,7 +431,7 @@ impl EventLoop {
             Ok(())
         })();
         // Sources polled last turn get their notifications back before the loop goes away.
-        drop(self.end_polling());
+        drop(self.end_polling(&mut self.lock_poller()));
         self.lock_calls().runner = None;
         self.run_queued();
         result
@@ -520,9 +520,8 @@ impl EventLoop {
             self.window_ns.store(0, Ordering::Relaxed);
         }
         if !params.enabled() || timeout_ms == 0 {
-            drop(poller);
             // A loop that stopped polling gives its sources their notifications back.
-            return (self.end_polling(), None);
+            return (self.end_polling(&mut poller), None);
         }
         let generation = self.poll_generation.load(Ordering::Acquire);
         if poller.generation != generation || changed {
@@ -565,11 +564,10 @@ impl EventLoop {
         if spin == Spin::Found {
             self.found.fetch_add(1, Ordering::Relaxed);
         }
-        drop(poller);
         if spin == Spin::Expired {
             // About to sleep: notifications back on, then one more look (the classic race:
             // work that arrived while they were off would otherwise wait for nothing).
-            ready.extend(self.end_polling());
+            ready.extend(self.end_polling(&mut poller));
         }
         (ready, Some(spin))
     }
@@ -605,8 +603,7 @@ impl EventLoop {
 
     /// Ends a polling phase, if one is on: every source turns its notifications back on and
     /// is polled once more. Returns the sources that found work then.
-    fn end_polling(&self) -> Vec<(RawFd, SharedPollSource)> {
-        let mut poller = self.lock_poller();
+    fn end_polling(&self, poller: &mut Poller) -> Vec<(RawFd, SharedPollSource)> {
         let mut ready = std::mem::take(&mut poller.ready);
         if !poller.started {
             return ready;
@@ -661,6 +658,10 @@ impl EventLoop {
 
     /// Returns the (emptied) list of ready sources for the next turn to reuse.
     fn give_back(&self, mut ready: Vec<(RawFd, SharedPollSource)>) {
+        if ready.capacity() == 0 {
+            // Nothing worth keeping (a turn that did not poll).
+            return;
+        }
         ready.clear();
         let mut poller = self.lock_poller();
         if poller.ready.capacity() < ready.capacity() {
