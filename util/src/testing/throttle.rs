@@ -5,6 +5,7 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 const BLKIO: &str = "/sys/fs/cgroup/blkio";
 
@@ -27,7 +28,11 @@ impl IoThrottle {
                 format!("no cgroup v1 blkio hierarchy at {BLKIO}"),
             ));
         }
-        let dir = root.join(format!("{name}-{}", std::process::id()));
+        // One group per throttle: tests running in parallel in one process must not share a
+        // group (the first to finish would take the other's threads out of it).
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = root.join(format!("{name}-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let throttle = IoThrottle {
             dir,
