@@ -379,6 +379,23 @@ impl Loaded {
             assert_eq!(c.status, Some(VIRTIO_BLK_S_OK), "{what}");
         }
     }
+
+    /// Ends the device, then checks that the disk holds every completed write.
+    fn check_disk(self, aio: AioEngine) {
+        let Loaded {
+            disk,
+            device,
+            rig,
+            expected,
+            ..
+        } = self;
+        drop(rig);
+        drop(device);
+        assert!(
+            disk.contents() == expected,
+            "{aio}: a completed write was lost"
+        );
+    }
 }
 
 /// A write and a read back on each queue.
@@ -438,19 +455,7 @@ fn hot_replace_with_writes_in_flight_on_both_queues_answers_them_all() {
         }
         assert_eq!(loaded.rig.driver.capacity(), LOADED_SECTORS / 2, "{aio}");
         serves_on_both_queues(&mut loaded.rig, 8, &format!("{aio} after replace"));
-        let Loaded {
-            disk,
-            device,
-            rig,
-            expected,
-            ..
-        } = loaded;
-        drop(rig);
-        drop(device);
-        assert!(
-            disk.contents() == expected,
-            "{aio}: a completed write was lost"
-        );
+        loaded.check_disk(aio);
         assert!(
             second.contents()[8 * 512..9 * 512]
                 .iter()
@@ -513,19 +518,7 @@ fn shutdown_with_writes_in_flight_on_both_queues_answers_and_flushes() {
             loaded.rig.slot.replace_backend(None),
             Err(VirtioError::ShutDown { .. })
         ));
-        let Loaded {
-            disk,
-            device,
-            rig,
-            expected,
-            ..
-        } = loaded;
-        drop(rig);
-        drop(device);
-        assert!(
-            disk.contents() == expected,
-            "{aio}: a completed write was lost"
-        );
+        loaded.check_disk(aio);
     }
 }
 
