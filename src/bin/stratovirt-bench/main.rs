@@ -202,23 +202,9 @@ fn qemu_cell(
         return Ok(None);
     };
     Ok(Some(Cell {
-        source: Source::Qemu,
-        engine: engine.to_string(),
-        backing,
-        pattern,
-        qd,
         iops: r.iops,
-        p50_us: f64::NAN,
-        p99_us: f64::NAN,
-        p999_us: f64::NAN,
         cpu_us_per_io: r.cpu_us_per_io,
-        driver_cpu_us_per_io: None,
-        other_cpu_us_per_io: None,
-        kicks_per_io: None,
-        irqs_per_io: None,
-        in_device_us: None,
-        errors: 0,
-        queues: None,
+        ..Cell::new(Source::Qemu, engine, backing, pattern, qd)
     }))
 }
 
@@ -240,23 +226,13 @@ fn fio_cell(
         opts.window,
     )?;
     Ok(Cell {
-        source: Source::Fio,
-        engine: engine.to_string(),
-        queues: None,
-        backing,
-        pattern,
-        qd,
         iops: r.iops,
         p50_us: r.p50_us,
         p99_us: r.p99_us,
         p999_us: r.p999_us,
         cpu_us_per_io: r.cpu_us_per_io,
-        driver_cpu_us_per_io: None,
-        other_cpu_us_per_io: None,
-        kicks_per_io: None,
-        irqs_per_io: None,
-        in_device_us: None,
         errors: r.errors,
+        ..Cell::new(Source::Fio, engine, backing, pattern, qd)
     })
 }
 
@@ -402,23 +378,18 @@ mod tests {
 
     fn cell(iops: f64) -> Cell {
         Cell {
-            source: Source::Vmm,
-            engine: "native".into(),
             queues: Some(1),
-            backing: Backing::Shm,
-            pattern: workload::Pattern::Read,
-            qd: 32,
             iops,
             p50_us: 0.0,
             p99_us: 0.0,
             p999_us: 0.0,
-            cpu_us_per_io: 0.0,
-            driver_cpu_us_per_io: None,
-            other_cpu_us_per_io: None,
-            kicks_per_io: None,
-            irqs_per_io: None,
-            in_device_us: None,
-            errors: 0,
+            ..Cell::new(
+                Source::Vmm,
+                "native",
+                Backing::Shm,
+                workload::Pattern::Read,
+                32,
+            )
         }
     }
 

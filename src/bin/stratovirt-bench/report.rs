@@ -146,6 +146,30 @@ fn fmt_iops(iops: f64) -> String {
 }
 
 impl Cell {
+    /// A cell of `source` with nothing measured yet: no latencies (NaN), no per-I/O figures
+    /// beyond CPU (0), no queues, no errors; callers fill in what their source reports.
+    pub fn new(source: Source, engine: &str, backing: Backing, pattern: Pattern, qd: u16) -> Cell {
+        Cell {
+            source,
+            engine: engine.to_string(),
+            queues: None,
+            backing,
+            pattern,
+            qd,
+            iops: 0.0,
+            p50_us: f64::NAN,
+            p99_us: f64::NAN,
+            p999_us: f64::NAN,
+            cpu_us_per_io: 0.0,
+            driver_cpu_us_per_io: None,
+            other_cpu_us_per_io: None,
+            kicks_per_io: None,
+            irqs_per_io: None,
+            in_device_us: None,
+            errors: 0,
+        }
+    }
+
     /// The engine as a column names it: with more than one queue, the queue count follows
     /// (`io_uring/2q`).
     pub fn column(&self) -> String {
@@ -428,23 +452,13 @@ mod tests {
 
     fn cell(source: Source, engine: &str, iops: f64) -> Cell {
         Cell {
-            source,
-            engine: engine.into(),
             queues: (source == Source::Vmm).then_some(1),
-            backing: Backing::Shm,
-            pattern: Pattern::Read,
-            qd: 32,
             iops,
             p50_us: 1.0,
             p99_us: 2.0,
             p999_us: 3.0,
             cpu_us_per_io: 4.0,
-            driver_cpu_us_per_io: None,
-            other_cpu_us_per_io: None,
-            kicks_per_io: None,
-            irqs_per_io: None,
-            in_device_us: None,
-            errors: 0,
+            ..Cell::new(source, engine, Backing::Shm, Pattern::Read, 32)
         }
     }
 
